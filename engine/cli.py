@@ -1,0 +1,126 @@
+"""`python -m engine` / `glassbox-cli`: generate or chat in a terminal. Proves the engine runs without Qt."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from engine.errors import EngineError
+from engine.records import GenerationDone, SamplingParams, TokenStep
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="HF model directory or .gguf file (default: the bundled SmolLM2-135M-Instruct)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
+    p.add_argument("--rope-scaling", metavar="TYPE:FACTOR",
+                   help="override RoPE scaling, e.g. yarn:4, linear:2, dynamic:2, llama3:8, none")
+    p.add_argument("--threads", type=int, help="CPU threads for matmuls (default: torch's choice)")
+
+
+def _add_sampling_args(p: argparse.ArgumentParser, temperature: float) -> None:
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=temperature, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--min-p", type=float, default=0.0)
+    p.add_argument("--seed", type=int)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m engine", description="Glassbox engine, no GUI")
+    sub = parser.add_subparsers(dest="command", required=True)
+    gen = sub.add_parser("generate", help="continue a prompt (or answer it with --chat) and exit")
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    gen.add_argument("--system", help="system prompt (with --chat)")
+    gen.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
+    _add_model_args(gen)
+    _add_sampling_args(gen, temperature=0.0)
+    chat = sub.add_parser("chat", help="interactive multi-turn chat")
+    chat.add_argument("--system", help="system prompt")
+    _add_model_args(chat)
+    _add_sampling_args(chat, temperature=0.7)
+    return parser
+
+
+def _load(args):
+    from engine.device import set_threads
+    from engine.engine import Engine, LoadOptions
+
+    set_threads(args.threads)
+    return Engine.load(args.model, LoadOptions(device=args.device, dtype=args.dtype, rope_scaling=args.rope_scaling))
+
+
+def _params(args) -> SamplingParams:
+    return SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                          max_new_tokens=args.max_new_tokens, seed=args.seed)
+
+
+def _stream(engine, prompt_ids, params, echo: bool) -> GenerationDone:
+    done = None
+    for item in engine.generate(prompt_ids, params):
+        if isinstance(item, TokenStep) and echo:
+            sys.stdout.write(item.text)
+            sys.stdout.flush()
+        elif isinstance(item, GenerationDone):
+            done = item
+    return done
+
+
+def cmd_generate(args) -> int:
+    engine = _load(args)
+    if args.chat:
+        messages = ([{"role": "system", "content": args.system}] if args.system else [])
+        prompt_ids = engine.chat_prompt_ids(messages + [{"role": "user", "content": args.prompt}])
+    else:
+        prompt_ids = engine.prompt_ids(args.prompt)
+    done = _stream(engine, prompt_ids, _params(args), echo=not args.json)
+    if args.json:
+        print(json.dumps({
+            "text": done.text, "token_ids": list(done.token_ids), "prompt_tokens": done.prompt_tokens,
+            "finish_reason": done.finish_reason, "prefill_ms": round(done.prefill_ms, 2),
+            "decode_ms": round(done.decode_ms, 2), "decode_tokens_per_s": round(done.decode_tokens_per_s, 2),
+        }))
+    else:
+        print()
+        print(f"[{len(done.token_ids)} tokens, {done.finish_reason}, prefill {done.prefill_ms:.0f} ms, "
+              f"decode {done.decode_tokens_per_s:.1f} tok/s]", file=sys.stderr)
+    return 0
+
+
+def cmd_chat(args) -> int:
+    engine = _load(args)
+    print(f"Glassbox chat — {engine.source.name}. Empty line or Ctrl-D to quit.", file=sys.stderr)
+    messages = [{"role": "system", "content": args.system}] if args.system else []
+    while True:
+        try:
+            user = input("you> ").strip()
+        except EOFError:
+            break
+        if not user:
+            break
+        messages.append({"role": "user", "content": user})
+        sys.stdout.write("model> ")
+        try:
+            done = _stream(engine, engine.chat_prompt_ids(messages), _params(args), echo=True)
+        except EngineError as e:
+            messages.pop()  # the turn failed; keep the conversation as it was
+            print(f"\nerror: {e}", file=sys.stderr)
+            continue
+        print()
+        messages.append({"role": "assistant", "content": done.text})
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return {"generate": cmd_generate, "chat": cmd_chat}[args.command](args)
+    except (EngineError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""Model shape as frozen dataclasses, built from a Hugging Face config.json (GGUF metadata is
+translated in loaders/gguf_file.py). Owns validation of shapes; knows nothing about weights."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from engine.errors import ModelFormatError, UnsupportedArchitecture
+
+SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe")
+ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "llama3")
+
+
+@dataclass(frozen=True, slots=True)
+class RopeScaling:
+    """How rotary position frequencies are stretched past the trained context.
+
+    Field names follow HF's `rope_scaling` / `rope_parameters` so the mapping stays obvious.
+    """
+
+    rope_type: str = "default"
+    factor: float = 1.0
+    # Context the model was trained on; None means "the config's max_position_embeddings".
+    original_max_position: int | None = None
+    # YaRN
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    mscale: float | None = None
+    mscale_all_dim: float | None = None
+    attention_factor: float | None = None
+    truncate: bool = True
+    # llama3
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+
+    def __post_init__(self):
+        if self.rope_type not in ROPE_TYPES:
+            raise ValueError(f"unknown RoPE scaling {self.rope_type!r}; known: {', '.join(ROPE_TYPES)}")
+        if self.factor <= 0:
+            raise ValueError(f"RoPE scaling factor must be positive, got {self.factor}")
+
+    @classmethod
+    def from_hf(cls, params: dict | None) -> "RopeScaling":
+        """Read HF's `rope_scaling` (v4) or `rope_parameters` (v5) dict; None or 'default' -> no scaling."""
+        if not params:
+            return cls()
+        kind = params.get("rope_type", params.get("type", "default")) or "default"
+        if kind == "su" or kind == "longrope":
+            raise ValueError(f"RoPE scaling {kind!r} is not supported")
+        opt = lambda key, default=None: params.get(key) if params.get(key) is not None else default  # noqa: E731
+        return cls(
+            rope_type=kind,
+            factor=float(opt("factor", 1.0)),
+            original_max_position=opt("original_max_position_embeddings"),
+            beta_fast=float(opt("beta_fast", 32.0)),
+            beta_slow=float(opt("beta_slow", 1.0)),
+            mscale=opt("mscale"),
+            mscale_all_dim=opt("mscale_all_dim"),
+            attention_factor=opt("attention_factor"),
+            truncate=bool(opt("truncate", True)),
+            low_freq_factor=float(opt("low_freq_factor", 1.0)),
+            high_freq_factor=float(opt("high_freq_factor", 4.0)),
+        )
+
+    @classmethod
+    def parse(cls, spec: str, original_max_position: int | None = None) -> "RopeScaling":
+        """Parse a command-line override such as 'yarn:4' or 'linear:2' or 'none'."""
+        kind, _, factor = spec.partition(":")
+        kind = {"none": "default", "ntk": "dynamic"}.get(kind, kind)
+        return cls(rope_type=kind, factor=float(factor or 1.0), original_max_position=original_max_position)
+
+
+@dataclass(frozen=True, slots=True)
+class MoeConfig:
+    n_experts: int
+    n_experts_per_tok: int
+    expert_hidden_dim: int
+    # "topk_softmax": softmax over the k chosen logits (Mixtral).
+    # "softmax_topk": softmax over all experts, then take k (Qwen-MoE, OLMoE); renormalised if norm_topk_prob.
+    router: str = "softmax_topk"
+    norm_topk_prob: bool = False
+    shared_expert_hidden_dim: int = 0  # Qwen2-MoE's always-on expert; 0 = none
+    shared_expert_gated: bool = True  # Qwen2-MoE scales the shared expert by sigmoid(gate(x))
+
+    def __post_init__(self):
+        assert self.router in ("topk_softmax", "softmax_topk"), self.router
+        if not 0 < self.n_experts_per_tok <= self.n_experts:
+            raise ValueError(f"experts per token ({self.n_experts_per_tok}) must be in 1..{self.n_experts}")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    arch: str
+    vocab_size: int
+    dim: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    hidden_dim: int  # width of the dense SwiGLU MLP (0 when every layer is MoE)
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    rope_scaling: RopeScaling = field(default_factory=RopeScaling)
+    max_seq_len: int = 2048
+    tie_embeddings: bool = False
+    qkv_bias: bool = False  # Qwen2
+    o_bias: bool = False
+    qk_norm: str = "none"  # "none" | "head": RMSNorm per head (Qwen3) | "full": over all heads (OLMoE)
+    clip_qkv: float | None = None  # OLMoE clamps q, k, v to [-clip, clip]
+    # Per layer: None = full causal attention, W = attend to the last W positions only (Mistral).
+    sliding_windows: tuple[int | None, ...] = ()
+    moe: MoeConfig | None = None
+    moe_layers: tuple[bool, ...] = ()  # per layer: sparse MoE block instead of the dense MLP
+
+    def __post_init__(self):
+        if self.arch not in SUPPORTED_ARCHITECTURES:
+            raise ValueError(f"unsupported architecture {self.arch!r}")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads})")
+        assert self.qk_norm in ("none", "head", "full"), self.qk_norm
+        if not self.sliding_windows:
+            object.__setattr__(self, "sliding_windows", (None,) * self.n_layers)
+        if not self.moe_layers:
+            object.__setattr__(self, "moe_layers", (self.moe is not None,) * self.n_layers)
+        assert len(self.sliding_windows) == self.n_layers and len(self.moe_layers) == self.n_layers
+        if any(self.moe_layers) and self.moe is None:
+            raise ValueError("moe_layers set but no MoeConfig")
+
+    @property
+    def n_rep(self) -> int:
+        """Query heads per KV head (GQA group size)."""
+        return self.n_heads // self.n_kv_heads
+
+    def replace(self, **changes) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_hf(cls, hf: dict, path="config.json") -> "ModelConfig":
+        """Translate a Hugging Face config.json dict. Raises ModelFormatError naming `path`."""
+        arch = hf.get("model_type")
+        if arch not in SUPPORTED_ARCHITECTURES:
+            raise UnsupportedArchitecture(path, str(arch or hf.get("architectures")), SUPPORTED_ARCHITECTURES)
+        try:
+            return _from_hf(arch, hf)
+        except (KeyError, TypeError, ValueError, AssertionError) as e:
+            raise ModelFormatError(path, f"invalid {arch} config: {type(e).__name__}: {e}") from None
+
+
+def _from_hf(arch: str, hf: dict) -> ModelConfig:
+    n_layers = int(hf["num_hidden_layers"])
+    n_heads = int(hf["num_attention_heads"])
+    dim = int(hf["hidden_size"])
+    # v5 keeps rope_theta inside rope_parameters; v4 had it at the top level next to rope_scaling.
+    rope_params = dict(hf.get("rope_parameters") or {})
+    rope_theta = float(rope_params.get("rope_theta", hf.get("rope_theta", 10000.0)))
+    rope_scaling = RopeScaling.from_hf(hf.get("rope_scaling") or rope_params)
+    window = hf.get("sliding_window")
+    layer_types = hf.get("layer_types")
+    if layer_types:
+        windows = tuple(window if t == "sliding_attention" else None for t in layer_types)
+    elif arch == "mistral" or arch == "mixtral":
+        windows = (window,) * n_layers
+    elif hf.get("use_sliding_window") and window:
+        windows = tuple(window if i >= hf.get("max_window_layers", 0) else None for i in range(n_layers))
+    else:
+        windows = (None,) * n_layers
+
+    moe = None
+    moe_layers = (False,) * n_layers
+    if arch == "mixtral":
+        moe = MoeConfig(hf["num_local_experts"], hf["num_experts_per_tok"], hf["intermediate_size"],
+                        router="topk_softmax", norm_topk_prob=True)
+        moe_layers = (True,) * n_layers
+    elif arch in ("qwen2_moe", "qwen3_moe", "olmoe"):
+        moe = MoeConfig(
+            hf["num_experts"], hf["num_experts_per_tok"],
+            hf.get("moe_intermediate_size") or hf["intermediate_size"],
+            router="softmax_topk", norm_topk_prob=bool(hf.get("norm_topk_prob", False)),
+            shared_expert_hidden_dim=int(hf.get("shared_expert_intermediate_size") or 0) if arch == "qwen2_moe" else 0,
+        )
+        step = int(hf.get("decoder_sparse_step") or 1)
+        dense_only = set(hf.get("mlp_only_layers") or ())
+        moe_layers = tuple(i not in dense_only and (i + 1) % step == 0 for i in range(n_layers))
+
+    qkv_bias = bool(hf.get("attention_bias", False)) or arch in ("qwen2", "qwen2_moe") and hf.get("qkv_bias", True)
+    return ModelConfig(
+        arch=arch,
+        vocab_size=int(hf["vocab_size"]),
+        dim=dim,
+        n_layers=n_layers,
+        n_heads=n_heads,
+        n_kv_heads=int(hf.get("num_key_value_heads") or n_heads),
+        head_dim=int(hf.get("head_dim") or dim // n_heads),
+        hidden_dim=int(hf.get("intermediate_size") or 0),
+        norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+        rope_theta=rope_theta,
+        rope_scaling=rope_scaling,
+        max_seq_len=int(hf.get("max_position_embeddings", 2048)),
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        qkv_bias=bool(qkv_bias),
+        o_bias=bool(hf.get("attention_bias", False)) and arch in ("llama", "mistral", "qwen3", "qwen3_moe", "olmoe"),
+        qk_norm={"qwen3": "head", "qwen3_moe": "head", "olmoe": "full"}.get(arch, "none"),
+        clip_qkv=hf.get("clip_qkv"),
+        sliding_windows=windows,
+        moe=moe,
+        moe_layers=moe_layers,
+    )

@@ -1,0 +1,69 @@
+"""Causal self-attention with grouped-query heads (MHA, GQA, MQA), RoPE, optional q/k-norm and
+sliding window. Reads and writes K/V through the cache it is handed; never owns one.
+
+Shape legend: B batch, T new tokens, S cached+new tokens, D dim, H query heads, K kv heads,
+d head_dim, G = H/K queries per kv head.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.config import ModelConfig
+from engine.layers.norm import RMSNorm
+from engine.layers.rope import apply_rope
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
+        self.clip_qkv = config.clip_qkv
+        self.qk_norm = config.qk_norm
+        H, K, d = self.n_heads, self.n_kv_heads, self.head_dim
+        self.wq = nn.Linear(config.dim, H * d, bias=config.qkv_bias)
+        self.wk = nn.Linear(config.dim, K * d, bias=config.qkv_bias)
+        self.wv = nn.Linear(config.dim, K * d, bias=config.qkv_bias)
+        self.wo = nn.Linear(H * d, config.dim, bias=config.o_bias)
+        if config.qk_norm == "head":  # Qwen3: one RMSNorm shared by every head
+            self.q_norm, self.k_norm = RMSNorm(d, config.norm_eps), RMSNorm(d, config.norm_eps)
+        elif config.qk_norm == "full":  # OLMoE: RMSNorm over all heads' concatenation
+            self.q_norm, self.k_norm = RMSNorm(H * d, config.norm_eps), RMSNorm(K * d, config.norm_eps)
+
+    def forward(self, x, cos, sin, cache, start_pos: int, mask, probe=None) -> torch.Tensor:
+        B, T, _ = x.shape
+        H, K, d = self.n_heads, self.n_kv_heads, self.head_dim
+        q, k, v = self.wq(x), self.wk(x), self.wv(x)  # [B, T, H*d], [B, T, K*d] x2
+        if self.qk_norm == "full":
+            q, k = self.q_norm(q), self.k_norm(k)
+        if self.clip_qkv is not None:
+            q, k, v = (t.clamp(-self.clip_qkv, self.clip_qkv) for t in (q, k, v))
+        q = q.view(B, T, H, d)
+        k = k.view(B, T, K, d)
+        if self.qk_norm == "head":
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = apply_rope(q.transpose(1, 2), cos, sin)  # [B, H, T, d]
+        k = apply_rope(k.transpose(1, 2), cos, sin)  # [B, K, T, d]
+        v = v.view(B, T, K, d).transpose(1, 2)  # [B, K, T, d]
+        k, v = cache.update(self.layer_idx, k, v, start_pos)  # [B, K, S, d] each
+
+        if probe is not None and probe.wants_attention(self.layer_idx):
+            out = self._explicit(q, k, v, mask, probe)
+        else:
+            # Fused kernel; GQA is handled inside SDPA without repeating K/V in memory.
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=H != K)  # [B, H, T, d]
+        return self.wo(out.transpose(1, 2).reshape(B, T, H * d))
+
+    def _explicit(self, q, k, v, mask, probe) -> torch.Tensor:
+        """The slow path that materialises the attention matrix so a probe can see it."""
+        G = self.n_heads // self.n_kv_heads
+        k = k.repeat_interleave(G, dim=1)  # [B, H, S, d]: head h reads kv head h // G
+        v = v.repeat_interleave(G, dim=1)
+        scores = (q.float() @ k.float().transpose(-1, -2)) * self.head_dim ** -0.5  # [B, H, T, S]
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        probs = torch.softmax(scores, dim=-1)
+        probe.record_attention(self.layer_idx, probs)
+        return (probs.to(v.dtype) @ v)

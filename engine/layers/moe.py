@@ -1,0 +1,77 @@
+"""Sparse mixture-of-experts block: a router picks k experts per token, experts run batched by expert.
+
+Shape legend: N tokens (batch*time flattened), D dim, E experts, A active experts per token (top-k),
+I expert hidden dim. Expert weights are stacked [E, ...] so that a token's experts are gathered,
+not looped over; the Python loop runs over the *experts that received tokens*, never over tokens.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.config import MoeConfig
+from engine.layers.mlp import SwiGLU
+
+
+def route(router_logits: torch.Tensor, moe: MoeConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pick experts per token. Returns (router_probs [N,E], expert_ids [N,A], gate_weights [N,A]).
+
+    Two published conventions:
+      topk_softmax (Mixtral): weights = softmax over the k chosen logits.
+      softmax_topk (Qwen-MoE, OLMoE): softmax over all E, keep the top k, renormalise only if asked.
+    Both expose the full softmax so panels can show the router's whole distribution.
+    """
+    probs = F.softmax(router_logits.float(), dim=-1)  # [N, E]
+    top_probs, expert_ids = torch.topk(probs, moe.n_experts_per_tok, dim=-1)  # [N, A]
+    if moe.router == "topk_softmax" or moe.norm_topk_prob:
+        # softmax over the top-k logits == top-k of the full softmax, renormalised.
+        top_probs = top_probs / top_probs.sum(dim=-1, keepdim=True)
+    return probs, expert_ids, top_probs.to(router_logits.dtype)
+
+
+class SparseMoE(nn.Module):
+    def __init__(self, dim: int, moe: MoeConfig):
+        super().__init__()
+        self.moe = moe
+        E, I = moe.n_experts, moe.expert_hidden_dim
+        self.router = nn.Linear(dim, E, bias=False)
+        self.w_gate = nn.Parameter(torch.empty(E, I, dim))
+        self.w_up = nn.Parameter(torch.empty(E, I, dim))
+        self.w_down = nn.Parameter(torch.empty(E, dim, I))
+        self.shared = SwiGLU(dim, moe.shared_expert_hidden_dim) if moe.shared_expert_hidden_dim else None
+        self.shared_gate = nn.Linear(dim, 1, bias=False) if self.shared is not None and moe.shared_expert_gated else None
+
+    def forward(self, x: torch.Tensor, layer_idx: int = 0, probe=None) -> torch.Tensor:
+        B, T, D = x.shape
+        flat = x.reshape(-1, D)  # [N, D]
+        probs, expert_ids, gate_weights = route(self.router(flat), self.moe)
+        if probe is not None:
+            probe.record_routing(layer_idx, probs, expert_ids, gate_weights)
+        out = self._experts(flat, expert_ids, gate_weights)
+        if self.shared is not None:
+            shared = self.shared(flat)
+            if self.shared_gate is not None:
+                shared = torch.sigmoid(self.shared_gate(flat)) * shared
+            out = out + shared
+        return out.view(B, T, D)
+
+    def _experts(self, flat: torch.Tensor, expert_ids: torch.Tensor, gate_weights: torch.Tensor) -> torch.Tensor:
+        N, A = expert_ids.shape
+        # Sort the N*A (token, expert) assignments by expert so each expert sees one contiguous slice.
+        flat_ids = expert_ids.reshape(-1)  # [N*A]
+        order = torch.argsort(flat_ids, stable=True)  # [N*A]
+        token_of = order // A  # which token each sorted assignment belongs to
+        counts = torch.bincount(flat_ids, minlength=self.moe.n_experts).tolist()  # one sync per layer
+        weights = gate_weights.reshape(-1)[order].unsqueeze(-1)  # [N*A, 1]
+        out = torch.zeros_like(flat)
+        start = 0
+        for e, n in enumerate(counts):
+            if n == 0:
+                continue  # untouched experts' weights are never read
+            rows = token_of[start:start + n]
+            h = flat[rows]  # [n, D]
+            h = F.silu(h @ self.w_gate[e].T) * (h @ self.w_up[e].T)  # [n, I]
+            out.index_add_(0, rows, (h @ self.w_down[e].T) * weights[start:start + n])
+            start += n
+        return out

@@ -1,0 +1,97 @@
+"""The decoder-only transformer: embed -> blocks (attention + dense or MoE MLP) -> norm -> LM head.
+
+One class covers every supported architecture; the differences (biases, q/k-norm, sliding
+windows, MoE conventions) are fields of ModelConfig. Float-only: quantization swaps modules.
+Shape legend: B batch, T new tokens, S cached+new tokens, D dim, V vocab.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from engine.config import ModelConfig
+from engine.layers.attention import Attention
+from engine.layers.mlp import SwiGLU
+from engine.layers.moe import SparseMoE
+from engine.layers.norm import RMSNorm
+from engine.layers.rope import RopeTable
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.attn_norm = RMSNorm(config.dim, config.norm_eps)
+        self.attn = Attention(config, layer_idx)
+        self.mlp_norm = RMSNorm(config.dim, config.norm_eps)
+        self.is_moe = config.moe_layers[layer_idx]
+        self.mlp = SparseMoE(config.dim, config.moe) if self.is_moe else SwiGLU(config.dim, config.hidden_dim)
+
+    def forward(self, x, cos, sin, cache, start_pos, mask, probe=None):
+        x = x + self.attn(self.attn_norm(x), cos, sin, cache, start_pos, mask, probe)
+        h = self.mlp_norm(x)
+        return x + (self.mlp(h, self.layer_idx, probe) if self.is_moe else self.mlp(h))
+
+
+def attention_mask(start_pos: int, T: int, window: int | None, device) -> torch.Tensor | None:
+    """Boolean [T, S] mask (True = may attend): causal, and within `window` positions if set.
+
+    Returns None when every cached position is visible (single-token decode without an active
+    window), so SDPA can take its unmasked fast path.
+    """
+    S = start_pos + T
+    if T == 1 and (window is None or S <= window):
+        return None
+    q_pos = torch.arange(start_pos, S, device=device).unsqueeze(1)  # [T, 1]
+    k_pos = torch.arange(S, device=device).unsqueeze(0)  # [1, S]
+    mask = k_pos <= q_pos
+    if window is not None:
+        mask &= (q_pos - k_pos) < window  # the token itself plus window-1 before it
+    return mask
+
+
+class Decoder(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.dim)
+        self.layers = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
+        self.norm = RMSNorm(config.dim, config.norm_eps)
+        self.lm_head = None if config.tie_embeddings else nn.Linear(config.dim, config.vocab_size, bias=False)
+        self.rope = RopeTable(config)
+
+    @torch.inference_mode()
+    def forward(self, tokens: torch.Tensor, start_pos: int, cache, probe=None, last_only: bool = False):
+        """Run `tokens` [B, T] at positions start_pos.. against `cache`; returns fp32 logits [B, T or 1, V]."""
+        B, T = tokens.shape
+        positions = torch.arange(start_pos, start_pos + T, device=tokens.device)
+        cos, sin = self.rope.cos_sin(positions)
+        cos, sin = cos.to(self.embed.weight.dtype), sin.to(self.embed.weight.dtype)
+        masks = {w: attention_mask(start_pos, T, w, tokens.device) for w in set(self.config.sliding_windows)}
+        x = self.embed(tokens)  # [B, T, D]
+        for layer in self.layers:
+            x = layer(x, cos, sin, cache, start_pos, masks[self.config.sliding_windows[layer.layer_idx]], probe)
+        if last_only:
+            x = x[:, -1:]
+        x = self.norm(x)
+        head = self.embed.weight if self.lm_head is None else self.lm_head.weight
+        return (x @ head.T).float()  # [B, T, V]
+
+    @classmethod
+    def from_tensors(cls, config: ModelConfig, tensors: dict[str, torch.Tensor], device="cpu",
+                     dtype=torch.float32) -> "Decoder":
+        """Build the model around already-loaded canonical tensors (docs/weights.md) without copying twice."""
+        with torch.device("meta"):
+            model = cls(config)
+        state = {name: t.to(device=device, dtype=dtype) for name, t in tensors.items()}
+        model.load_state_dict(state, strict=True, assign=True)
+        model.rope = RopeTable(config, device=device)
+        return model.eval()
+
+    def weight_bytes(self) -> dict[str, int]:
+        """Bytes of parameters by dtype name (the memory panel's 'weights' bar)."""
+        out: dict[str, int] = {}
+        for p in self.parameters():
+            key = str(p.dtype).removeprefix("torch.")
+            out[key] = out.get(key, 0) + p.numel() * p.element_size()
+        return out

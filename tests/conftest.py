@@ -1,0 +1,35 @@
+"""Shared fixtures: tiny seeded HF checkpoints (transformers is the test-only reference) and the
+default model's location. Qt tests set QT_QPA_PLATFORM=offscreen here, before any Qt import."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+# One thread keeps tiny-model tests fast and stable on a 2-core CI box running other work.
+torch.set_num_threads(1)
+
+from tests.tiny_models import build_hf_model  # noqa: E402
+
+
+@pytest.fixture
+def hf_checkpoint(tmp_path):
+    """Factory: (arch, **config overrides) -> (directory, transformers model) saved as safetensors."""
+
+    def make(arch: str, seed: int = 0, **overrides):
+        model = build_hf_model(arch, seed, **overrides)
+        out = tmp_path / f"{arch}-{seed}"
+        model.save_pretrained(out)
+        return out, model
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def default_gguf():
+    from engine.loaders import default_model_path
+
+    return default_model_path()
