@@ -172,9 +172,11 @@ def _from_hf(arch: str, hf: dict) -> ModelConfig:
                         router="topk_softmax", norm_topk_prob=True)
         moe_layers = (True,) * n_layers
     elif arch in ("qwen2_moe", "qwen3_moe", "olmoe"):
+        # Hub checkpoints say num_experts; transformers 5 saves some as num_local_experts.
         moe = MoeConfig(
-            hf["num_experts"], hf["num_experts_per_tok"],
-            hf.get("moe_intermediate_size") or hf["intermediate_size"],
+            hf.get("num_experts") or hf["num_local_experts"], hf["num_experts_per_tok"],
+            # OLMoE's experts use intermediate_size; the Qwen MoEs have a separate expert width.
+            hf["intermediate_size"] if arch == "olmoe" else hf["moe_intermediate_size"],
             router="softmax_topk", norm_topk_prob=bool(hf.get("norm_topk_prob", False)),
             shared_expert_hidden_dim=int(hf.get("shared_expert_intermediate_size") or 0) if arch == "qwen2_moe" else 0,
         )

@@ -18,7 +18,7 @@ ARCHS = {
     "qwen2_moe": ("Qwen2MoeConfig", "Qwen2MoeForCausalLM",
                   {"num_experts": 4, **MOE, "shared_expert_intermediate_size": 80, "mlp_only_layers": [1]}),
     "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM", {"num_experts": 4, **MOE, "norm_topk_prob": True}),
-    "olmoe": ("OlmoeConfig", "OlmoeForCausalLM", {"num_experts": 4, **MOE, "clip_qkv": 3.0}),
+    "olmoe": ("OlmoeConfig", "OlmoeForCausalLM", {"num_experts": 4, "num_experts_per_tok": 2, "clip_qkv": 3.0}),
 }
 
 
