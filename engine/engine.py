@@ -84,7 +84,7 @@ class Engine:
 
         t0 = time.perf_counter()
         tokens = torch.tensor([prompt_ids], device=self.device)
-        logits = self.model(tokens, 0, cache, last_only=True)[0, -1].cpu()
+        logits = self.model(tokens, cache.view(0, len(prompt_ids)), last_only=True)[0, -1].cpu()
         prefill_ms = (time.perf_counter() - t0) * 1000
         t_decode = time.perf_counter()
         out_ids: list[int] = []
@@ -115,7 +115,7 @@ class Engine:
             if pos >= cache_len:
                 reason = "context_full"
                 break
-            logits = self.model(torch.tensor([[token]], device=self.device), pos, cache)[0, -1].cpu()
+            logits = self.model(torch.tensor([[token]], device=self.device), cache.view(pos, 1))[0, -1].cpu()
             pos += 1
         decode_ms = (time.perf_counter() - t_decode) * 1000
         text += stream.flush()

@@ -1,8 +1,10 @@
 """A contiguous per-layer K/V cache for one batch of sequences that grow together.
 
 Simple by design: it reserves max_len slots for every sequence up front. The paged cache
-(blocks, sharing, prefix reuse) replaces it; attention only relies on `update`.
-Shape legend: L layers, B batch, K kv heads, S max positions, d head_dim.
+(blocks, sharing, prefix reuse) is the engine's real cache; this one stays as the plain
+reference the paged one is tested against. Attention sees either through a *view*: the
+per-forward object with `positions`, `update(layer, k, v)` and `mask(window)`.
+Shape legend: L layers, B batch, K kv heads, S positions, T new tokens, d head_dim.
 """
 from __future__ import annotations
 
@@ -10,6 +12,20 @@ import torch
 
 from engine.config import ModelConfig
 from engine.errors import ContextOverflow
+
+
+def causal_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None) -> torch.Tensor:
+    """Boolean mask (True = may attend) from query positions [..., T] and key positions [..., S].
+
+    Causal, and within `window` positions when set (the token itself plus window-1 before it,
+    as Mistral defines it). Returns [..., T, S].
+    """
+    q = q_pos.unsqueeze(-1)
+    k = k_pos.unsqueeze(-2)
+    mask = k <= q
+    if window is not None:
+        mask &= (q - k) < window
+    return mask
 
 
 class ContiguousKVCache:
@@ -20,16 +36,14 @@ class ContiguousKVCache:
         self.max_len = max_len
         self.length = 0  # positions [0, length) hold valid K/V
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor, start_pos: int):
-        """Store k, v [B, K, T, d] at positions start_pos.. and return all K/V up to the end of them."""
-        end = start_pos + k.shape[2]
+    def view(self, start_pos: int, num_tokens: int) -> "ContiguousView":
+        end = start_pos + num_tokens
         if end > self.max_len:
             raise ContextOverflow(f"KV cache holds {self.max_len} positions; asked to write up to {end}")
-        self.k[layer, :, :, start_pos:end] = k
-        self.v[layer, :, :, start_pos:end] = v
-        if layer == self.k.shape[0] - 1:
-            self.length = end
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        if start_pos > self.length:
+            raise ValueError(f"gap in the cache: it holds {self.length} positions, writing from {start_pos}")
+        self.length = end
+        return ContiguousView(self, start_pos, num_tokens)
 
     def truncate(self, length: int) -> None:
         """Forget every position from `length` on (the slots are simply overwritten later)."""
@@ -38,3 +52,31 @@ class ContiguousKVCache:
     @property
     def nbytes(self) -> int:
         return self.k.numel() * self.k.element_size() * 2
+
+
+class ContiguousView:
+    """Positions start_pos .. start_pos+T-1 of every sequence in a ContiguousKVCache."""
+
+    def __init__(self, cache: ContiguousKVCache, start_pos: int, num_tokens: int):
+        self.cache, self.start, self.end = cache, start_pos, start_pos + num_tokens
+        device = cache.k.device
+        batch = cache.k.shape[1]
+        self.positions = torch.arange(self.start, self.end, device=device).expand(batch, -1)  # [B, T]
+        self._masks: dict[int | None, torch.Tensor | None] = {}
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        """Store k, v [B, K, T, d] and return every position's K/V so far, [B, K, S, d] each."""
+        self.cache.k[layer, :, :, self.start:self.end] = k
+        self.cache.v[layer, :, :, self.start:self.end] = v
+        return self.cache.k[layer, :, :, :self.end], self.cache.v[layer, :, :, :self.end]
+
+    def mask(self, window: int | None) -> torch.Tensor | None:
+        """[1, 1, T, S] boolean mask, or None when every cached position is visible (SDPA's fast path)."""
+        if window not in self._masks:
+            T = self.end - self.start
+            if T == 1 and (window is None or self.end <= window):
+                self._masks[window] = None
+            else:
+                k_pos = torch.arange(self.end, device=self.positions.device)
+                self._masks[window] = causal_mask(self.positions[0], k_pos, window)[None, None]
+        return self._masks[window]

@@ -27,27 +27,10 @@ class Block(nn.Module):
         self.is_moe = config.moe_layers[layer_idx]
         self.mlp = SparseMoE(config.dim, config.moe) if self.is_moe else SwiGLU(config.dim, config.hidden_dim)
 
-    def forward(self, x, cos, sin, cache, start_pos, mask, probe=None):
-        x = x + self.attn(self.attn_norm(x), cos, sin, cache, start_pos, mask, probe)
+    def forward(self, x, cos, sin, kv, probe=None):
+        x = x + self.attn(self.attn_norm(x), cos, sin, kv, probe)
         h = self.mlp_norm(x)
         return x + (self.mlp(h, self.layer_idx, probe) if self.is_moe else self.mlp(h))
-
-
-def attention_mask(start_pos: int, T: int, window: int | None, device) -> torch.Tensor | None:
-    """Boolean [T, S] mask (True = may attend): causal, and within `window` positions if set.
-
-    Returns None when every cached position is visible (single-token decode without an active
-    window), so SDPA can take its unmasked fast path.
-    """
-    S = start_pos + T
-    if T == 1 and (window is None or S <= window):
-        return None
-    q_pos = torch.arange(start_pos, S, device=device).unsqueeze(1)  # [T, 1]
-    k_pos = torch.arange(S, device=device).unsqueeze(0)  # [1, S]
-    mask = k_pos <= q_pos
-    if window is not None:
-        mask &= (q_pos - k_pos) < window  # the token itself plus window-1 before it
-    return mask
 
 
 class Decoder(nn.Module):
@@ -61,16 +44,15 @@ class Decoder(nn.Module):
         self.rope = RopeTable(config)
 
     @torch.inference_mode()
-    def forward(self, tokens: torch.Tensor, start_pos: int, cache, probe=None, last_only: bool = False):
-        """Run `tokens` [B, T] at positions start_pos.. against `cache`; returns fp32 logits [B, T or 1, V]."""
-        B, T = tokens.shape
-        positions = torch.arange(start_pos, start_pos + T, device=tokens.device)
-        cos, sin = self.rope.cos_sin(positions)
+    def forward(self, tokens: torch.Tensor, kv, probe=None, last_only: bool = False):
+        """Run `tokens` [B, T] through the model; `kv` is a cache view for this step (it knows the
+        tokens' positions, where their K/V go and what each may attend to). Returns fp32 logits
+        [B, T, V], or [B, 1, V] with last_only."""
+        cos, sin = self.rope.cos_sin(kv.positions)  # [B, T, d] each
         cos, sin = cos.to(self.embed.weight.dtype), sin.to(self.embed.weight.dtype)
-        masks = {w: attention_mask(start_pos, T, w, tokens.device) for w in set(self.config.sliding_windows)}
         x = self.embed(tokens)  # [B, T, D]
         for layer in self.layers:
-            x = layer(x, cos, sin, cache, start_pos, masks[self.config.sliding_windows[layer.layer_idx]], probe)
+            x = layer(x, cos, sin, kv, probe)
         if last_only:
             x = x[:, -1:]
         x = self.norm(x)

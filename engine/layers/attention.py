@@ -22,6 +22,7 @@ class Attention(nn.Module):
         self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
         self.clip_qkv = config.clip_qkv
         self.qk_norm = config.qk_norm
+        self.window = config.sliding_windows[layer_idx]
         H, K, d = self.n_heads, self.n_kv_heads, self.head_dim
         self.wq = nn.Linear(config.dim, H * d, bias=config.qkv_bias)
         self.wk = nn.Linear(config.dim, K * d, bias=config.qkv_bias)
@@ -32,7 +33,7 @@ class Attention(nn.Module):
         elif config.qk_norm == "full":  # OLMoE: RMSNorm over all heads' concatenation
             self.q_norm, self.k_norm = RMSNorm(H * d, config.norm_eps), RMSNorm(K * d, config.norm_eps)
 
-    def forward(self, x, cos, sin, cache, start_pos: int, mask, probe=None) -> torch.Tensor:
+    def forward(self, x, cos, sin, kv, probe=None) -> torch.Tensor:
         B, T, _ = x.shape
         H, K, d = self.n_heads, self.n_kv_heads, self.head_dim
         q, k, v = self.wq(x), self.wk(x), self.wv(x)  # [B, T, H*d], [B, T, K*d] x2
@@ -44,10 +45,12 @@ class Attention(nn.Module):
         k = k.view(B, T, K, d)
         if self.qk_norm == "head":
             q, k = self.q_norm(q), self.k_norm(k)
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # [B, 1, T, d]: one table for every head
         q = apply_rope(q.transpose(1, 2), cos, sin)  # [B, H, T, d]
         k = apply_rope(k.transpose(1, 2), cos, sin)  # [B, K, T, d]
         v = v.view(B, T, K, d).transpose(1, 2)  # [B, K, T, d]
-        k, v = cache.update(self.layer_idx, k, v, start_pos)  # [B, K, S, d] each
+        k, v = kv.update(self.layer_idx, k, v)  # [B, K, S, d] each
+        mask = kv.mask(self.window)  # [B or 1, 1, T, S] or None
 
         if probe is not None and probe.wants_attention(self.layer_idx):
             out = self._explicit(q, k, v, mask, probe)

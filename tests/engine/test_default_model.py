@@ -39,7 +39,7 @@ def test_greedy_matches_transformers(engine, hf_model, question):
     with torch.no_grad():
         ref_logits = hf_model(torch.tensor([prompt])).logits[0, -1]
         cache = ContiguousKVCache(engine.config, len(prompt))
-        ours_logits = engine.model(torch.tensor([prompt]), 0, cache)[0, -1]
+        ours_logits = engine.model(torch.tensor([prompt]), cache.view(0, len(prompt)))[0, -1]
     assert (ref_logits - ours_logits).abs().max().item() <= 1e-3
 
     ours = [x for x in engine.generate(prompt, SamplingParams(temperature=0, max_new_tokens=48))

@@ -34,13 +34,13 @@ def run_both(directory, hf_model, prefill=PREFILL, decode=DECODE, seed=0, probe=
     cache = ContiguousKVCache(config, prefill + decode)
     with torch.no_grad():
         ref = hf_model(tokens[:, :prefill], use_cache=True)
-        ours_logits = ours(tokens[:, :prefill], 0, cache, probe=probe)
+        ours_logits = ours(tokens[:, :prefill], cache.view(0, prefill), probe=probe)
         worst = (ref.logits - ours_logits).abs().max().item()
         past = ref.past_key_values
         for i in range(prefill, prefill + decode):
             ref = hf_model(tokens[:, i:i + 1], past_key_values=past, use_cache=True)
             past = ref.past_key_values
-            step = ours(tokens[:, i:i + 1], i, cache, probe=probe)
+            step = ours(tokens[:, i:i + 1], cache.view(i, 1), probe=probe)
             worst = max(worst, (ref.logits - step).abs().max().item())
     return worst
 
