@@ -96,8 +96,9 @@ class Engine:
             if cancel is not None and cancel.is_set():
                 reason = "cancelled"
                 break
-            token = sample(logits, params, generator)
-            dist = logits if params.greedy else filtered_logits(logits, params)
+            history = prompt_ids + out_ids if params.penalised else ()
+            token = sample(logits, params, generator, history=history)
+            dist = filtered_logits(logits, params, history=history)
             prob = float(torch.softmax(dist.float(), dim=-1)[token])
             out_ids.append(token)
             is_eos = token in self.tokenizer.eos_ids

@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True, slots=True)
 class SamplingParams:
+    """Knobs of the sampler chain; each field's "off" value is noted. engine/sampling.py applies them in
+    HF's order: penalties, temperature, top-k, top-p, min-p, typical-p."""
+
     temperature: float = 0.7  # 0 means greedy
     top_k: int = 0  # 0 = off
     top_p: float = 1.0  # 1 = off
@@ -17,6 +20,11 @@ class SamplingParams:
     max_new_tokens: int = 256
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    # Penalties look at the token history (prompt + generated ids) the caller passes to the sampler.
+    repetition_penalty: float = 1.0  # 1 = off; >1 discourages seen tokens (CTRL/HF: logit / p if > 0 else * p)
+    presence_penalty: float = 0.0  # 0 = off; subtracted once from every seen token's logit (OpenAI)
+    frequency_penalty: float = 0.0  # 0 = off; subtracted once per occurrence (OpenAI)
+    typical_p: float = 1.0  # 1 = off; locally typical sampling mass (Meister et al. 2022)
 
     def __post_init__(self):
         if self.temperature < 0:
@@ -27,10 +35,24 @@ class SamplingParams:
             raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
         if self.max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
+        # Written as `not <in range>` so that NaN, which fails every comparison, is rejected too.
+        if not 0.0 < self.repetition_penalty < float("inf"):
+            raise ValueError(f"repetition_penalty must be a finite number > 0, got {self.repetition_penalty}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            if not -2.0 <= value <= 2.0:  # OpenAI's documented range; beyond it text degenerates fast
+                raise ValueError(f"{name} must be in [-2, 2], got {value}")
+        if not 0.0 < self.typical_p <= 1.0:
+            raise ValueError(f"typical_p must be in (0, 1], got {self.typical_p}")
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0 or self.top_k == 1
+
+    @property
+    def penalised(self) -> bool:
+        """Whether any penalty is on, i.e. whether the sampler needs the token history at all."""
+        return self.repetition_penalty != 1.0 or self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
 
 
 @dataclass(frozen=True, slots=True)

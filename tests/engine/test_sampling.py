@@ -113,7 +113,7 @@ V = 1000
 def random_case(seed):
     g = torch.Generator().manual_seed(seed)
     logits = torch.randn(V, generator=g) * (1 + seed % 4)
-    history = torch.randint(0, V + 20, (64,), generator=g)  # some ids beyond the lm_head: both ignore them
+    history = torch.randint(0, V, (64,), generator=g)
     return logits, history
 
 
@@ -142,6 +142,14 @@ def test_whole_chain_equals_hf_processor_list(seed):
         hf.RepetitionPenaltyLogitsProcessor(1.2), hf.TemperatureLogitsWarper(0.8), hf.TopKLogitsWarper(200),
         hf.TopPLogitsWarper(0.95), hf.MinPLogitsWarper(0.01), hf.TypicalLogitsWarper(0.9)])
     close(run_chain(logits, params, history).logits, chain(history[None], logits[None].clone())[0])
+
+
+def test_penalties_ignore_ids_beyond_the_lm_head_as_recent_hf_does():
+    # transformers 5.23 clamps such ids away but 5.17 raises, so HF itself is not called here.
+    logits, history = random_case(0)
+    beyond = torch.cat([history, torch.tensor([V, V + 7])])
+    params = SamplingParams(temperature=1.0, repetition_penalty=1.3, presence_penalty=0.4, frequency_penalty=0.2)
+    assert torch.equal(run_chain(logits, params, beyond).logits, run_chain(logits, params, history).logits)
 
 
 def test_greedy_with_a_repetition_penalty_equals_hf_argmax():
