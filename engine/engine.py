@@ -98,7 +98,8 @@ class Engine:
                 break
             history = prompt_ids + out_ids if params.penalised else ()
             token = sample(logits, params, generator, history=history)
-            dist = filtered_logits(logits, params, history=history)
+            # Greedy reports the model's own probability of its pick, not the one-hot it was chosen from.
+            dist = logits if params.greedy else filtered_logits(logits, params, history=history)
             prob = float(torch.softmax(dist.float(), dim=-1)[token])
             out_ids.append(token)
             is_eos = token in self.tokenizer.eos_ids
