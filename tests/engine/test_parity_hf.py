@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.engine import Engine, LoadOptions
 from engine.kv_cache import ContiguousKVCache
 from engine.loaders.safetensors_dir import load_hf_dir
 from engine.model import Decoder
@@ -75,6 +74,8 @@ def test_qwen2_sliding_window_layers(hf_checkpoint):
 
 
 def test_engine_greedy_equals_transformers_generate(hf_checkpoint):
+    from engine.engine import Engine, LoadOptions
+
     directory, hf_model = hf_checkpoint("qwen3")
     engine = Engine.load(directory, LoadOptions(device="cpu", dtype="float32"))
     prompt = list(range(5, 25))

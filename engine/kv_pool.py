@@ -1,0 +1,86 @@
+"""The tensor side of the paged KV cache: one pre-allocated pool of fixed-size blocks per layer,
+and the per-step view attention reads and writes through.
+
+Bookkeeping (which sequence owns which block, prefix hashes, copy-on-write) lives in
+engine/paging and uses no torch; this file only moves tensors where that bookkeeping says.
+Shape legend: L layers, N blocks, P block size, K kv heads, d head_dim, B sequences in the
+step, T new tokens per sequence, S = longest context in the step rounded up to whole blocks.
+"""
+from __future__ import annotations
+
+import torch
+
+from engine.config import ModelConfig
+from engine.kv_cache import causal_mask
+
+
+def kv_bytes_per_token(config: ModelConfig, dtype: torch.dtype) -> int:
+    return 2 * config.n_layers * config.n_kv_heads * config.head_dim * torch.finfo(dtype).bits // 8
+
+
+def blocks_for_budget(config: ModelConfig, block_size: int, budget_bytes: int, dtype: torch.dtype) -> int:
+    return max(1, budget_bytes // (kv_bytes_per_token(config, dtype) * block_size))
+
+
+class KVPool:
+    def __init__(self, config: ModelConfig, num_blocks: int, block_size: int, device="cpu", dtype=torch.float32):
+        self.num_blocks, self.block_size = num_blocks, block_size
+        # Slots are stored flat ([N*P] rather than [N, P]) so a write is one index_copy_ by slot number.
+        shape = (config.n_layers, num_blocks * block_size, config.n_kv_heads, config.head_dim)  # [L, N*P, K, d]
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+
+    @property
+    def nbytes(self) -> int:
+        return 2 * self.k.numel() * self.k.element_size()
+
+    def copy_blocks(self, copies) -> None:
+        """Execute copy-on-write instructions: each (src, dst) copies one whole block, every layer."""
+        P = self.block_size
+        for src, dst in copies:
+            self.k[:, dst * P:(dst + 1) * P] = self.k[:, src * P:(src + 1) * P]
+            self.v[:, dst * P:(dst + 1) * P] = self.v[:, src * P:(src + 1) * P]
+
+    def view(self, positions, slots, block_tables, context_lens) -> "PagedView":
+        return PagedView(self, positions, slots, block_tables, context_lens)
+
+
+class PagedView:
+    """One forward step over B sequences: where each new token's K/V go, and what each may read.
+
+    positions [B, T] (absolute positions of the new tokens), slots [B*T] (flat slot per new
+    token), block_tables [B, nb] (padded with any valid block id), context_lens [B] (tokens in
+    each sequence *after* this step).
+    """
+
+    def __init__(self, pool: KVPool, positions, slots, block_tables, context_lens):
+        device = pool.k.device
+        self.pool = pool
+        self.positions = torch.as_tensor(positions, device=device)
+        self.slots = torch.as_tensor(slots, device=device)
+        tables = torch.as_tensor(block_tables, device=device)
+        self.context_lens = torch.as_tensor(context_lens, device=device)
+        P = pool.block_size
+        # Every slot each sequence may read, in position order: [B, nb*P].
+        self.read_slots = (tables.unsqueeze(-1) * P + torch.arange(P, device=device)).flatten(1)
+        self._masks: dict = {}
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        """Write k, v [B, K, T, d] into their slots; return each sequence's K/V [B, K, S, d]."""
+        B, K, T, d = k.shape
+        pool_k, pool_v = self.pool.k[layer], self.pool.v[layer]
+        pool_k.index_copy_(0, self.slots, k.transpose(1, 2).reshape(B * T, K, d))
+        pool_v.index_copy_(0, self.slots, v.transpose(1, 2).reshape(B * T, K, d))
+        k_all = pool_k[self.read_slots]  # [B, S, K, d]
+        v_all = pool_v[self.read_slots]
+        return k_all.transpose(1, 2), v_all.transpose(1, 2)
+
+    def mask(self, window: int | None) -> torch.Tensor:
+        """[B, 1, T, S]: causal by absolute position, within the window, and inside each context."""
+        if window not in self._masks:
+            S = self.read_slots.shape[1]
+            k_pos = torch.arange(S, device=self.positions.device)
+            mask = causal_mask(self.positions, k_pos.expand(len(self.positions), -1), window)  # [B, T, S]
+            mask &= (k_pos < self.context_lens.unsqueeze(-1)).unsqueeze(1)
+            self._masks[window] = mask.unsqueeze(1)
+        return self._masks[window]

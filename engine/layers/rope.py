@@ -1,0 +1,122 @@
+"""Rotary position embeddings: inverse frequencies under each scaling rule, cos/sin tables, rotation.
+
+Pure functions plus one small cache (RopeTable). HF's rotate-half layout (the two halves of a
+head are the pair being rotated), which is what HF checkpoints expect; GGUF loaders un-permute
+llama.cpp's interleaved Q/K rows to match it.
+Shape legend: B batch, T tokens, H heads, d head_dim, F = d/2 frequencies.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from engine.config import ModelConfig, RopeScaling
+
+
+def _default_inv_freq(head_dim: int, theta: float) -> torch.Tensor:
+    return 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))  # [F]
+
+
+def _yarn(head_dim: int, theta: float, s: RopeScaling, original: int) -> tuple[torch.Tensor, float]:
+    """YaRN (Peng et al. 2023): interpolate low frequencies, keep high ones, ramp in between,
+    and scale attention logits (through cos/sin) by a log-factor of the stretch."""
+
+    def mscale(scale: float, m: float = 1.0) -> float:
+        return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+    if s.attention_factor is not None:
+        attention = s.attention_factor
+    elif s.mscale and s.mscale_all_dim:
+        attention = mscale(s.factor, s.mscale) / mscale(s.factor, s.mscale_all_dim)
+    else:
+        attention = mscale(s.factor)
+
+    def correction_dim(rotations: float) -> float:
+        # the dimension whose wavelength fits `rotations` times in the original context
+        return head_dim * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(theta))
+
+    low, high = correction_dim(s.beta_fast), correction_dim(s.beta_slow)
+    if s.truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, head_dim - 1)
+    if low == high:
+        high += 0.001  # avoid dividing by zero in the ramp
+    ramp = torch.clamp((torch.arange(head_dim // 2, dtype=torch.float32) - low) / (high - low), 0, 1)
+    extrapolate = 1 - ramp  # 1 = keep the original frequency, 0 = fully interpolated
+    base = theta ** (torch.arange(0, head_dim, 2).float() / head_dim)
+    inv_freq = (1.0 / (s.factor * base)) * (1 - extrapolate) + (1.0 / base) * extrapolate
+    return inv_freq, float(attention)
+
+
+def _llama3(head_dim: int, theta: float, s: RopeScaling, original: int) -> torch.Tensor:
+    """Llama 3.1: divide long wavelengths by the factor, keep short ones, blend the middle band."""
+    inv_freq = _default_inv_freq(head_dim, theta)
+    wavelen = 2 * math.pi / inv_freq
+    low_freq_wavelen = original / s.low_freq_factor
+    high_freq_wavelen = original / s.high_freq_factor
+    scaled = torch.where(wavelen > low_freq_wavelen, inv_freq / s.factor, inv_freq)
+    smooth = (original / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor)
+    blended = (1 - smooth) * scaled / s.factor + smooth * scaled
+    medium = (wavelen >= high_freq_wavelen) & (wavelen <= low_freq_wavelen)
+    return torch.where(medium, blended, scaled)
+
+
+def rope_inv_freq(head_dim: int, theta: float, scaling: RopeScaling, max_position: int,
+                  seq_len: int | None = None) -> tuple[torch.Tensor, float]:
+    """Inverse frequencies [F] (float32) and the factor cos/sin are multiplied by.
+
+    `max_position` is the config's max_position_embeddings; `seq_len` matters only for dynamic
+    NTK, which re-derives the base from the current length once it exceeds the trained context.
+    """
+    kind = scaling.rope_type
+    original = scaling.original_max_position or max_position
+    if kind == "default":
+        return _default_inv_freq(head_dim, theta), 1.0
+    if kind == "linear":  # position interpolation: positions are squeezed by the factor
+        return _default_inv_freq(head_dim, theta) / scaling.factor, 1.0
+    if kind == "dynamic":
+        length = max(seq_len or original, original)
+        base = theta * ((scaling.factor * length / original) - (scaling.factor - 1)) ** (head_dim / (head_dim - 2))
+        return _default_inv_freq(head_dim, base), 1.0
+    if kind == "yarn":
+        return _yarn(head_dim, theta, scaling, original)
+    if kind == "llama3":
+        return _llama3(head_dim, theta, scaling, original), 1.0
+    raise ValueError(f"unknown RoPE scaling {kind!r}")
+
+
+def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor, attention_scaling: float):
+    """cos, sin [..., T, d] in float32 for integer positions [..., T]."""
+    freqs = positions.float().unsqueeze(-1) * inv_freq.to(positions.device)  # [..., T, F]
+    emb = torch.cat((freqs, freqs), dim=-1)  # [..., T, d]: the same angle for both halves
+    return emb.cos() * attention_scaling, emb.sin() * attention_scaling
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x [..., T, d] by the angles in cos/sin (broadcast over heads)."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+class RopeTable:
+    """Caches inverse frequencies; recomputes them per call only for dynamic NTK, whose base
+    depends on how long the sequence has grown (length = largest position + 1, as HF does)."""
+
+    def __init__(self, config: ModelConfig, device="cpu"):
+        self.head_dim, self.theta = config.head_dim, config.rope_theta
+        self.scaling, self.max_position = config.rope_scaling, config.max_seq_len
+        self.dynamic = self.scaling.rope_type == "dynamic"
+        with torch.device("cpu"):  # real numbers even while the model is being built on the meta device
+            inv_freq, self.attention_scaling = rope_inv_freq(self.head_dim, self.theta, self.scaling,
+                                                             self.max_position)
+        self.inv_freq = inv_freq.to(device)
+
+    def cos_sin(self, positions: torch.Tensor):
+        inv_freq = self.inv_freq
+        if self.dynamic:
+            seq_len = int(positions.max()) + 1
+            inv_freq, _ = rope_inv_freq(self.head_dim, self.theta, self.scaling, self.max_position, seq_len)
+            inv_freq = inv_freq.to(positions.device)
+        return rope_cos_sin(positions, inv_freq, self.attention_scaling)

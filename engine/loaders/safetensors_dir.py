@@ -1,0 +1,145 @@
+"""Hugging Face model directories: config.json + model.safetensors (or a sharded index) ->
+ModelConfig and canonical tensors (docs/weights.md). Memory-mapped reads; pickle never.
+
+Owns the HF-name -> canonical-name table for every supported architecture, including both
+MoE layouts (one tensor per expert as on the Hub; transformers 5's fused 3-D experts).
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from engine.config import ModelConfig
+from engine.errors import ModelFormatError
+from engine.loaders.validate import check_tensors
+
+# (HF pattern, canonical name); {i} is the layer index, {e} an expert index.
+_RENAMES = [
+    (r"model\.embed_tokens\.weight", "embed.weight"),
+    (r"model\.norm\.weight", "norm.weight"),
+    (r"lm_head\.weight", "lm_head.weight"),
+    (r"model\.layers\.(\d+)\.input_layernorm\.weight", "layers.{0}.attn_norm.weight"),
+    (r"model\.layers\.(\d+)\.post_attention_layernorm\.weight", "layers.{0}.mlp_norm.weight"),
+    (r"model\.layers\.(\d+)\.self_attn\.([qkvo])_proj\.(weight|bias)", "layers.{0}.attn.w{1}.{2}"),
+    (r"model\.layers\.(\d+)\.self_attn\.([qk])_norm\.weight", "layers.{0}.attn.{1}_norm.weight"),
+    (r"model\.layers\.(\d+)\.mlp\.(gate|up|down)_proj\.weight", "layers.{0}.mlp.w_{1}.weight"),
+    (r"model\.layers\.(\d+)\.(?:mlp|block_sparse_moe)\.gate\.weight", "layers.{0}.mlp.router.weight"),
+    (r"model\.layers\.(\d+)\.mlp\.shared_expert\.(gate|up|down)_proj\.weight", "layers.{0}.mlp.shared.w_{1}.weight"),
+    (r"model\.layers\.(\d+)\.mlp\.shared_expert_gate\.weight", "layers.{0}.mlp.shared_gate.weight"),
+]
+_RENAMES = [(re.compile(p), c) for p, c in _RENAMES]
+# Per-expert tensors, stacked into [E, ...] after reading.
+_EXPERT = re.compile(r"model\.layers\.(\d+)\.(?:mlp|block_sparse_moe)\.experts\.(\d+)\.(\w+)\.weight")
+_EXPERT_PART = {"gate_proj": "w_gate", "up_proj": "w_up", "down_proj": "w_down",
+                "w1": "w_gate", "w3": "w_up", "w2": "w_down"}  # Mixtral's names: w1 gate, w3 up, w2 down
+_FUSED = re.compile(r"model\.layers\.(\d+)\.mlp\.experts\.(gate_up_proj|down_proj)")
+
+
+def _canonical(name: str) -> str | None:
+    for pattern, target in _RENAMES:
+        m = pattern.fullmatch(name)
+        if m:
+            return target.format(*m.groups())
+    return None
+
+
+def hf_state_to_canonical(state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
+    """Rename (and stack or split expert tensors of) an HF state dict. Unknown names are dropped."""
+    out: dict[str, torch.Tensor] = {}
+    experts: dict[tuple[int, str], dict[int, torch.Tensor]] = {}
+    for name, tensor in state.items():
+        if (m := _EXPERT.fullmatch(name)) and m.group(3) in _EXPERT_PART:
+            experts.setdefault((int(m.group(1)), _EXPERT_PART[m.group(3)]), {})[int(m.group(2))] = tensor
+        elif m := _FUSED.fullmatch(name):
+            layer = m.group(1)
+            if m.group(2) == "gate_up_proj":  # [E, 2I, D]: gate rows first, then up
+                gate, up = tensor.chunk(2, dim=1)
+                out[f"layers.{layer}.mlp.w_gate"], out[f"layers.{layer}.mlp.w_up"] = gate, up
+            else:
+                out[f"layers.{layer}.mlp.w_down"] = tensor
+        elif (target := _canonical(name)) is not None:
+            out[target] = tensor
+    for (layer, part), by_index in experts.items():
+        if sorted(by_index) != list(range(len(by_index))):
+            missing = sorted(set(range(max(by_index) + 1)) - set(by_index))
+            raise ValueError(f"layer {layer} is missing experts {missing}")
+        out[f"layers.{layer}.mlp.{part}"] = torch.stack([by_index[e] for e in range(len(by_index))])
+    if config.tie_embeddings:
+        out.pop("lm_head.weight", None)
+    return out
+
+
+def _read_config(path: Path) -> tuple[ModelConfig, dict]:
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise ModelFormatError(path, "no config.json: not a Hugging Face model directory")
+    try:
+        raw = json.loads(config_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelFormatError(config_file, f"invalid JSON: {e}") from None
+    if not isinstance(raw, dict):
+        raise ModelFormatError(config_file, "expected a JSON object")
+    return ModelConfig.from_hf(raw, config_file), raw
+
+
+def _weight_files(path: Path) -> list[Path]:
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            files = sorted({path / name for name in weight_map.values()})
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
+            raise ModelFormatError(index, f"invalid shard index: {type(e).__name__}: {e}") from None
+        for f in files:
+            if not f.is_file() or f.parent != path:
+                raise ModelFormatError(index, f"names a shard that is not in the directory: {f.name}")
+        return files
+    single = path / "model.safetensors"
+    if single.is_file():
+        return [single]
+    others = sorted(path.glob("*.safetensors"))
+    if others:
+        return others
+    pickles = [p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt")]
+    if pickles:
+        raise ModelFormatError(path, f"only pickle checkpoints found ({', '.join(pickles)}): loading them can run "
+                                     "arbitrary code, so Glassbox refuses them; convert the model to safetensors")
+    raise ModelFormatError(path, "no model.safetensors, shard index or *.safetensors file")
+
+
+def load_hf_dir(path, dtype: torch.dtype = torch.float32, progress=None):
+    """-> (ModelConfig, canonical tensors, raw config.json dict). Raises ModelFormatError."""
+    path = Path(path)
+    config, raw = _read_config(path)
+    files = _weight_files(path)
+    state: dict[str, torch.Tensor] = {}
+    handles = []
+    try:
+        for f in files:
+            handle = safe_open(f, framework="pt")
+            handles.append((f, handle))
+        total = sum(len(h.keys()) for _, h in handles)
+        total_bytes = sum(f.stat().st_size for f, _ in handles)
+        done = done_bytes = 0
+        for f, handle in handles:
+            for name in handle.keys():
+                tensor = handle.get_tensor(name)
+                state[name] = tensor.to(dtype) if tensor.is_floating_point() else tensor
+                done += 1
+                done_bytes += tensor.numel() * tensor.element_size()
+                if progress is not None:
+                    progress(done, total, min(done_bytes, total_bytes), total_bytes)
+    except SafetensorError as e:
+        raise ModelFormatError(f, f"corrupt or truncated safetensors file: {e}") from None
+    except (OSError, RuntimeError, ValueError) as e:  # short reads surface as these from the mmap
+        raise ModelFormatError(f, f"cannot read tensors: {type(e).__name__}: {e}") from None
+    try:
+        tensors = hf_state_to_canonical(state, config)
+    except ValueError as e:
+        raise ModelFormatError(path, str(e)) from None
+    check_tensors(tensors, config, path)
+    return config, tensors, raw
