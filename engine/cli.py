@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--system", help="system prompt")
     _add_model_args(chat)
     _add_sampling_args(chat, temperature=0.7)
+    sub.add_parser("bench", help="prefill/decode speed and memory (see: python -m engine bench --help)")
     return parser
 
 
@@ -114,6 +115,11 @@ def cmd_chat(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # its own parser: it re-invokes itself as worker subprocesses
+        from engine.bench import main as bench_main
+
+        return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return {"generate": cmd_generate, "chat": cmd_chat}[args.command](args)

@@ -102,7 +102,7 @@ class Engine:
             dist = logits if params.greedy else filtered_logits(logits, params, history=history)
             prob = float(torch.softmax(dist.float(), dim=-1)[token])
             out_ids.append(token)
-            is_eos = token in self.tokenizer.eos_ids
+            is_eos = token in self.tokenizer.eos_ids and not params.ignore_eos
             piece = "" if is_eos else stream.push(token)  # the end marker is not part of the answer
             text += piece
             yield TokenStep(i, token, piece, prob)

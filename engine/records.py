@@ -20,6 +20,7 @@ class SamplingParams:
     max_new_tokens: int = 256
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    ignore_eos: bool = False  # keep generating past EOS (benchmarks want a fixed token count)
     # Penalties look at the token history (prompt + generated ids) the caller passes to the sampler.
     repetition_penalty: float = 1.0  # 1 = off; >1 discourages seen tokens (CTRL/HF: logit / p if > 0 else * p)
     presence_penalty: float = 0.0  # 0 = off; subtracted once from every seen token's logit (OpenAI)
@@ -79,3 +80,95 @@ class GenerationDone:
     def decode_tokens_per_s(self) -> float:
         n = max(len(self.token_ids) - 1, 0)  # the first token comes out of prefill
         return n / (self.decode_ms / 1000) if self.decode_ms > 0 and n else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class TokenProb:
+    token_id: int
+    text: str
+    prob: float
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingRecord:
+    """One MoE layer's decision for one token."""
+
+    layer: int
+    expert_ids: tuple[int, ...]  # the k experts chosen, best first
+    gate_weights: tuple[float, ...]  # their mixing weights
+    router_probs: tuple[float, ...]  # softmax over all experts
+
+
+@dataclass(frozen=True, slots=True)
+class AttentionRecord:
+    """One head's attention from the newest token over every earlier position (sums to 1)."""
+
+    layer: int
+    head: int
+    kv_head: int  # the GQA group this query head reads from
+    weights: tuple[float, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MemorySnapshot:
+    kv_blocks_total: int = 0
+    kv_blocks_used: int = 0
+    kv_blocks_shared: int = 0
+    kv_blocks_cached_free: int = 0
+    kv_blocks_free: int = 0
+    kv_block_size: int = 0
+    kv_bytes_per_block: int = 0
+    kv_tokens: int = 0  # tokens whose K/V are stored
+    kv_contiguous_bytes: int = 0  # what max-length contiguous caches would reserve for the same sequences
+    block_tables: dict = field(default_factory=dict)  # request id -> tuple of block ids
+    weight_bytes: dict = field(default_factory=dict)  # dtype name -> bytes
+    process_rss: int = 0
+    cuda_allocated: int = 0
+    cuda_reserved: int = 0
+
+    @property
+    def kv_used_bytes(self) -> int:
+        return self.kv_blocks_used * self.kv_bytes_per_block
+
+    @property
+    def kv_waste_pct(self) -> float:
+        """Slots allocated but not holding a token, as a share of the KV memory in use."""
+        used = self.kv_used_bytes
+        stored = self.kv_tokens * self.kv_bytes_per_block // max(self.kv_block_size, 1)
+        return 100.0 * (used - stored) / used if used else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class InstrumentOptions:
+    """What to collect per step. All off costs nothing: the model runs its fused path."""
+
+    top_n: int = 0  # top-N tokens before/after the sampler (0 = off)
+    stored_logits: int = 0  # keep the top-M raw logits for what-if re-sampling (0 = off, -1 = all)
+    routing: bool = False
+    attention_layers: tuple[int, ...] = ()
+    attention_heads: tuple[int, ...] = ()  # empty = every head of the chosen layers
+    memory: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.top_n or self.stored_logits or self.routing or self.attention_layers or self.memory)
+
+
+@dataclass(frozen=True, slots=True)
+class StepRecord:
+    """Everything the panels draw for one generated token."""
+
+    request_id: int
+    index: int  # 0 for the first generated token
+    token_id: int
+    text: str
+    prob: float
+    entropy: float = 0.0  # of the sampling distribution, in nats
+    top_before: tuple[TokenProb, ...] = ()  # the model's raw distribution
+    top_after: tuple[TokenProb, ...] = ()  # after the sampler chain
+    logit_ids: tuple[int, ...] = ()  # stored raw logits (ids and values) for re-sampling what-ifs
+    logit_values: tuple[float, ...] = ()
+    routing: tuple[RoutingRecord, ...] = ()
+    attention: tuple[AttentionRecord, ...] = ()
+    step_ms: float = 0.0
+    memory: MemorySnapshot | None = None

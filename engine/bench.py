@@ -1,0 +1,148 @@
+"""`python -m engine bench`: prefill and decode speed, time to first token and peak memory.
+
+Each engine runs in its own subprocess (so peak RSS is its own), the variants alternate run
+by run (so machine noise hits them alike), and medians are reported. HF transformers is the
+reference when it is installed; it is never required.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import psutil
+
+
+def _peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def _prompt_ids(tokenizer_encode, n: int) -> list[int]:
+    text = ("The quick brown fox jumps over the lazy dog while the engine measures every token. " * 400)
+    ids = tokenizer_encode(text)
+    return ids[:n]
+
+
+def _worker_ours(args) -> dict:
+    import torch
+
+    from engine.engine import Engine, LoadOptions
+    from engine.records import GenerationDone, SamplingParams
+
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    engine = Engine.load(args.model, LoadOptions(device=args.device, dtype=args.dtype))
+    load_s = time.perf_counter() - t0
+    prompt = _prompt_ids(engine.tokenizer.encode, args.prompt_tokens)
+    decode_prompt = prompt[:32]
+    params = SamplingParams(temperature=0, max_new_tokens=args.new_tokens, ignore_eos=True)
+    prefill = engine.generate(prompt, SamplingParams(temperature=0, max_new_tokens=1, ignore_eos=True))
+    done = [x for x in prefill if isinstance(x, GenerationDone)][0]
+    run = [x for x in engine.generate(decode_prompt, params) if isinstance(x, GenerationDone)][0]
+    return {"prefill_tok_s": len(prompt) / (done.prefill_ms / 1000), "ttft_ms": run.prefill_ms,
+            "decode_tok_s": run.decode_tokens_per_s, "load_s": load_s, "peak_rss": _peak_rss_bytes()}
+
+
+def _worker_hf(args) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from engine.loaders import default_model_path
+
+    torch.set_num_threads(args.threads)
+    path = default_model_path() if args.model is None else args.model
+    kw = {"gguf_file": os.path.basename(path)} if str(path).endswith(".gguf") else {}
+    where = os.path.dirname(path) if kw else path
+    dtype = {"auto": torch.float32, "float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
+    t0 = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **kw).eval()
+    tok = AutoTokenizer.from_pretrained(where, **kw)
+    load_s = time.perf_counter() - t0
+    prompt = _prompt_ids(lambda t: tok(t, add_special_tokens=False)["input_ids"], args.prompt_tokens)
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        model(torch.tensor([prompt]))
+        prefill_s = time.perf_counter() - t0
+        ids = torch.tensor([prompt[:32]])
+        t0 = time.perf_counter()
+        model.generate(ids, max_new_tokens=1, min_new_tokens=1, do_sample=False, pad_token_id=0)
+        ttft = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        model.generate(ids, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False,
+                       pad_token_id=0)
+        total = time.perf_counter() - t0
+    return {"prefill_tok_s": len(prompt) / prefill_s, "ttft_ms": ttft * 1000,
+            "decode_tok_s": (args.new_tokens - 1) / max(total - ttft, 1e-9), "load_s": load_s,
+            "peak_rss": _peak_rss_bytes()}
+
+
+def _run_worker(engine: str, args) -> dict:
+    cmd = [sys.executable, "-m", "engine", "bench", "--worker", engine, "--prompt-tokens", str(args.prompt_tokens),
+           "--new-tokens", str(args.new_tokens), "--threads", str(args.threads), "--device", args.device,
+           "--dtype", args.dtype] + (["--model", args.model] if args.model else [])
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"{engine} benchmark failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def bench(args) -> dict:
+    engines = ["ours"]
+    if not args.no_reference:
+        try:
+            import transformers  # noqa: F401
+
+            engines.append("hf")
+        except ImportError:
+            pass
+    cpu_before = psutil.cpu_times()
+    runs: dict[str, list[dict]] = {e: [] for e in engines}
+    for _ in range(args.runs):
+        for e in engines:  # alternate so drift affects both alike
+            runs[e].append(_run_worker(e, args))
+    cpu_after = psutil.cpu_times()
+    result = {"config": {k: getattr(args, k) for k in ("model", "prompt_tokens", "new_tokens", "runs", "threads",
+                                                        "device", "dtype")},
+              "machine_busy_s": round((cpu_after.user + cpu_after.system) - (cpu_before.user + cpu_before.system), 1)}
+    for e, rs in runs.items():
+        result[e] = {k: statistics.median(r[k] for r in rs) for k in rs[0]}
+    if "hf" in result:
+        result["ratio_vs_hf"] = {k: result["ours"][k] / result["hf"][k] for k in ("prefill_tok_s", "decode_tok_s")}
+    return result
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m engine bench")
+    p.add_argument("--model")
+    p.add_argument("--prompt-tokens", type=int, default=512)
+    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--threads", type=int, default=max(1, os.cpu_count() or 1))
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--no-reference", action="store_true", help="skip HF transformers")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--worker", choices=["ours", "hf"], help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        print(json.dumps((_worker_ours if args.worker == "ours" else _worker_hf)(args)))
+        return 0
+    result = bench(args)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"{'engine':8} {'prefill tok/s':>14} {'decode tok/s':>13} {'TTFT ms':>9} {'peak RSS MB':>12}")
+    for e in ("ours", "hf"):
+        if e in result:
+            r = result[e]
+            print(f"{e:8} {r['prefill_tok_s']:14.1f} {r['decode_tok_s']:13.1f} {r['ttft_ms']:9.1f} "
+                  f"{r['peak_rss'] / 2**20:12.0f}")
+    if "ratio_vs_hf" in result:
+        print("ours / hf: " + ", ".join(f"{k} {v:.2f}x" for k, v in result["ratio_vs_hf"].items()))
+    print(f"(CPU seconds used on the machine meanwhile: {result['machine_busy_s']})")
+    return 0
