@@ -124,15 +124,18 @@ def load_hf_dir(path, dtype: torch.dtype = torch.float32, progress=None):
             handles.append((f, handle))
         total = sum(len(h.keys()) for _, h in handles)
         total_bytes = sum(f.stat().st_size for f, _ in handles)
-        done = done_bytes = 0
+        done = files_bytes = 0
         for f, handle in handles:
-            for name in handle.keys():
+            in_file, names, size = 0, list(handle.keys()), f.stat().st_size
+            for n, name in enumerate(names, 1):
                 tensor = handle.get_tensor(name)
                 state[name] = tensor.to(dtype) if tensor.is_floating_point() else tensor
                 done += 1
-                done_bytes += tensor.numel() * tensor.element_size()
+                in_file += tensor.numel() * tensor.element_size()
                 if progress is not None:
-                    progress(done, total, min(done_bytes, total_bytes), total_bytes)
+                    # bytes are file bytes: a file's header is credited with its last tensor
+                    progress(done, total, files_bytes + (size if n == len(names) else in_file), total_bytes)
+            files_bytes += size
     except SafetensorError as e:
         raise ModelFormatError(f, f"corrupt or truncated safetensors file: {e}") from None
     except (OSError, RuntimeError, ValueError) as e:  # short reads surface as these from the mmap
