@@ -1,0 +1,90 @@
+"""A bounds-checking walk over a GGUF header, run before gguf.GGUFReader touches the file.
+
+GGUFReader trusts the counts and lengths it reads; a hostile or damaged file could make it loop
+over 2^60 array items or slice past the end. This walk checks every count and length against
+the bytes that remain and raises ModelFormatError first. It reads, never allocates by count.
+"""
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+from engine.errors import ModelFormatError
+
+MAGIC = b"GGUF"
+_SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+_STRING, _ARRAY = 8, 9
+MAX_STRING = 1 << 24  # 16 MiB: far beyond any real key, token or chat template
+MAX_DIMS = 4
+
+
+class _Cursor:
+    def __init__(self, data: memoryview, path: Path):
+        self.data, self.pos, self.path = data, 0, path
+
+    def take(self, n: int, what: str) -> memoryview:
+        if n < 0 or self.pos + n > len(self.data):
+            raise ModelFormatError(self.path, f"truncated or corrupt GGUF header: {what} needs {n} bytes at offset "
+                                              f"{self.pos}, the file has {len(self.data)}")
+        out = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return out
+
+    def u32(self, what: str) -> int:
+        return struct.unpack("<I", self.take(4, what))[0]
+
+    def u64(self, what: str) -> int:
+        return struct.unpack("<Q", self.take(8, what))[0]
+
+    def string(self, what: str) -> str:
+        n = self.u64(what + " length")
+        if n > MAX_STRING:
+            raise ModelFormatError(self.path, f"corrupt GGUF header: {what} claims {n} bytes")
+        return bytes(self.take(n, what)).decode("utf-8", errors="replace")
+
+    def value(self, vtype: int, what: str) -> None:
+        if vtype in _SCALAR_SIZES:
+            self.take(_SCALAR_SIZES[vtype], what)
+        elif vtype == _STRING:
+            self.string(what)
+        elif vtype == _ARRAY:
+            item_type, count = self.u32(what + " item type"), self.u64(what + " count")
+            if item_type in _SCALAR_SIZES:
+                self.take(count * _SCALAR_SIZES[item_type], f"{what} ({count} items)")
+            elif item_type == _STRING:
+                if count * 8 > len(self.data) - self.pos:  # each string needs at least its length
+                    raise ModelFormatError(self.path, f"corrupt GGUF header: {what} claims {count} strings")
+                for _ in range(count):
+                    self.string(what + " item")
+            else:
+                raise ModelFormatError(self.path, f"corrupt GGUF header: {what} has arrays of type {item_type}")
+        else:
+            raise ModelFormatError(self.path, f"corrupt GGUF header: {what} has unknown value type {vtype}")
+
+
+def check_header(path: Path, data: memoryview) -> list[tuple[str, tuple[int, ...], int, int]]:
+    """Validate the header; return tensor infos (name, dims, ggml type, relative data offset)."""
+    cur = _Cursor(data, path)
+    magic = bytes(cur.take(4, "magic"))
+    if magic != MAGIC:
+        raise ModelFormatError(path, f"not a GGUF file (magic {magic!r})")
+    version = cur.u32("version")
+    if version not in (2, 3):
+        raise ModelFormatError(path, f"unsupported GGUF version {version} (Glassbox reads versions 2 and 3)")
+    n_tensors, n_kv = cur.u64("tensor count"), cur.u64("metadata count")
+    # The smallest possible entries are ~13 and ~24 bytes: larger counts cannot fit in the file.
+    if n_kv * 13 > len(data) or n_tensors * 24 > len(data):
+        raise ModelFormatError(path, f"corrupt GGUF header: {n_tensors} tensors and {n_kv} metadata entries "
+                                     f"cannot fit in {len(data)} bytes")
+    for i in range(n_kv):
+        key = cur.string(f"metadata key #{i}")
+        cur.value(cur.u32(f"type of {key!r}"), f"metadata {key!r}")
+    infos = []
+    for i in range(n_tensors):
+        name = cur.string(f"tensor name #{i}")
+        n_dims = cur.u32(f"dimensions of {name!r}")
+        if not 1 <= n_dims <= MAX_DIMS:
+            raise ModelFormatError(path, f"corrupt GGUF header: tensor {name!r} has {n_dims} dimensions")
+        dims = tuple(cur.u64(f"shape of {name!r}") for _ in range(n_dims))
+        infos.append((name, dims, cur.u32(f"type of {name!r}"), cur.u64(f"offset of {name!r}")))
+    return infos
