@@ -33,3 +33,12 @@ def default_gguf():
     from engine.loaders import default_model_path
 
     return default_model_path()
+
+
+@pytest.fixture(scope="session")
+def hf_default_model(default_gguf):
+    """transformers' own reading of the default GGUF (it dequantizes to fp32, as we do). Slow: shared."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(default_gguf.parent, gguf_file=default_gguf.name,
+                                                dtype=torch.float32).eval()

@@ -15,7 +15,7 @@ import torch
 
 from engine.config import MoeConfig, ModelConfig, RopeScaling
 from engine.errors import ModelFormatError, UnsupportedArchitecture
-from engine.loaders.gguf_header import check_header
+from engine.loaders.gguf_header import check_header, check_tensor_extents
 from engine.loaders.validate import check_tensors
 
 # general.architecture -> our architecture name ("llama" becomes "mixtral" when it has experts).
@@ -56,8 +56,11 @@ def _reader(path: Path):
 
     size = path.stat().st_size
     with open(path, "rb") as f:
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else memoryview(b"") as m:
-            check_header(path, memoryview(m))
+        if size == 0:
+            raise ModelFormatError(path, "empty file")
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            infos = check_header(path, m)  # slicing an mmap copies, so no view outlives it
+    check_tensor_extents(path, infos, size)
     try:
         reader = gguf.GGUFReader(path)
     except Exception as e:  # the header was valid, so anything here is an inconsistency deeper in
@@ -112,7 +115,7 @@ def config_from_gguf(meta: dict, tensor_shapes: dict[str, tuple[int, ...]], path
         dim, n_heads = int(get("embedding_length", required=True)), int(get("attention.head_count", required=True))
         n_layers = int(get("block_count", required=True))
         tokens = meta.get("tokenizer.ggml.tokens")
-        vocab = len(tokens) if tokens else int(get("vocab_size", 0) or tensor_shapes["token_embd.weight"][-1])
+        vocab = len(tokens) if tokens else int(get("vocab_size", 0) or tensor_shapes["token_embd.weight"][0])
         moe = None
         if n_experts:
             moe = MoeConfig(
@@ -164,7 +167,7 @@ def _to_tensor(t, path) -> torch.Tensor:
                                      f"(supported: {', '.join(FLOAT_TYPES + QUANT_TYPES)})")
     shape = tuple(int(d) for d in reversed(t.shape))  # GGUF lists dimensions innermost first
     if kind in ("F32", "F16"):
-        array = np.asarray(t.data)
+        array = np.array(t.data)  # a copy: the reader's arrays are read-only views of the mmap
     else:  # BF16 and block-quantized types go through the gguf package's reference dequantizer
         array = gguf.quants.dequantize(np.asarray(t.data), t.tensor_type)
     return torch.from_numpy(np.ascontiguousarray(array).reshape(shape))

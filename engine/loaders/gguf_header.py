@@ -6,6 +6,7 @@ the bytes that remain and raises ModelFormatError first. It reads, never allocat
 """
 from __future__ import annotations
 
+import mmap
 import struct
 from pathlib import Path
 
@@ -19,10 +20,10 @@ MAX_DIMS = 4
 
 
 class _Cursor:
-    def __init__(self, data: memoryview, path: Path):
+    def __init__(self, data, path: Path):
         self.data, self.pos, self.path = data, 0, path
 
-    def take(self, n: int, what: str) -> memoryview:
+    def take(self, n: int, what: str) -> bytes:
         if n < 0 or self.pos + n > len(self.data):
             raise ModelFormatError(self.path, f"truncated or corrupt GGUF header: {what} needs {n} bytes at offset "
                                               f"{self.pos}, the file has {len(self.data)}")
@@ -62,8 +63,11 @@ class _Cursor:
             raise ModelFormatError(self.path, f"corrupt GGUF header: {what} has unknown value type {vtype}")
 
 
-def check_header(path: Path, data: memoryview) -> list[tuple[str, tuple[int, ...], int, int]]:
-    """Validate the header; return tensor infos (name, dims, ggml type, relative data offset)."""
+def check_header(path: Path, data: mmap.mmap | bytes) -> list[tuple[str, tuple[int, ...], int, int]]:
+    """Validate the header and that every tensor's bytes lie inside the file.
+
+    Returns tensor infos (name, dims, ggml type, absolute data offset).
+    """
     cur = _Cursor(data, path)
     magic = bytes(cur.take(4, "magic"))
     if magic != MAGIC:
@@ -74,11 +78,18 @@ def check_header(path: Path, data: memoryview) -> list[tuple[str, tuple[int, ...
     n_tensors, n_kv = cur.u64("tensor count"), cur.u64("metadata count")
     # The smallest possible entries are ~13 and ~24 bytes: larger counts cannot fit in the file.
     if n_kv * 13 > len(data) or n_tensors * 24 > len(data):
-        raise ModelFormatError(path, f"corrupt GGUF header: {n_tensors} tensors and {n_kv} metadata entries "
-                                     f"cannot fit in {len(data)} bytes")
+        raise ModelFormatError(path, f"truncated or corrupt GGUF header: {n_tensors} tensors and {n_kv} metadata "
+                                     f"entries cannot fit in {len(data)} bytes")
+    alignment = 32  # GGUF's default; a file may say otherwise in general.alignment
     for i in range(n_kv):
         key = cur.string(f"metadata key #{i}")
-        cur.value(cur.u32(f"type of {key!r}"), f"metadata {key!r}")
+        vtype = cur.u32(f"type of {key!r}")
+        if key == "general.alignment" and vtype == 4:
+            alignment = struct.unpack("<I", cur.take(4, "alignment"))[0]
+            if alignment == 0 or alignment & (alignment - 1):
+                raise ModelFormatError(path, f"corrupt GGUF header: alignment {alignment} is not a power of two")
+        else:
+            cur.value(vtype, f"metadata {key!r}")
     infos = []
     for i in range(n_tensors):
         name = cur.string(f"tensor name #{i}")
@@ -87,4 +98,25 @@ def check_header(path: Path, data: memoryview) -> list[tuple[str, tuple[int, ...
             raise ModelFormatError(path, f"corrupt GGUF header: tensor {name!r} has {n_dims} dimensions")
         dims = tuple(cur.u64(f"shape of {name!r}") for _ in range(n_dims))
         infos.append((name, dims, cur.u32(f"type of {name!r}"), cur.u64(f"offset of {name!r}")))
-    return infos
+    data_start = -(-cur.pos // alignment) * alignment
+    return [(name, dims, kind, data_start + offset) for name, dims, kind, offset in infos]
+
+
+def check_tensor_extents(path: Path, infos, file_size: int) -> None:
+    """Every tensor's bytes (from its type's block layout) must end inside the file."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    for name, dims, kind, start in infos:
+        try:
+            block, block_bytes = GGML_QUANT_SIZES[GGMLQuantizationType(kind)]
+        except (ValueError, KeyError):
+            raise ModelFormatError(path, f"tensor {name!r} has unknown type id {kind}") from None
+        n = 1
+        for d in dims:
+            n *= d
+        if n % block:
+            raise ModelFormatError(path, f"tensor {name!r}: {n} values do not fill whole {block}-value blocks")
+        end = start + n // block * block_bytes
+        if end > file_size:
+            raise ModelFormatError(path, f"truncated GGUF file: tensor {name!r} ends at byte {end}, "
+                                         f"the file has {file_size}")

@@ -26,11 +26,8 @@ def engine(default_gguf):
 
 
 @pytest.fixture(scope="module")
-def hf_model(default_gguf):
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(default_gguf.parent, gguf_file=default_gguf.name,
-                                                dtype=torch.float32).eval()
+def hf_model(hf_default_model):
+    return hf_default_model
 
 
 @pytest.mark.parametrize("question", PROMPTS)
