@@ -12,7 +12,7 @@ import torch  # noqa: E402
 # One thread keeps tiny-model tests fast and stable on a 2-core CI box running other work.
 torch.set_num_threads(1)
 
-from tests.tiny_models import build_hf_model  # noqa: E402
+from tests.tiny_models import build_hf_model, write_tiny_tokenizer  # noqa: E402
 
 
 @pytest.fixture
@@ -23,6 +23,7 @@ def hf_checkpoint(tmp_path):
         model = build_hf_model(arch, seed, **overrides)
         out = tmp_path / f"{arch}-{seed}"
         model.save_pretrained(out)
+        write_tiny_tokenizer(out, model.config.vocab_size)
         return out, model
 
     return make
@@ -42,3 +43,10 @@ def hf_default_model(default_gguf):
 
     return AutoModelForCausalLM.from_pretrained(default_gguf.parent, gguf_file=default_gguf.name,
                                                 dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="session")
+def hf_default_tokenizer(default_gguf):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(default_gguf.parent, gguf_file=default_gguf.name)

@@ -40,3 +40,18 @@ def build_hf_model(arch: str, seed: int = 0, **overrides):
     model = getattr(transformers, model_cls)(config).eval()
     randomize_(model, seed)
     return model
+
+
+def write_tiny_tokenizer(directory, vocab_size: int = 128) -> None:
+    """A word-level tokenizer.json ("t0".."tN", last id = EOS) so tiny checkpoints load like real ones."""
+    import json
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    vocab = {f"t{i}": i for i in range(vocab_size - 1)} | {"</s>": vocab_size - 1}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="t0"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    tok.add_special_tokens(["</s>"])
+    tok.save(str(directory / "tokenizer.json"))
+    (directory / "tokenizer_config.json").write_text(json.dumps({"eos_token": "</s>"}))

@@ -17,12 +17,10 @@ CONVERSATION = [
 
 
 @pytest.mark.parametrize("messages", [CONVERSATION, CONVERSATION[1:2]], ids=["multi-turn", "no-system"])
-def test_default_model_template_matches_transformers(default_gguf, messages):
-    from transformers import AutoTokenizer
-
+def test_default_model_template_matches_transformers(default_gguf, hf_default_tokenizer, messages):
     meta = read_metadata(default_gguf)
     ours = ChatTemplate(meta["tokenizer.chat_template"]).render(messages, add_generation_prompt=True)
-    reference = AutoTokenizer.from_pretrained(default_gguf.parent, gguf_file=default_gguf.name)
+    reference = hf_default_tokenizer
     assert ours == reference.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 

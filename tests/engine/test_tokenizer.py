@@ -24,10 +24,8 @@ def tok(default_gguf):
 
 
 @pytest.fixture(scope="module")
-def reference(default_gguf):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(default_gguf.parent, gguf_file=default_gguf.name)
+def reference(hf_default_tokenizer):
+    return hf_default_tokenizer
 
 
 @pytest.mark.parametrize("text", [MIXED] + SHORT)
