@@ -2,6 +2,8 @@
 within 1e-4 for a 32-token prefill and 16 single-token decode steps, for every architecture."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -11,6 +13,8 @@ from engine.model import Decoder
 from tests.tiny_models import ARCHS
 
 PREFILL, DECODE, TOL = 32, 16, 1e-4
+# Set GLASSBOX_TEST_DEVICE=cuda to run the same comparisons on a GPU (both models move there).
+DEVICE = os.environ.get("GLASSBOX_TEST_DEVICE", "cpu")
 
 
 class RoutingProbe:
@@ -27,10 +31,11 @@ class RoutingProbe:
 def run_both(directory, hf_model, prefill=PREFILL, decode=DECODE, seed=0, probe=None):
     """Feed the same token stream to both models; return the max |logit difference| seen."""
     config, tensors, _ = load_hf_dir(directory)
-    ours = Decoder.from_tensors(config, tensors)
+    ours = Decoder.from_tensors(config, tensors, device=DEVICE)
+    hf_model = hf_model.to(DEVICE)
     g = torch.Generator().manual_seed(seed)
-    tokens = torch.randint(0, config.vocab_size, (1, prefill + decode), generator=g)
-    cache = ContiguousKVCache(config, prefill + decode)
+    tokens = torch.randint(0, config.vocab_size, (1, prefill + decode), generator=g).to(DEVICE)
+    cache = ContiguousKVCache(config, prefill + decode, device=DEVICE)
     with torch.no_grad():
         ref = hf_model(tokens[:, :prefill], use_cache=True)
         ours_logits = ours(tokens[:, :prefill], cache.view(0, prefill), probe=probe)
