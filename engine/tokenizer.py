@@ -72,9 +72,13 @@ def _gguf_backend(meta: dict, path) -> HFTokenizer:
         unk = meta.get("tokenizer.ggml.unknown_token_id")
         backend = HFTokenizer(models.BPE(vocab, merges, unk_token=tokens[unk] if unk is not None else None,
                                          fuse_unk=True, byte_fallback=True))
-        backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=False)
-        backend.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
-                                             decoders.Strip(content=" ", left=1, right=0)])
+        # As sentencepiece and llama.cpp do: one "▁" always in front, every space a "▁". (A Metaspace
+        # pre-tokenizer would skip the prefix when the text already starts with a space.)
+        prefix = bool(meta.get("tokenizer.ggml.add_space_prefix", True))
+        backend.normalizer = normalizers.Sequence(
+            ([normalizers.Prepend("▁")] if prefix else []) + [normalizers.Replace(" ", "▁")])
+        backend.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+                                            + ([decoders.Strip(content=" ", left=1, right=0)] if prefix else []))
         special_ok = lambda t: True  # noqa: E731
     else:
         raise ModelFormatError(path, f"unsupported GGUF tokenizer model {kind!r} (supported: gpt2, llama)")

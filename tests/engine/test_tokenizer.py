@@ -6,7 +6,7 @@ import pytest
 
 from engine.errors import ModelFormatError
 from engine.loaders.gguf_file import read_metadata
-from engine.tokenizer import Tokenizer
+from engine.tokenizer import CONTROL, Tokenizer
 
 MIXED = (
     "Hello, world! It's 2026 and the café serves crème brûlée.\n"
@@ -64,22 +64,45 @@ def test_tokenizer_json_directory(tmp_path, tok):
     assert loaded.chat_template == "{{ messages[0]['content'] }}"
 
 
-def test_sentencepiece_model_trained_here(tmp_path):
+def train_sentencepiece(directory):
+    """A small BPE sentencepiece model with llama-style settings (no whitespace folding)."""
     import sentencepiece
 
-    corpus = tmp_path / "corpus.txt"
+    corpus = directory / "corpus.txt"
     lines = [f"the quick brown fox {i} jumps over the lazy dog number {i * 7}" for i in range(400)]
     corpus.write_text("\n".join(lines + ["Glassbox shows attention, routing and sampling."] * 20))
-    sentencepiece.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(tmp_path / "tokenizer"),
-                                             vocab_size=400, model_type="bpe", byte_fallback=True,
-                                             minloglevel=2)
-    sp = sentencepiece.SentencePieceProcessor(model_file=str(tmp_path / "tokenizer.model"))
+    sentencepiece.SentencePieceTrainer.train(
+        input=str(corpus), model_prefix=str(directory / "tokenizer"), vocab_size=400, model_type="bpe",
+        byte_fallback=True, remove_extra_whitespaces=False, normalization_rule_name="identity", minloglevel=2)
+    return sentencepiece.SentencePieceProcessor(model_file=str(directory / "tokenizer.model"))
+
+
+SPM_TEXTS = ["the quick brown fox", "Glassbox: attention 😀 ünïcödé", "  two  spaces", "jumps over 1234\nnext"]
+
+
+def test_sentencepiece_model_trained_here(tmp_path):
+    sp = train_sentencepiece(tmp_path)
     tok = Tokenizer.from_hf_dir(tmp_path)
-    for text in ["the quick brown fox", "Glassbox: attention 😀 ünïcödé", "  two  spaces"]:
+    for text in SPM_TEXTS:
         ids = tok.encode(text)
         assert ids == sp.encode(text)
-        assert tok.decode(ids) == sp.decode(ids)
-    assert tok.decode(tok.encode("fox 😀")) == "fox 😀"  # via byte fallback
+        assert tok.decode(ids) == sp.decode(ids) == text
+
+
+def test_gguf_sentencepiece_vocabulary_matches_sentencepiece(tmp_path):
+    """A GGUF 'llama' vocabulary (pieces + scores, no merges) rebuilt as BPE tokenizes like sentencepiece."""
+    sp = train_sentencepiece(tmp_path)
+    n = sp.GetPieceSize()
+    kinds = [2 if sp.IsUnknown(i) else CONTROL if sp.IsControl(i) else 6 if sp.IsByte(i) else 1 for i in range(n)]
+    meta = {"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": [sp.IdToPiece(i) for i in range(n)],
+            "tokenizer.ggml.scores": [sp.GetScore(i) for i in range(n)], "tokenizer.ggml.token_type": kinds,
+            "tokenizer.ggml.bos_token_id": sp.bos_id(), "tokenizer.ggml.eos_token_id": sp.eos_id(),
+            "tokenizer.ggml.unknown_token_id": sp.unk_id(), "tokenizer.ggml.add_bos_token": True}
+    tok = Tokenizer.from_gguf_metadata(meta, tmp_path / "spm.gguf")
+    for text in SPM_TEXTS:
+        assert tok.encode(text) == sp.encode(text)
+        assert tok.decode(tok.encode(text)) == text
+    assert tok.encode("fox", add_special_tokens=True)[0] == sp.bos_id()
 
 
 def test_bad_tokenizer_files(tmp_path):
