@@ -163,6 +163,7 @@ class StepRecord:
     token_id: int
     text: str
     prob: float
+    seq_index: int = 0  # which of the request's samples / beams
     entropy: float = 0.0  # of the sampling distribution, in nats
     top_before: tuple[TokenProb, ...] = ()  # the model's raw distribution
     top_after: tuple[TokenProb, ...] = ()  # after the sampler chain
@@ -172,3 +173,45 @@ class StepRecord:
     attention: tuple[AttentionRecord, ...] = ()
     step_ms: float = 0.0
     memory: MemorySnapshot | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    prompt_ids: tuple[int, ...]
+    params: SamplingParams = field(default_factory=SamplingParams)
+    n: int = 1  # parallel samples sharing the prompt's KV blocks
+    best_of: int = 0  # sample this many, report the one with the best mean log-probability (0 = off)
+    beams: int = 0  # beam search width (0 = off; greedy beams, no sampling)
+    instrument: InstrumentOptions = field(default_factory=InstrumentOptions)
+
+    def __post_init__(self):
+        if self.n < 1 or self.best_of < 0 or self.beams < 0:
+            raise ValueError("n must be >= 1; best_of and beams must be >= 0")
+        if self.best_of and self.best_of < self.n:
+            raise ValueError(f"best_of ({self.best_of}) must be at least n ({self.n})")
+
+    @property
+    def num_samples(self) -> int:
+        return self.beams or max(self.n, self.best_of)
+
+
+@dataclass(frozen=True, slots=True)
+class SequenceResult:
+    index: int
+    text: str
+    token_ids: tuple[int, ...]
+    finish_reason: str
+    mean_logprob: float
+
+
+@dataclass(frozen=True, slots=True)
+class RequestDone:
+    """A request's end: its results (best first for best-of and beams), or the error that ended it."""
+
+    request_id: int
+    results: tuple[SequenceResult, ...]
+    prompt_tokens: int
+    cached_prompt_tokens: int  # served from the prefix cache, not computed
+    prefill_ms: float
+    decode_ms: float
+    error: str | None = None
