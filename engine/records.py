@@ -118,7 +118,8 @@ class MemorySnapshot:
     kv_blocks_free: int = 0
     kv_block_size: int = 0
     kv_bytes_per_block: int = 0
-    kv_tokens: int = 0  # tokens whose K/V are stored
+    kv_tokens: int = 0  # tokens whose K/V the live sequences hold (a shared prefix counts for each sharer)
+    kv_slots_filled: int = 0  # slots physically holding K/V (a shared prefix counts once)
     kv_contiguous_bytes: int = 0  # what max-length contiguous caches would reserve for the same sequences
     block_tables: dict = field(default_factory=dict)  # request id -> tuple of block ids
     weight_bytes: dict = field(default_factory=dict)  # dtype name -> bytes
@@ -134,7 +135,7 @@ class MemorySnapshot:
     def kv_waste_pct(self) -> float:
         """Slots allocated but not holding a token, as a share of the KV memory in use."""
         used = self.kv_used_bytes
-        stored = self.kv_tokens * self.kv_bytes_per_block // max(self.kv_block_size, 1)
+        stored = self.kv_slots_filled * self.kv_bytes_per_block // max(self.kv_block_size, 1)
         return 100.0 * (used - stored) / used if used else 0.0
 
 

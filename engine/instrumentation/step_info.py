@@ -57,6 +57,10 @@ def memory_snapshot(engine) -> MemorySnapshot:
     stats, blocks = engine.blocks.stats(), engine.blocks
     tables = {f"{r.id}.{s.index}": tuple(s.table.block_ids) for r in engine.running.values() for s in r.sequences}
     live = [s for r in engine.running.values() for s in r.sequences]
+    filled: dict[int, int] = {}  # block -> slots holding K/V (the fullest sharer decides)
+    for s in live:
+        for i, block in enumerate(s.table.block_ids):
+            filled[block] = max(filled.get(block, 0), min(blocks.block_size, s.table.num_tokens - i * blocks.block_size))
     per_block = engine.pool.nbytes // blocks.num_blocks
     per_token = per_block // blocks.block_size
     cuda_alloc = cuda_reserved = 0
@@ -65,7 +69,7 @@ def memory_snapshot(engine) -> MemorySnapshot:
     return MemorySnapshot(
         kv_blocks_total=stats.total, kv_blocks_used=stats.used, kv_blocks_shared=stats.shared,
         kv_blocks_cached_free=stats.cached_free, kv_blocks_free=stats.free, kv_block_size=blocks.block_size,
-        kv_bytes_per_block=per_block, kv_tokens=sum(s.table.num_tokens for s in live),
+        kv_bytes_per_block=per_block, kv_tokens=sum(s.table.num_tokens for s in live), kv_slots_filled=sum(filled.values()),
         # a contiguous cache reserves the model's whole context for every live sequence
         kv_contiguous_bytes=len(live) * engine.config.max_seq_len * per_token,
         block_tables=tables, weight_bytes=engine.model.weight_bytes(),
