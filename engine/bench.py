@@ -44,8 +44,28 @@ def _worker_ours(args) -> dict:
     prefill = engine.generate(prompt, SamplingParams(temperature=0, max_new_tokens=1, ignore_eos=True))
     done = [x for x in prefill if isinstance(x, GenerationDone)][0]
     run = [x for x in engine.generate(decode_prompt, params) if isinstance(x, GenerationDone)][0]
+    waste, contiguous_waste = _kv_waste(engine, _prompt_ids(engine.tokenizer.encode, 1200))
     return {"prefill_tok_s": len(prompt) / (done.prefill_ms / 1000), "ttft_ms": run.prefill_ms,
-            "decode_tok_s": run.decode_tokens_per_s, "load_s": load_s, "peak_rss": _peak_rss_bytes()}
+            "decode_tok_s": run.decode_tokens_per_s, "load_s": load_s, "peak_rss": _peak_rss_bytes(),
+            "kv_waste_pct": waste, "kv_contiguous_waste_pct": contiguous_waste}
+
+
+def _kv_waste(engine, prompt: list[int]) -> tuple[float, float]:
+    """KV memory left unused by eight live sequences of mixed lengths: paged vs contiguous caches."""
+    from engine.records import GenerationRequest, SamplingParams
+
+    runner = engine.runner
+    ids = [runner.submit(GenerationRequest(tuple(prompt[3 * i: 3 * i + n]), SamplingParams(temperature=0,
+                                           max_new_tokens=4, ignore_eos=True)))
+           for i, n in enumerate((97, 180, 233, 310, 402, 515, 640, 777))]
+    runner.step()
+    mem = runner.memory()
+    for i in ids:
+        runner.cancel(i)
+    runner.step()
+    per_token = mem.kv_bytes_per_block / mem.kv_block_size
+    contiguous = 100 * (mem.kv_contiguous_bytes - mem.kv_tokens * per_token) / mem.kv_contiguous_bytes
+    return mem.kv_waste_pct, contiguous
 
 
 def _worker_hf(args) -> dict:
@@ -144,5 +164,8 @@ def main(argv=None) -> int:
                   f"{r['peak_rss'] / 2**20:12.0f}")
     if "ratio_vs_hf" in result:
         print("ours / hf: " + ", ".join(f"{k} {v:.2f}x" for k, v in result["ratio_vs_hf"].items()))
+    if "kv_waste_pct" in result["ours"]:
+        print(f"KV waste, 8 live sequences of mixed length: paged {result['ours']['kv_waste_pct']:.2f}% "
+              f"vs contiguous max-length caches {result['ours']['kv_contiguous_waste_pct']:.1f}%")
     print(f"(CPU seconds used on the machine meanwhile: {result['machine_busy_s']})")
     return 0

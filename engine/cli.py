@@ -16,6 +16,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rope-scaling", metavar="TYPE:FACTOR",
                    help="override RoPE scaling, e.g. yarn:4, linear:2, dynamic:2, llama3:8, none")
     p.add_argument("--threads", type=int, help="CPU threads for matmuls (default: torch's choice)")
+    p.add_argument("--kv-block-size", type=int, default=16, help="tokens per KV cache block")
+    p.add_argument("--kv-budget", type=float, default=0.5,
+                   help="KV cache size: GiB on the CPU, or a fraction of free GPU memory if < 1 on CUDA")
 
 
 def _add_sampling_args(p: argparse.ArgumentParser, temperature: float) -> None:
@@ -24,6 +27,11 @@ def _add_sampling_args(p: argparse.ArgumentParser, temperature: float) -> None:
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--min-p", type=float, default=0.0)
+    p.add_argument("--typical-p", type=float, default=1.0)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--presence-penalty", type=float, default=0.0)
+    p.add_argument("--frequency-penalty", type=float, default=0.0)
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument("--seed", type=int)
 
 
@@ -35,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     gen.add_argument("--system", help="system prompt (with --chat)")
     gen.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
+    gen.add_argument("--n", type=int, default=1, help="parallel samples sharing the prompt's KV blocks")
+    gen.add_argument("--best-of", type=int, default=0, help="sample this many, print the best by mean log-prob")
+    gen.add_argument("--beams", type=int, default=0, help="beam search width")
     _add_model_args(gen)
     _add_sampling_args(gen, temperature=0.0)
     chat = sub.add_parser("chat", help="interactive multi-turn chat")
@@ -50,12 +61,17 @@ def _load(args):
     from engine.engine import Engine, LoadOptions
 
     set_threads(args.threads)
-    return Engine.load(args.model, LoadOptions(device=args.device, dtype=args.dtype, rope_scaling=args.rope_scaling))
+    options = LoadOptions(device=args.device, dtype=args.dtype, rope_scaling=args.rope_scaling,
+                          kv_budget_gib=args.kv_budget, kv_gpu_fraction=min(args.kv_budget, 0.9),
+                          kv_block_size=args.kv_block_size)
+    return Engine.load(args.model, options)
 
 
 def _params(args) -> SamplingParams:
     return SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
-                          max_new_tokens=args.max_new_tokens, seed=args.seed)
+                          typical_p=args.typical_p, repetition_penalty=args.repetition_penalty,
+                          presence_penalty=args.presence_penalty, frequency_penalty=args.frequency_penalty,
+                          stop=tuple(args.stop), max_new_tokens=args.max_new_tokens, seed=args.seed)
 
 
 def _stream(engine, prompt_ids, params, echo: bool) -> GenerationDone:
@@ -76,6 +92,8 @@ def cmd_generate(args) -> int:
         prompt_ids = engine.chat_prompt_ids(messages + [{"role": "user", "content": args.prompt}])
     else:
         prompt_ids = engine.prompt_ids(args.prompt)
+    if args.n > 1 or args.best_of or args.beams:
+        return _many(engine, prompt_ids, args)
     done = _stream(engine, prompt_ids, _params(args), echo=not args.json)
     if args.json:
         print(json.dumps({
@@ -87,6 +105,29 @@ def cmd_generate(args) -> int:
         print()
         print(f"[{len(done.token_ids)} tokens, {done.finish_reason}, prefill {done.prefill_ms:.0f} ms, "
               f"decode {done.decode_tokens_per_s:.1f} tok/s]", file=sys.stderr)
+    return 0
+
+
+def _many(engine, prompt_ids, args) -> int:
+    """Several sequences (samples, best-of, beams): print each result once it is complete."""
+    from engine.records import GenerationRequest, RequestDone
+
+    spec = GenerationRequest(tuple(prompt_ids), _params(args), n=args.n, best_of=args.best_of, beams=args.beams)
+    runner = engine.runner
+    rid = runner.submit(spec)
+    done = None
+    while done is None:
+        done = next((x for x in runner.step() if isinstance(x, RequestDone) and x.request_id == rid), None)
+    if done.error:
+        raise EngineError(done.error)
+    if args.json:
+        print(json.dumps({"results": [{"text": r.text, "token_ids": list(r.token_ids), "finish_reason": r.finish_reason,
+                                       "mean_logprob": round(r.mean_logprob, 4)} for r in done.results],
+                          "prompt_tokens": done.prompt_tokens, "prefill_ms": round(done.prefill_ms, 2),
+                          "decode_ms": round(done.decode_ms, 2)}))
+    else:
+        for r in done.results:
+            print(f"--- [{r.index}] mean log-prob {r.mean_logprob:.3f}, {r.finish_reason}\n{r.text}")
     return 0
 
 
