@@ -54,8 +54,7 @@ def test_paged_decode_matches_recompute(arch):
     worst = 0.0
     for i in range(30, 230):
         logits = seq.step(model, [tokens[i]])
-        if i % 20 == 0 or i == 229:  # recompute is quadratic: check a spread of steps
-            worst = max(worst, (logits - recompute_last_logits(model, tokens[:i + 1])).abs().max().item())
+        worst = max(worst, (logits - recompute_last_logits(model, tokens[:i + 1])).abs().max().item())
     assert worst <= 1e-4
 
 
