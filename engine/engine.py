@@ -74,6 +74,17 @@ class Engine:
     def prompt_ids(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=True)
 
+    def make_request(self, prompt: str | list[dict] | list[int], params: SamplingParams, **options) -> GenerationRequest:
+        """A request from raw text (continued as is), chat messages (templated) or token ids.
+        `options` are GenerationRequest's: n, best_of, beams, instrument. Submit it to `self.runner`."""
+        if isinstance(prompt, str):
+            ids = self.prompt_ids(prompt)
+        elif prompt and isinstance(prompt[0], dict):
+            ids = self.chat_prompt_ids(prompt)
+        else:
+            ids = list(prompt)
+        return GenerationRequest(tuple(ids), params, **options)
+
     def generate(self, prompt_ids: list[int], params: SamplingParams,
                  cancel: threading.Event | None = None) -> Iterator[TokenStep | GenerationDone]:
         """Yield a TokenStep per generated token, then one GenerationDone (single request, one sample)."""

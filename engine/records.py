@@ -121,7 +121,9 @@ class MemorySnapshot:
     kv_tokens: int = 0  # tokens whose K/V the live sequences hold (a shared prefix counts for each sharer)
     kv_slots_filled: int = 0  # slots physically holding K/V (a shared prefix counts once)
     kv_contiguous_bytes: int = 0  # what max-length contiguous caches would reserve for the same sequences
-    block_tables: dict = field(default_factory=dict)  # request id -> tuple of block ids
+    block_tables: dict = field(default_factory=dict)  # "request.sample" -> tuple of block ids
+    block_refs: tuple[int, ...] = ()  # per block: how many sequences hold it (0 = free or cached)
+    cached_blocks: tuple[int, ...] = ()  # unreferenced blocks that still hold a reusable prefix
     weight_bytes: dict = field(default_factory=dict)  # dtype name -> bytes
     process_rss: int = 0
     cuda_allocated: int = 0

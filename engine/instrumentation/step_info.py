@@ -72,5 +72,6 @@ def memory_snapshot(engine) -> MemorySnapshot:
         kv_bytes_per_block=per_block, kv_tokens=sum(s.table.num_tokens for s in live), kv_slots_filled=sum(filled.values()),
         # a contiguous cache reserves the model's whole context for every live sequence
         kv_contiguous_bytes=len(live) * engine.config.max_seq_len * per_token,
-        block_tables=tables, weight_bytes=engine.model.weight_bytes(),
+        block_tables=tables, block_refs=tuple(blocks.ref_count), cached_blocks=tuple(blocks.cached),
+        weight_bytes=engine.model.weight_bytes(),
         process_rss=psutil.Process().memory_info().rss, cuda_allocated=cuda_alloc, cuda_reserved=cuda_reserved)

@@ -115,6 +115,7 @@ def test_kv_waste_of_eight_sequences_is_small(hf_checkpoint):
     mem = engine.memory()
     assert mem.kv_tokens == sum(lengths) + 8  # prompts + each one's first decoded token
     assert mem.kv_slots_filled == mem.kv_tokens
+    assert sum(1 for r in mem.block_refs if r) == mem.kv_blocks_used and len(mem.block_tables) == 8
     contiguous_waste = 100 * (mem.kv_contiguous_bytes - mem.kv_tokens * mem.kv_bytes_per_block // 16) \
         / mem.kv_contiguous_bytes
     print(f"paged waste {mem.kv_waste_pct:.2f}% vs contiguous {contiguous_waste:.1f}%")
