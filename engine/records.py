@@ -218,3 +218,27 @@ class RequestDone:
     prefill_ms: float
     decode_ms: float
     error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StageView:
+    """One sampler stage's effect on the shown tokens."""
+
+    name: str  # "raw", "penalties", "temperature", "top_k", "top_p", "min_p", "typical_p"
+    active: bool
+    probs: tuple[float, ...]  # after this stage, aligned with DistributionView.token_ids (0 = removed)
+    removed: tuple[int, ...]  # token ids this stage removed (among the shown ones)
+
+
+@dataclass(frozen=True, slots=True)
+class DistributionView:
+    """One step's next-token distribution through the sampler chain, re-derivable from stored logits
+    (engine/sampling_view.py builds it; the probabilities panel draws it)."""
+
+    step_index: int
+    chosen_token_id: int
+    token_ids: tuple[int, ...]  # the tokens shown, most likely first under the raw distribution
+    token_texts: tuple[str, ...]
+    stages: tuple[StageView, ...]
+    entropy: float  # of the final distribution, nats
+    top_p: float  # the nucleus threshold in force (1.0 = off), for the cumulative curve's line
