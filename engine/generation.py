@@ -61,6 +61,7 @@ class GenerationEngine:
         self._ids = itertools.count()
         self._cancelled: set[int] = set()
         self.tokens_computed = 0  # prompt + decode tokens run through the model (prefix hits excluded)
+        self.forward_calls = 0  # model forward passes so far
 
     # -- API ----------------------------------------------------------------------------------
     def submit(self, spec: GenerationRequest) -> int:
@@ -193,6 +194,7 @@ class GenerationEngine:
         block_tables = [t.block_ids + [0] * (width - len(t.block_ids)) for t in tables]
         view = self.pool.view(positions, slots, block_tables, [t.num_tokens for t in tables])
         self.tokens_computed += sum(len(x) for x in tokens)
+        self.forward_calls += 1
         return self.model(torch.tensor(tokens, device=device), view, probe=probe,
                           last_only=chunks is not None)
 

@@ -9,6 +9,18 @@ cd "$(dirname "$0")/.."
 extras=""
 [[ "${1:-}" == "--test" ]] && extras="[test]"
 
+# Qt's xcb platform (a real window, or Xvfb for screenshots) needs these system libraries; the
+# offscreen tests need only some of them. Installed when we may (root with apt), else skipped.
+QT_SYSTEM_PACKAGES="xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxcb-cursor0 libxcb-image0 libxcb-render-util0
+  libxcb-randr0 libxcb-shape0 libxcb-xkb1 libxcb-xfixes0 libxkbcommon-x11-0 libxkbcommon0 libegl1 libgl1
+  libfontconfig1 libdbus-1-3 fonts-dejavu-core"
+if command -v apt-get >/dev/null && [[ $(id -u) == 0 ]]; then
+    missing=$(for p in $QT_SYSTEM_PACKAGES; do dpkg -s "$p" >/dev/null 2>&1 || echo "$p"; done)
+    if [[ -n "$missing" ]]; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
+    fi
+fi
+
 if [[ ! -x .venv/bin/python ]]; then
     python3 -m venv .venv
 fi

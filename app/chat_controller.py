@@ -1,0 +1,84 @@
+"""Conversation state: messages, the records of each generated step, and what happens on submit,
+stop, regenerate, clear and failure. A failed or stopped turn never loses the conversation."""
+from __future__ import annotations
+
+from PySide6.QtCore import QObject, Signal
+
+from engine.records import RequestDone, StepRecord
+
+
+class ChatController(QObject):
+    step_selected = Signal(object)  # the StepRecord the panels should show
+
+    def __init__(self, chat_panel, worker, sampler_params):
+        super().__init__()
+        self.chat, self.worker, self.sampler_params = chat_panel, worker, sampler_params
+        self.messages: list[dict] = []
+        self.steps: list[StepRecord] = []  # every generated step of the conversation, in order
+        self.busy = False
+        chat_panel.submitted.connect(self.submit)
+        chat_panel.stop_requested.connect(self.stop)
+        chat_panel.regenerate_requested.connect(self.regenerate)
+        chat_panel.clear_requested.connect(self.clear)
+        chat_panel.step_clicked.connect(self.select)
+
+    def submit(self, text: str) -> None:
+        if self.busy:
+            return
+        self.messages.append({"role": "user", "content": text})
+        self.chat.add_user(text)
+        self._generate()
+
+    def _generate(self) -> None:
+        system = self.chat.system.text().strip()
+        messages = ([{"role": "system", "content": system}] if system else []) + self.messages
+        self.busy = True
+        self.chat.set_busy(True)
+        self.chat.begin_assistant()
+        self.worker.request_generate(messages, self.sampler_params())
+
+    def stop(self) -> None:
+        if self.busy:
+            self.worker.request_cancel()
+
+    def regenerate(self) -> None:
+        if self.busy or not self.messages:
+            return
+        if self.messages[-1]["role"] == "assistant":
+            self.messages.pop()
+            self.chat.drop_last_turn()
+        self._generate()
+
+    def clear(self) -> None:
+        if not self.busy:
+            self.messages, self.steps = [], []
+            self.chat.clear()
+
+    def select(self, global_index: int) -> None:
+        if 0 <= global_index < len(self.steps):
+            self.step_selected.emit(self.steps[global_index])
+
+    # -- from the worker ----------------------------------------------------------------------
+    def on_steps(self, records: list[StepRecord]) -> None:
+        first = len(self.steps)
+        self.steps.extend(records)
+        self.chat.append_tokens([(first + i, r.text, r.prob) for i, r in enumerate(records)])
+
+    def on_finished(self, done: RequestDone) -> None:
+        self.busy = False
+        self.chat.set_busy(False)
+        if done.error:
+            self.chat.end_assistant("stopped")
+            self.chat.show_error(done.error)
+            return
+        result = done.results[0] if done.results else None
+        text = result.text if result else ""
+        reason = result.finish_reason if result else "cancelled"
+        self.messages.append({"role": "assistant", "content": text})  # a stopped answer is kept too
+        self.chat.end_assistant({"eos": "", "length": "length limit", "cancelled": "stopped"}.get(reason, reason))
+
+    def on_failed(self, message: str) -> None:
+        self.busy = False
+        self.chat.set_busy(False)
+        self.chat.end_assistant("failed")
+        self.chat.show_error(message)

@@ -1,0 +1,113 @@
+"""The one thread that talks to the engine. Lives on a QThread; everything crosses by queued signals.
+
+The GUI thread calls `request_*` methods, which only emit signals (queued into the worker's
+thread) or set a threading.Event (cancel), so the GUI never waits on the engine.
+"""
+from __future__ import annotations
+
+import threading
+import traceback
+
+from PySide6.QtCore import QObject, Signal, Slot
+
+from engine.errors import EngineError
+from engine.records import InstrumentOptions, RequestDone, SamplingParams, StepRecord
+
+# What the panels need from every step: top tokens, stored logits for slider what-ifs, routing,
+# one layer's attention and the memory map.
+def default_instrumentation(n_layers: int) -> InstrumentOptions:
+    return InstrumentOptions(top_n=20, stored_logits=512, routing=True,
+                             attention_layers=tuple(range(n_layers)), memory=True)
+
+
+class EngineWorker(QObject):
+    # outputs (emitted in the worker thread, delivered queued to GUI slots)
+    loaded = Signal(object)  # dict of model facts
+    load_progress = Signal(int, int)  # done bytes, total bytes
+    load_failed = Signal(str)
+    step = Signal(object)  # StepRecord
+    finished = Signal(object)  # RequestDone
+    failed = Signal(str)
+    prompt_tokens = Signal(object)  # the prompt's tokens as text, for attention axes
+    # inputs (queued into the worker thread)
+    _load = Signal(str, object)
+    _generate = Signal(object, object)
+
+    def __init__(self):
+        super().__init__()
+        self.engine = None
+        self._cancel = threading.Event()
+        self._load.connect(self._do_load)
+        self._generate.connect(self._do_generate)
+
+    # -- called from the GUI thread -----------------------------------------------------------
+    def request_load(self, path: str | None, options) -> None:
+        self._cancel.clear()
+        self._load.emit(path or "", options)
+
+    def request_generate(self, messages: list[dict], params: SamplingParams) -> None:
+        self._cancel.clear()
+        self._generate.emit(messages, params)
+
+    def request_cancel(self) -> None:
+        self._cancel.set()
+
+    # -- worker thread ------------------------------------------------------------------------
+    @Slot(str, object)
+    def _do_load(self, path: str, options) -> None:
+        from engine.engine import Engine
+
+        def progress(done, total, done_bytes, total_bytes):
+            if self._cancel.is_set():
+                raise EngineError("loading was cancelled")
+            self.load_progress.emit(done_bytes, total_bytes)
+
+        try:
+            engine = Engine.load(path or None, options, progress=progress)
+        except EngineError as e:
+            self.load_failed.emit(str(e))
+            return
+        except Exception as e:  # a bug, or memory: report it, keep the app alive
+            self.load_failed.emit(f"{type(e).__name__}: {e}")
+            traceback.print_exc()
+            return
+        self.engine = engine
+        self.loaded.emit(model_facts(engine))
+
+    @Slot(object, object)
+    def _do_generate(self, messages, params) -> None:
+        engine = self.engine
+        if engine is None:
+            self.failed.emit("no model is loaded")
+            return
+        try:
+            request = engine.make_request(messages, params, instrument=default_instrumentation(engine.config.n_layers))
+        except EngineError as e:
+            self.failed.emit(str(e))
+            return
+        self.prompt_tokens.emit([engine.tokenizer.token_text(t) for t in request.prompt_ids])
+        runner = engine.runner
+        rid = runner.submit(request)
+        try:
+            while runner.has_work():
+                if self._cancel.is_set():
+                    runner.cancel(rid)
+                for item in runner.step():
+                    if isinstance(item, StepRecord):
+                        self.step.emit(item)
+                    elif isinstance(item, RequestDone):
+                        self.finished.emit(item)
+        except Exception as e:  # the engine cleans up its own blocks on errors it knows; report the rest
+            self.failed.emit(f"{type(e).__name__}: {e}")
+            traceback.print_exc()
+
+
+def model_facts(engine) -> dict:
+    c = engine.config
+    params = sum(p.numel() for p in engine.model.parameters())
+    return {"name": engine.source.name, "path": str(engine.source), "architecture": c.arch,
+            "parameters": params, "layers": c.n_layers, "heads": c.n_heads, "kv_heads": c.n_kv_heads,
+            "head_dim": c.head_dim, "experts": c.moe.n_experts if c.moe else 0,
+            "experts_per_token": c.moe.n_experts_per_tok if c.moe else 0, "context": c.max_seq_len,
+            "dtype": str(engine.model.embed.weight.dtype).removeprefix("torch."), "device": str(engine.device),
+            "rope": c.rope_scaling.rope_type, "vocab": c.vocab_size}

@@ -1,0 +1,138 @@
+"""The conversation: transcript with streamed, probability-coloured tokens, a system prompt and an
+input box. Emits what the user asks for; knows nothing about the engine or threads."""
+from __future__ import annotations
+
+import html
+
+from PySide6.QtCore import QUrl, Signal
+from PySide6.QtGui import QKeySequence, QShortcut
+from PySide6.QtWidgets import (QHBoxLayout, QLabel, QLineEdit, QPlainTextEdit, QPushButton, QTextBrowser,
+                               QVBoxLayout, QWidget)
+
+
+def prob_colour(p: float) -> str:
+    """Low probability reads warm, high reads cool; light enough to keep text legible."""
+    p = max(0.0, min(1.0, p))
+    r, g, b = int(255 - 80 * p), int(200 + 40 * p), int(190 + 60 * p)
+    return f"#{r:02x}{g:02x}{b:02x}"
+
+
+class ChatPanel(QWidget):
+    submitted = Signal(str)
+    stop_requested = Signal()
+    regenerate_requested = Signal()
+    clear_requested = Signal()
+    step_clicked = Signal(int)
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self._turns: list[str] = []  # finished turns as HTML
+        self._live: list[str] = []  # the assistant turn being streamed, one span per token
+        self._setup_ui()
+        self._layout()
+
+    def _setup_ui(self) -> None:
+        self.system = QLineEdit(placeholderText="System prompt (optional)")
+        self.transcript = QTextBrowser(openLinks=False)
+        self.transcript.anchorClicked.connect(self._on_anchor)
+        self.input = QPlainTextEdit(placeholderText="Message — Ctrl+Enter to send, Esc to stop")
+        self.input.setMaximumHeight(90)
+        self.send_button = QPushButton("Send")
+        self.stop_button = QPushButton("Stop")
+        self.regenerate_button = QPushButton("Regenerate")
+        self.clear_button = QPushButton("Clear")
+        self.colour_tokens = QPushButton("Colour by probability", checkable=True, checked=True)
+        self.status = QLabel("")
+        self.send_button.clicked.connect(self._submit)
+        self.stop_button.clicked.connect(self.stop_requested)
+        self.regenerate_button.clicked.connect(self.regenerate_requested)
+        self.clear_button.clicked.connect(self.clear_requested)
+        self.colour_tokens.toggled.connect(lambda _: self._render())
+        QShortcut(QKeySequence("Ctrl+Return"), self, activated=self._submit)
+        QShortcut(QKeySequence("Escape"), self, activated=self.stop_requested)
+        self.set_busy(False)
+
+    def _layout(self) -> None:
+        buttons = QHBoxLayout()
+        for w in (self.send_button, self.stop_button, self.regenerate_button, self.clear_button, self.colour_tokens):
+            buttons.addWidget(w)
+        buttons.addStretch(1)
+        buttons.addWidget(self.status)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.system)
+        layout.addWidget(self.transcript, 1)
+        layout.addWidget(self.input)
+        layout.addLayout(buttons)
+
+    # -- slots --------------------------------------------------------------------------------
+    def set_busy(self, busy: bool) -> None:
+        self.send_button.setEnabled(not busy)
+        self.regenerate_button.setEnabled(not busy)
+        self.stop_button.setEnabled(busy)
+
+    def add_user(self, text: str) -> None:
+        self._turns.append(f"<p><b>You</b><br>{self._escape(text)}</p>")
+        self._render()
+
+    def begin_assistant(self) -> None:
+        self._live = []
+        self._render()
+
+    def append_token(self, index: int, text: str, prob: float) -> None:
+        self.append_tokens([(index, text, prob)])
+
+    def append_tokens(self, tokens: list[tuple[int, str, float]]) -> None:
+        """Several streamed tokens at once: one re-render however many arrive between redraws."""
+        self._live.extend(tokens)
+        self._render()
+
+    def end_assistant(self, note: str = "") -> None:
+        body = self._live_html()
+        suffix = f" <i style='color:#888'>[{html.escape(note)}]</i>" if note else ""
+        self._turns.append(f"<p><b>Model</b><br>{body}{suffix}</p>")
+        self._live = []
+        self._render()
+
+    def show_error(self, message: str) -> None:
+        self._turns.append(f"<p style='color:#b00020'><b>Error</b>: {html.escape(message)}</p>")
+        self._render()
+
+    def clear(self) -> None:
+        self._turns, self._live = [], []
+        self._render()
+
+    def drop_last_turn(self) -> None:
+        if self._turns:
+            self._turns.pop()
+            self._render()
+
+    def transcript_text(self) -> str:
+        return self.transcript.toPlainText()
+
+    # -- internals ----------------------------------------------------------------------------
+    def _submit(self) -> None:
+        text = self.input.toPlainText().strip()
+        if text and self.send_button.isEnabled():
+            self.input.clear()
+            self.submitted.emit(text)
+
+    def _escape(self, text: str) -> str:
+        return html.escape(text).replace("\n", "<br>")
+
+    def _live_html(self) -> str:
+        spans = []
+        for index, text, prob in self._live:
+            style = f"background:{prob_colour(prob)};color:#111" if self.colour_tokens.isChecked() else "color:inherit"
+            spans.append(f"<a href='step:{index}' style='text-decoration:none;{style}' "
+                         f"title='p = {prob:.3f}'>{self._escape(text)}</a>")
+        return "".join(spans)
+
+    def _render(self) -> None:
+        live = f"<p><b>Model</b><br>{self._live_html()}▍</p>" if self._live or self.stop_button.isEnabled() else ""
+        self.transcript.setHtml("".join(self._turns) + live)
+        bar = self.transcript.verticalScrollBar()
+        bar.setValue(bar.maximum())
+
+    def _on_anchor(self, url: QUrl) -> None:
+        if url.toString().startswith("step:"):
+            self.step_clicked.emit(int(url.toString()[5:]))
