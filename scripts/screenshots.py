@@ -1,0 +1,93 @@
+"""Screenshots of every panel during a real chat with the default model, for docs/screenshots/.
+
+Run under a real X server (Xvfb), not offscreen, so what is saved is what a person sees:
+    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python scripts/screenshots.py
+The routing panel is also shown on a tiny random MoE (built with transformers, a test dependency),
+since the default model is dense.
+"""
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+from PySide6.QtCore import QEventLoop, QTimer
+from PySide6.QtWidgets import QApplication
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "docs" / "screenshots"
+sys.path.insert(0, str(ROOT))
+
+
+def wait_for(signal, timeout_ms: int = 120_000):
+    loop = QEventLoop()
+    signal.connect(loop.quit)
+    QTimer.singleShot(timeout_ms, loop.quit)
+    loop.exec()
+
+
+def settle(ms: int = 300):
+    loop = QEventLoop()
+    QTimer.singleShot(ms, loop.quit)
+    loop.exec()
+
+
+def chat(window, text: str):
+    window.chat.input.setPlainText(text)
+    window.chat.send_button.click()
+    wait_for(window.worker.finished)
+    settle()
+
+
+def shoot(window, name: str):
+    window.grab().save(str(OUT / f"{name}.png"))
+
+
+def main() -> int:
+    import torch
+
+    from app.main_window import MainWindow
+    from app.settings import Settings
+    from app.theme import apply_theme
+    from engine.records import SamplingParams
+
+    torch.set_num_threads(2)
+    OUT.mkdir(parents=True, exist_ok=True)
+    app = QApplication([])
+    apply_theme(app)
+    window = MainWindow(settings=Settings("GlassboxScreenshots", "app"), autoload=False)
+    window.resize(1600, 1000)
+    window.show()
+    window.load_model(None, {"device": "cpu"})
+    wait_for(window.worker.loaded)
+    window.sampler.set_params(SamplingParams(temperature=0.7, top_p=0.9, seed=4, max_new_tokens=60))
+    window.chat.system.setText("You are a helpful assistant.")
+    chat(window, "Explain in two sentences why the sky is blue.")
+    shoot(window, "main_window")
+    for name, dock in window.docks.items():
+        dock.raise_()
+        settle(150)
+        dock.widget().grab().save(str(OUT / f"panel_{name.lower().replace(' ', '_')}.png"))
+    try:
+        from tests.tiny_models import build_hf_model, write_tiny_tokenizer
+
+        with tempfile.TemporaryDirectory() as d:
+            model = build_hf_model("qwen3_moe", num_hidden_layers=4, num_experts=8, num_experts_per_tok=2)
+            model.save_pretrained(d)
+            write_tiny_tokenizer(Path(d), model.config.vocab_size)
+            window.load_model(d, {"device": "cpu"})
+            wait_for(window.worker.loaded)
+            window.sampler.set_params(SamplingParams(temperature=1.0, seed=1, max_new_tokens=24))
+            chat(window, "t1 t2 t3 t4 t5 t6")
+            window.docks["Expert routing"].raise_()
+            settle(200)
+            window.routing.grab().save(str(OUT / "panel_expert_routing_moe.png"))
+    except ImportError:
+        print("transformers not installed: skipping the MoE routing screenshot")
+    window.close()
+    print(f"screenshots in {OUT}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
