@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import mmap
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ import torch
 
 from engine.config import MoeConfig, ModelConfig, RopeScaling
 from engine.errors import ModelFormatError, UnsupportedArchitecture
-from engine.loaders.gguf_header import check_header, check_tensor_extents
+from engine.loaders.gguf_header import check_tensor_extents, read_header
 from engine.loaders.validate import check_tensors
 
 # general.architecture -> our architecture name ("llama" becomes "mixtral" when it has experts).
@@ -43,51 +44,38 @@ _RENAMES = [(re.compile(p), c) for p, c in [
 _OLD_EXPERT = re.compile(r"blk\.(\d+)\.ffn_(gate|up|down)\.(\d+)\.weight")  # early Mixtral GGUFs: one per expert
 
 
-def _plain(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
+@dataclass(frozen=True, slots=True)
+class _TensorInfo:
+    name: str
+    shape: tuple[int, ...]  # torch order (outermost first)
+    kind: int  # ggml type id
+    offset: int  # absolute byte offset in the file
+    nbytes: int
 
 
-def _reader(path: Path):
-    import gguf
+def _open(path: Path) -> tuple[dict, list[_TensorInfo], np.memmap]:
+    """Validated metadata, tensor descriptions and a read-only memory map of the whole file."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
     size = path.stat().st_size
-    with open(path, "rb") as f:
-        if size == 0:
-            raise ModelFormatError(path, "empty file")
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-            infos = check_header(path, m)  # slicing an mmap copies, so no view outlives it
+    if size == 0:
+        raise ModelFormatError(path, "empty file")
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        meta, infos = read_header(path, m)  # slicing an mmap copies, so no view outlives it
     check_tensor_extents(path, infos, size)
-    try:
-        reader = gguf.GGUFReader(path)
-    except Exception as e:  # the header was valid, so anything here is an inconsistency deeper in
-        raise ModelFormatError(path, f"corrupt GGUF file: {type(e).__name__}: {e}") from None
-    for t in reader.tensors:
-        if t.data_offset + t.n_bytes > size or t.data.nbytes != t.n_bytes:
-            raise ModelFormatError(path, f"truncated GGUF file: tensor {t.name} ends at byte "
-                                         f"{t.data_offset + t.n_bytes}, the file has {size}")
-    return reader
+    tensors = []
+    for name, dims, kind, offset in infos:
+        block, block_bytes = GGML_QUANT_SIZES[GGMLQuantizationType(kind)]
+        n = int(np.prod(dims))
+        tensors.append(_TensorInfo(name, tuple(int(d) for d in reversed(dims)), kind, offset,
+                                   n // block * block_bytes))
+    return meta, tensors, np.memmap(path, dtype=np.uint8, mode="r")
 
 
 def read_metadata(path) -> dict:
     """The GGUF key/value metadata as plain Python values."""
     path = Path(path)
-    return _metadata(_reader(path), path)
-
-
-def _metadata(reader, path) -> dict:
-    meta = {}
-    for key, field in reader.fields.items():
-        if key.startswith("GGUF."):
-            continue
-        try:
-            meta[key] = _plain(field.contents())
-        except Exception as e:
-            raise ModelFormatError(path, f"unreadable metadata {key!r}: {e}") from None
-    return meta
+    return _open(path)[0]
 
 
 def config_from_gguf(meta: dict, tensor_shapes: dict[str, tuple[int, ...]], path) -> ModelConfig:
@@ -158,35 +146,39 @@ def unpermute_qk(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     return w.reshape(n_heads, rows // n_heads // 2, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
 
 
-def _to_tensor(t, path) -> torch.Tensor:
+def _to_tensor(t: _TensorInfo, data: np.memmap, path) -> torch.Tensor:
     import gguf
 
-    kind = t.tensor_type.name
+    kind = gguf.GGMLQuantizationType(t.kind).name
     if kind not in FLOAT_TYPES + QUANT_TYPES:
         raise ModelFormatError(path, f"tensor {t.name} has type {kind}, which Glassbox cannot read "
                                      f"(supported: {', '.join(FLOAT_TYPES + QUANT_TYPES)})")
-    shape = tuple(int(d) for d in reversed(t.shape))  # GGUF lists dimensions innermost first
-    if kind in ("F32", "F16"):
-        array = np.array(t.data)  # a copy: the reader's arrays are read-only views of the mmap
-    else:  # BF16 and block-quantized types go through the gguf package's reference dequantizer
-        array = gguf.quants.dequantize(np.asarray(t.data), t.tensor_type)
-    return torch.from_numpy(np.ascontiguousarray(array).reshape(shape))
+    raw = data[t.offset:t.offset + t.nbytes]
+    if kind == "F32":
+        array = np.array(raw.view(np.float32))  # a copy: the map is read-only
+    elif kind == "F16":
+        array = raw.view(np.float16).astype(np.float32)
+    elif kind == "BF16":  # bfloat16 is the top half of a float32
+        array = (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+    else:  # block-quantized: the gguf package's reference dequantizer, row by row of bytes
+        rows = int(np.prod(t.shape[:-1]))
+        array = gguf.quants.dequantize(np.asarray(raw).reshape(rows, -1), gguf.GGMLQuantizationType(t.kind))
+    return torch.from_numpy(np.ascontiguousarray(array).reshape(t.shape))
 
 
 def load_gguf(path, dtype: torch.dtype = torch.float32, progress=None):
     """-> (ModelConfig, canonical tensors, metadata). Raises ModelFormatError."""
     path = Path(path)
-    reader = _reader(path)
-    meta = _metadata(reader, path)
-    shapes = {t.name: tuple(int(d) for d in reversed(t.shape)) for t in reader.tensors}
+    meta, infos, data = _open(path)
+    shapes = {t.name: t.shape for t in infos}
     config = config_from_gguf(meta, shapes, path)
     tensors: dict[str, torch.Tensor] = {}
     old_experts: dict[tuple[str, str], dict[int, torch.Tensor]] = {}
-    total, total_bytes = len(reader.tensors), sum(int(t.n_bytes) for t in reader.tensors)
+    total, total_bytes = len(infos), sum(t.nbytes for t in infos)
     done_bytes = 0
-    for done, t in enumerate(reader.tensors, 1):
+    for done, t in enumerate(infos, 1):
         try:
-            tensor = _to_tensor(t, path).to(dtype)
+            tensor = _to_tensor(t, data, path).to(dtype)
         except (ValueError, TypeError) as e:
             raise ModelFormatError(path, f"tensor {t.name} is inconsistent: {e}") from None
         if m := _OLD_EXPERT.fullmatch(t.name):
@@ -196,7 +188,7 @@ def load_gguf(path, dtype: torch.dtype = torch.float32, progress=None):
                 if m := pattern.fullmatch(t.name):
                     tensors[target.format(*m.groups())] = tensor
                     break
-        done_bytes += int(t.n_bytes)
+        done_bytes += t.nbytes
         if progress is not None:
             progress(done, total, done_bytes, total_bytes)
     for (layer, part), experts in old_experts.items():

@@ -1,8 +1,10 @@
-"""A bounds-checking walk over a GGUF header, run before gguf.GGUFReader touches the file.
+"""A bounds-checking reader of a GGUF header: metadata values and tensor descriptions.
 
-GGUFReader trusts the counts and lengths it reads; a hostile or damaged file could make it loop
-over 2^60 array items or slice past the end. This walk checks every count and length against
-the bytes that remain and raises ModelFormatError first. It reads, never allocates by count.
+A hostile or damaged file could claim 2^60 array items or lengths past its end; this reader
+checks every count and length against the bytes that remain before reading, and raises
+ModelFormatError. It reads values as plain Python (numeric arrays via numpy), never allocating
+by a count it has not checked. (gguf.GGUFReader trusts what it reads, and builds a numpy view per
+string, which took ~2.8 s for a 49k-token vocabulary; this takes ~0.1 s.)
 """
 from __future__ import annotations
 
@@ -10,10 +12,15 @@ import mmap
 import struct
 from pathlib import Path
 
+import numpy as np
+
 from engine.errors import ModelFormatError
 
 MAGIC = b"GGUF"
 _SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+_SCALAR_FORMATS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_NUMPY_TYPES = {0: "<u1", 1: "<i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4", 7: "<u1", 10: "<u8", 11: "<i8",
+                12: "<f8"}
 _STRING, _ARRAY = 8, 9
 MAX_STRING = 1 << 24  # 16 MiB: far beyond any real key, token or chat template
 MAX_DIMS = 4
@@ -43,31 +50,30 @@ class _Cursor:
             raise ModelFormatError(self.path, f"corrupt GGUF header: {what} claims {n} bytes")
         return bytes(self.take(n, what)).decode("utf-8", errors="replace")
 
-    def value(self, vtype: int, what: str) -> None:
+    def value(self, vtype: int, what: str):
         if vtype in _SCALAR_SIZES:
-            self.take(_SCALAR_SIZES[vtype], what)
+            return struct.unpack(_SCALAR_FORMATS[vtype], self.take(_SCALAR_SIZES[vtype], what))[0]
         elif vtype == _STRING:
-            self.string(what)
+            return self.string(what)
         elif vtype == _ARRAY:
             item_type, count = self.u32(what + " item type"), self.u64(what + " count")
             if item_type in _SCALAR_SIZES:
-                self.take(count * _SCALAR_SIZES[item_type], f"{what} ({count} items)")
+                raw = self.take(count * _SCALAR_SIZES[item_type], f"{what} ({count} items)")
+                values = np.frombuffer(raw, dtype=_NUMPY_TYPES[item_type]).tolist()
+                return [bool(v) for v in values] if item_type == 7 else values
             elif item_type == _STRING:
                 if count * 8 > len(self.data) - self.pos:  # each string needs at least its length
                     raise ModelFormatError(self.path, f"corrupt GGUF header: {what} claims {count} strings")
-                for _ in range(count):
-                    self.string(what + " item")
+                return [self.string(what + " item") for _ in range(count)]
             else:
                 raise ModelFormatError(self.path, f"corrupt GGUF header: {what} has arrays of type {item_type}")
         else:
             raise ModelFormatError(self.path, f"corrupt GGUF header: {what} has unknown value type {vtype}")
 
 
-def check_header(path: Path, data: mmap.mmap | bytes) -> list[tuple[str, tuple[int, ...], int, int]]:
-    """Validate the header and that every tensor's bytes lie inside the file.
-
-    Returns tensor infos (name, dims, ggml type, absolute data offset).
-    """
+def read_header(path: Path, data: mmap.mmap | bytes) -> tuple[dict, list[tuple[str, tuple[int, ...], int, int]]]:
+    """Validate and read the header: (metadata as plain Python values, tensor infos as
+    (name, dims innermost first, ggml type id, absolute data offset))."""
     cur = _Cursor(data, path)
     magic = bytes(cur.take(4, "magic"))
     if magic != MAGIC:
@@ -80,16 +86,13 @@ def check_header(path: Path, data: mmap.mmap | bytes) -> list[tuple[str, tuple[i
     if n_kv * 13 > len(data) or n_tensors * 24 > len(data):
         raise ModelFormatError(path, f"truncated or corrupt GGUF header: {n_tensors} tensors and {n_kv} metadata "
                                      f"entries cannot fit in {len(data)} bytes")
-    alignment = 32  # GGUF's default; a file may say otherwise in general.alignment
+    meta = {}
     for i in range(n_kv):
         key = cur.string(f"metadata key #{i}")
-        vtype = cur.u32(f"type of {key!r}")
-        if key == "general.alignment" and vtype == 4:
-            alignment = struct.unpack("<I", cur.take(4, "alignment"))[0]
-            if alignment == 0 or alignment & (alignment - 1):
-                raise ModelFormatError(path, f"corrupt GGUF header: alignment {alignment} is not a power of two")
-        else:
-            cur.value(vtype, f"metadata {key!r}")
+        meta[key] = cur.value(cur.u32(f"type of {key!r}"), f"metadata {key!r}")
+    alignment = meta.get("general.alignment", 32)  # GGUF's default is 32
+    if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
+        raise ModelFormatError(path, f"corrupt GGUF header: alignment {alignment} is not a power of two")
     infos = []
     for i in range(n_tensors):
         name = cur.string(f"tensor name #{i}")
@@ -99,7 +102,7 @@ def check_header(path: Path, data: mmap.mmap | bytes) -> list[tuple[str, tuple[i
         dims = tuple(cur.u64(f"shape of {name!r}") for _ in range(n_dims))
         infos.append((name, dims, cur.u32(f"type of {name!r}"), cur.u64(f"offset of {name!r}")))
     data_start = -(-cur.pos // alignment) * alignment
-    return [(name, dims, kind, data_start + offset) for name, dims, kind, offset in infos]
+    return meta, [(name, dims, kind, data_start + offset) for name, dims, kind, offset in infos]
 
 
 def check_tensor_extents(path: Path, infos, file_size: int) -> None:
