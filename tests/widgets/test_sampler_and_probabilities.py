@@ -1,0 +1,55 @@
+"""Sampler controls and the probabilities panel, fed real records (no mocks)."""
+import torch
+
+from engine.records import SamplingParams, StepRecord
+from engine.sampling_view import distribution_view
+from widgets.probabilities_panel import ProbabilitiesPanel
+from widgets.sampler_panel import SamplerPanel
+
+TEXTS = ["Paris", " the", "\n", " Lyon", " a", " it"]
+
+
+def record():
+    logits = torch.log(torch.tensor([0.5, 0.2, 0.12, 0.08, 0.06, 0.04]))
+    return StepRecord(0, 0, token_id=0, text="Paris", prob=0.5, logit_ids=tuple(range(6)),
+                      logit_values=tuple(logits.tolist()))
+
+
+def test_slider_and_spin_box_stay_in_step_and_emit_params(qtbot):
+    panel = SamplerPanel()
+    qtbot.addWidget(panel)
+    with qtbot.waitSignal(panel.params_changed) as blocker:
+        panel.knobs["temperature"].slider.setValue(30)  # 30 steps of 0.05
+    assert blocker.args[0].temperature == 1.5 and panel.knobs["temperature"].spin.value() == 1.5
+    with qtbot.waitSignal(panel.params_changed) as blocker:
+        panel.knobs["top_k"].spin.setValue(40)
+    assert blocker.args[0].top_k == 40 and panel.knobs["top_k"].slider.value() == 40
+
+
+def test_presets_and_round_trip(qtbot):
+    panel = SamplerPanel()
+    qtbot.addWidget(panel)
+    panel._apply_preset(panel.presets.findText("Greedy"))
+    assert panel.params().temperature == 0.0
+    panel._apply_preset(panel.presets.findText("Creative"))
+    assert (panel.params().temperature, panel.params().top_p, panel.params().min_p) == (1.1, 0.98, 0.02)
+    wanted = SamplingParams(temperature=0.35, top_k=12, top_p=0.8, min_p=0.05, typical_p=0.9,
+                            repetition_penalty=1.2, max_new_tokens=77, seed=9)
+    panel.set_params(wanted)
+    assert panel.params() == wanted
+
+
+def test_probabilities_follow_the_sampler_without_the_model(qtbot):
+    panel = ProbabilitiesPanel()
+    qtbot.addWidget(panel)
+    rec = record()
+    panel.show_distribution(distribution_view(rec, SamplingParams(temperature=1.0, top_k=2), TEXTS.__getitem__))
+    heights = panel.bar_heights()
+    assert (heights["final"] > 0).sum() == 2 and abs(heights["final"].sum() - 1) < 1e-6
+    assert set(panel.removed_by_stage().values()) == {"top_k"} and len(panel.removed_by_stage()) == 4
+    assert max(abs(heights["raw"] - [0.5, 0.2, 0.12, 0.08, 0.06, 0.04])) < 1e-6
+    panel.show_distribution(distribution_view(rec, SamplingParams(temperature=1.0, top_p=0.99), TEXTS.__getitem__))
+    assert (panel.bar_heights()["final"] > 0).sum() == 6 and not panel.removed_by_stage()
+    panel.show_distribution(distribution_view(rec, SamplingParams(temperature=0.0), TEXTS.__getitem__))
+    assert (panel.bar_heights()["final"] > 0).sum() == 1
+    assert "Paris" in panel.title.text()
