@@ -1,0 +1,61 @@
+"""Routing and attention panels, fed real StepRecords."""
+import numpy as np
+import pytest
+
+from engine.records import AttentionRecord, RoutingRecord, StepRecord
+from widgets.attention_panel import AttentionPanel
+from widgets.routing_panel import RoutingPanel
+
+
+def routed(step: int, expert: int, n_experts: int = 4, layers: int = 2) -> StepRecord:
+    probs = np.full(n_experts, 0.1 / (n_experts - 1))
+    probs[expert] = 0.9
+    routing = tuple(RoutingRecord(l, (expert, (expert + 1) % n_experts), (0.9, 0.1), tuple(probs)) for l in range(layers))
+    return StepRecord(0, step, token_id=step, text=f"t{step}", prob=0.5, routing=routing)
+
+
+def test_routing_matrix_layer_switch_and_balance(qtbot):
+    panel = RoutingPanel()
+    qtbot.addWidget(panel)
+    panel.set_model_info(2, 4, 2)
+    for i in range(8):
+        panel.add_step(routed(i, i % 4))
+    m = panel.token_expert_matrix(0)
+    assert m.shape == (8, 4) and m[1, 1] == pytest.approx(0.9)
+    assert panel.load_balance(0) == pytest.approx(1.0)  # every expert as busy as the others
+    panel.layer.setValue(1)
+    assert panel.token_expert_matrix(1).shape == (8, 4)
+    panel.clear()
+    for i in range(8):
+        panel.add_step(routed(i, 2))  # collapse: every token on expert 2 (and 3 second)
+    assert panel.load_balance(0) > 1.5 and not panel.is_dense_message_shown()
+
+
+def test_dense_model_says_so(qtbot):
+    panel = RoutingPanel()
+    qtbot.addWidget(panel)
+    panel.set_model_info(30, 0, 0)
+    assert panel.is_dense_message_shown()
+
+
+def attended(step: int, context: int, heads: int = 4) -> StepRecord:
+    rows = []
+    for h in range(heads):
+        w = np.zeros(context)
+        w[h % context] = 1.0  # head h looks at position h
+        rows.append(AttentionRecord(0, h, h // 2, tuple(w)))
+    return StepRecord(0, step, token_id=step, text="x", prob=1.0, attention=tuple(rows))
+
+
+def test_attention_matrix_heads_and_mean(qtbot):
+    panel = AttentionPanel()
+    qtbot.addWidget(panel)
+    panel.set_model_info(1, 4, 2)
+    panel.set_token_labels(["a", " b", "\n", "d", "e", "f"])
+    for i in range(3):
+        panel.add_step(attended(i, 4 + i))
+    mean = panel.matrix()
+    assert mean.shape == (3, 6) and np.isnan(mean[0, 5])
+    assert mean[0, :4] == pytest.approx([0.25, 0.25, 0.25, 0.25])
+    panel.head.setCurrentIndex(3)  # head 2
+    assert panel.matrix()[2, 2] == 1.0 and "KV group 1 of 2" in panel.group.text()

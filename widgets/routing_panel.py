@@ -1,0 +1,130 @@
+"""Expert routing of an MoE model: tokens × experts for one layer, layers × experts for the
+selected token, and each expert's load with the balance figure N·Σ fᵢ·Pᵢ (1.0 = balanced; a
+routing collapse shows as one hot column and a figure near N). Draws StepRecords' routing."""
+from __future__ import annotations
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import QRectF
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QSpinBox, QStackedLayout, QVBoxLayout, QWidget
+
+from engine.records import StepRecord
+
+
+def load_balance(probs: np.ndarray, chosen: np.ndarray, n_experts: int) -> tuple[np.ndarray, float]:
+    """Per-expert token fraction f (share of routing slots) and N·Σ fᵢ·Pᵢ, Pᵢ = mean router probability."""
+    if len(probs) == 0:
+        return np.zeros(n_experts), 0.0
+    f = np.bincount(chosen.ravel(), minlength=n_experts) / chosen.size
+    return f, float(n_experts * np.sum(f * probs.mean(axis=0)))
+
+
+class RoutingPanel(QWidget):
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.n_layers = self.n_experts = 0
+        self._probs: list[dict[int, np.ndarray]] = []  # per step: layer -> router probs [E]
+        self._chosen: list[dict[int, np.ndarray]] = []  # per step: layer -> chosen experts [k]
+        self._gates: list[dict[int, tuple]] = []
+        self._selected = -1
+        self._setup_ui()
+        self._layout()
+        self.set_model_info(0, 0, 0)
+
+    def _setup_ui(self) -> None:
+        self.dense_label = QLabel("This model is dense: every token uses the same MLP, there are no experts to route.")
+        self.layer = QSpinBox(prefix="layer ")
+        self.layer.valueChanged.connect(self._redraw)
+        self.balance = QLabel("")
+        self.tokens_plot = pg.PlotWidget(title="router probability: tokens × experts")
+        self.tokens_plot.setLabel("bottom", "expert")
+        self.tokens_plot.setLabel("left", "generated token")
+        self.tokens_image = pg.ImageItem()
+        self.tokens_plot.addItem(self.tokens_image)
+        self.layers_plot = pg.PlotWidget(title="selected token: gate weight per layer × expert")
+        self.layers_plot.setLabel("bottom", "expert")
+        self.layers_plot.setLabel("left", "layer")
+        self.layers_image = pg.ImageItem()
+        self.layers_plot.addItem(self.layers_image)
+        self.load_plot = pg.PlotWidget(title="expert load over the conversation (share of routing slots)")
+        self.load_plot.setLabel("bottom", "expert")
+        for image in (self.tokens_image, self.layers_image):
+            image.setColorMap(pg.colormap.get("viridis"))
+
+    def _layout(self) -> None:
+        controls = QHBoxLayout()
+        controls.addWidget(self.layer)
+        controls.addWidget(self.balance, 1)
+        plots = QWidget()
+        grid = QVBoxLayout(plots)
+        grid.addLayout(controls)
+        row = QHBoxLayout()
+        row.addWidget(self.tokens_plot)
+        row.addWidget(self.layers_plot)
+        grid.addLayout(row, 2)
+        grid.addWidget(self.load_plot, 1)
+        self.stack = QStackedLayout(self)
+        self.stack.addWidget(plots)
+        self.stack.addWidget(self.dense_label)
+
+    # -- API ----------------------------------------------------------------------------------
+    def set_model_info(self, n_layers: int, n_experts: int, experts_per_token: int) -> None:
+        self.n_layers, self.n_experts = n_layers, n_experts
+        self.layer.setRange(0, max(n_layers - 1, 0))
+        self.stack.setCurrentIndex(0 if n_experts else 1)
+        self.clear()
+
+    def clear(self) -> None:
+        self._probs, self._chosen, self._gates, self._selected = [], [], [], -1
+        self._redraw()
+
+    def add_step(self, record: StepRecord) -> None:
+        if not record.routing:
+            return
+        self._probs.append({r.layer: np.array(r.router_probs) for r in record.routing})
+        self._chosen.append({r.layer: np.array(r.expert_ids) for r in record.routing})
+        self._gates.append({r.layer: (r.expert_ids, r.gate_weights) for r in record.routing})
+        self._selected = len(self._probs) - 1
+        self._redraw()
+
+    def select_step(self, index: int) -> None:
+        if 0 <= index < len(self._probs):
+            self._selected = index
+            self._redraw()
+
+    # Data as plotted, for tests.
+    def token_expert_matrix(self, layer: int) -> np.ndarray:
+        rows = [p[layer] for p in self._probs if layer in p]
+        return np.array(rows) if rows else np.zeros((0, self.n_experts))
+
+    def load_balance(self, layer: int) -> float:
+        chosen = np.array([c[layer] for c in self._chosen if layer in c])
+        return load_balance(self.token_expert_matrix(layer), chosen, self.n_experts)[1]
+
+    def is_dense_message_shown(self) -> bool:
+        return self.stack.currentIndex() == 1
+
+    # -- drawing ------------------------------------------------------------------------------
+    def _redraw(self) -> None:
+        if not self.n_experts:
+            return
+        layer = self.layer.value()
+        matrix = self.token_expert_matrix(layer)
+        self.tokens_image.setImage(matrix.T if len(matrix) else np.zeros((self.n_experts, 1)), levels=(0, 1))
+        # centre cell i on coordinate i, so integer ticks name experts and tokens
+        self.tokens_image.setRect(QRectF(-0.5, -0.5, self.n_experts, max(len(matrix), 1)))
+        gates = np.zeros((self.n_experts, max(self.n_layers, 1)))
+        if self._selected >= 0:
+            for l, (ids, weights) in self._gates[self._selected].items():
+                gates[list(ids), l] = weights
+        self.layers_image.setImage(gates, levels=(0, 1))
+        self.layers_image.setRect(QRectF(-0.5, -0.5, self.n_experts, max(self.n_layers, 1)))
+        expert_ticks = [[(i, str(i)) for i in range(self.n_experts)]]
+        for plot in (self.tokens_plot, self.layers_plot, self.load_plot):
+            plot.getAxis("bottom").setTicks(expert_ticks)
+        chosen = np.array([c[layer] for c in self._chosen if layer in c])
+        f, balance = load_balance(matrix, chosen, self.n_experts)
+        self.load_plot.clear()
+        self.load_plot.addItem(pg.BarGraphItem(x=np.arange(self.n_experts), height=f, width=0.7, brush="#2e86de"))
+        self.balance.setText(f"layer {layer}: {len(matrix)} tokens · load balance N·Σf·P = {balance:.2f} "
+                             f"(1.00 = even; {self.n_experts} = all on one expert)")
