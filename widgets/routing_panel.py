@@ -122,6 +122,8 @@ class RoutingPanel(QWidget):
         expert_ticks = [[(i, str(i)) for i in range(self.n_experts)]]
         for plot in (self.tokens_plot, self.layers_plot, self.load_plot):
             plot.getAxis("bottom").setTicks(expert_ticks)
+        step = max(1, self.n_layers // 12)
+        self.layers_plot.getAxis("left").setTicks([[(i, str(i)) for i in range(0, self.n_layers, step)]])
         chosen = np.array([c[layer] for c in self._chosen if layer in c])
         f, balance = load_balance(matrix, chosen, self.n_experts)
         self.load_plot.clear()

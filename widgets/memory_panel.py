@@ -1,0 +1,122 @@
+"""Memory: the KV block map (free / cached prefix / per-sequence / shared), KV bytes against what
+contiguous caches would reserve, weights by dtype, and RSS / CUDA curves over time."""
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import QRectF
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QVBoxLayout, QWidget
+
+from engine.records import MemorySnapshot
+
+PER_ROW = 32
+FREE, CACHED, SHARED = 0, 1, 2  # colour indices; sequences get 3, 4, ...
+PALETTE = ["#eeeeee", "#b8e0b8", "#e74c3c", "#2e86de", "#f39c12", "#8e44ad", "#16a085", "#d35400", "#2c3e50"]
+HISTORY = 300
+
+
+def mb(n: int) -> str:
+    return f"{n / 2**20:,.1f} MB"
+
+
+class MemoryPanel(QWidget):
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self._states: list[str] = []
+        self._rss: deque[float] = deque(maxlen=HISTORY)
+        self._cuda: deque[float] = deque(maxlen=HISTORY)
+        self._setup_ui()
+        self._layout()
+
+    def _setup_ui(self) -> None:
+        self.map_plot = pg.PlotWidget(title="KV blocks")
+        self.map_plot.invertY(True)
+        self.map_plot.setAspectLocked(True)  # blocks are squares
+        self.map_plot.setMouseEnabled(False, False)
+        self.map_plot.hideAxis("left")
+        self.map_plot.hideAxis("bottom")
+        self.map_image = pg.ImageItem()
+        self.map_plot.addItem(self.map_image)
+        self.legend = QLabel("")
+        self.figures = QLabel("No model loaded.")
+        self.figures.setWordWrap(True)
+        self.curves = pg.PlotWidget(title="process memory")
+        self.curves.setLabel("left", "MB")
+        self.curves.setLabel("bottom", "snapshot (one per generated token)")
+        self.curves.addLegend()
+        self.curves.setMinimumHeight(180)
+        self.curves.getAxis("left").enableAutoSIPrefix(False)
+        self.rss_curve_item = self.curves.plot(pen=pg.mkPen("#2e86de", width=2), name="process RSS")
+        self.cuda_curve_item = self.curves.plot(pen=pg.mkPen("#e67e22", width=2), name="CUDA allocated")
+
+    def _layout(self) -> None:
+        top = QHBoxLayout()
+        left = QVBoxLayout()
+        left.addWidget(self.map_plot, 1)
+        left.addWidget(self.legend)
+        top.addLayout(left, 3)
+        top.addWidget(self.figures, 2)
+        layout = QVBoxLayout(self)
+        layout.addLayout(top, 1)
+        layout.addWidget(self.curves, 1)
+
+    # -- API ----------------------------------------------------------------------------------
+    def clear(self) -> None:
+        self._states = []
+        self._rss.clear()
+        self._cuda.clear()
+
+    def show_memory(self, snap: MemorySnapshot) -> None:
+        self._states = self._block_states(snap)
+        self._draw_map(snap)
+        self._rss.append(snap.process_rss / 2**20)
+        self._cuda.append(snap.cuda_allocated / 2**20)
+        self.rss_curve_item.setData(np.array(self._rss))
+        self.cuda_curve_item.setData(np.array(self._cuda) if any(self._cuda) else np.zeros(0))
+        weights = ", ".join(f"{k} {mb(v)}" for k, v in snap.weight_bytes.items())
+        self.figures.setText(
+            f"<b>KV cache</b>: {snap.kv_blocks_used} of {snap.kv_blocks_total} blocks used "
+            f"({snap.kv_blocks_shared} shared, {snap.kv_blocks_cached_free} cached, {snap.kv_blocks_free} free), "
+            f"{snap.kv_block_size} tokens each<br>"
+            f"in use {mb(snap.kv_used_bytes)} for {snap.kv_tokens} tokens · waste {snap.kv_waste_pct:.1f}%<br>"
+            f"contiguous max-length caches would reserve {mb(snap.kv_contiguous_bytes)}<br><br>"
+            f"<b>Weights</b>: {weights or '—'}<br><b>Process RSS</b>: {mb(snap.process_rss)}"
+            + (f"<br><b>CUDA</b>: {mb(snap.cuda_allocated)} allocated, {mb(snap.cuda_reserved)} reserved"
+               if snap.cuda_reserved else ""))
+
+    # Data as drawn, for tests.
+    def block_states(self) -> list[str]:
+        return list(self._states)
+
+    def rss_curve(self) -> np.ndarray:
+        return np.array(self._rss)
+
+    # -- drawing ------------------------------------------------------------------------------
+    @staticmethod
+    def _block_states(snap: MemorySnapshot) -> list[str]:
+        states = ["free"] * snap.kv_blocks_total
+        for b in snap.cached_blocks:
+            states[b] = "cached"
+        for key, blocks in snap.block_tables.items():
+            for b in blocks:
+                states[b] = "shared" if snap.block_refs and snap.block_refs[b] > 1 else f"used:{key}"
+        return states
+
+    def _draw_map(self, snap: MemorySnapshot) -> None:
+        keys = sorted({s[5:] for s in self._states if s.startswith("used:")})
+        colour_of = {"free": FREE, "cached": CACHED, "shared": SHARED}
+        colour_of.update({f"used:{k}": 3 + i % (len(PALETTE) - 3) for i, k in enumerate(keys)})
+        n = len(self._states)
+        rows = -(-n // PER_ROW) if n else 1
+        grid = np.full(rows * PER_ROW, -1.0)
+        grid[:n] = [colour_of[s] for s in self._states]
+        rgba = np.array([pg.mkColor(c).getRgb() for c in PALETTE] + [(255, 255, 255, 0)], dtype=np.ubyte)
+        image = rgba[grid.astype(int)].reshape(rows, PER_ROW, 4)
+        self.map_image.setImage(image.transpose(1, 0, 2), levels=(0, 255))
+        self.map_image.setRect(QRectF(0, 0, PER_ROW, rows))
+        swatch = lambda c, t: f"<span style='background:{c};border:1px solid #999'>&nbsp;&nbsp;&nbsp;</span> {t}"  # noqa: E731
+        self.legend.setText(" ".join([swatch(PALETTE[FREE], "free"), swatch(PALETTE[CACHED], "cached prefix"),
+                                      swatch(PALETTE[SHARED], "shared")]
+                                     + [swatch(PALETTE[colour_of[f"used:{k}"]], f"seq {k}") for k in keys[:6]]))
