@@ -1,0 +1,132 @@
+"""Opening a model and seeing what it is: a file/folder chooser, recent models, drag and drop,
+load options (device, dtype, RoPE scaling, KV budget and block size), progress, and the loaded
+model's facts. Emits open requests; never loads anything itself."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import Signal
+from PySide6.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel,
+                               QListWidget, QProgressBar, QPushButton, QVBoxLayout, QWidget)
+
+FACTS = [("name", "Model"), ("architecture", "Architecture"), ("parameters", "Parameters"), ("layers", "Layers"),
+         ("heads", "Heads"), ("kv_heads", "KV heads"), ("experts", "Experts"), ("experts_per_token", "Experts/token"),
+         ("context", "Context"), ("dtype", "Dtype"), ("device", "Device"), ("rope", "RoPE scaling")]
+
+
+class ModelPanel(QWidget):
+    open_requested = Signal(str, dict)  # path ("" = the default model), load options
+    cancel_requested = Signal()
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.setAcceptDrops(True)
+        self._setup_ui()
+        self._layout()
+
+    def _setup_ui(self) -> None:
+        self.open_button = QPushButton("Open model…")
+        self.open_button.clicked.connect(self.choose_model)
+        self.default_button = QPushButton("Default model")
+        self.default_button.clicked.connect(lambda: self.request_open(""))
+        self.device = QComboBox()
+        self.device.addItems(["auto", "cpu", "cuda"])
+        self.dtype = QComboBox()
+        self.dtype.addItems(["auto", "float32", "bfloat16", "float16"])
+        self.rope = QComboBox()
+        self.rope.addItems(["from model", "linear", "dynamic", "yarn", "llama3"])
+        self.rope_factor = QDoubleSpinBox(minimum=1.0, maximum=32.0, value=2.0, singleStep=0.5)
+        self.kv_budget = QDoubleSpinBox(minimum=0.05, maximum=64.0, value=0.5, singleStep=0.25, suffix=" GiB")
+        self.block_size = QComboBox()
+        self.block_size.addItems(["8", "16", "32"])
+        self.block_size.setCurrentText("16")
+        self.recent = QListWidget()
+        self.recent.setMaximumHeight(90)
+        self.recent.itemDoubleClicked.connect(lambda item: self.request_open(item.text()))
+        self.progress = QProgressBar()
+        self.progress.setVisible(False)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setVisible(False)
+        self.cancel_button.clicked.connect(self.cancel_requested)
+        self.facts = {key: QLabel("—") for key, _ in FACTS}
+
+    def _layout(self) -> None:
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.open_button)
+        buttons.addWidget(self.default_button)
+        options = QFormLayout()
+        options.addRow("Device", self.device)
+        options.addRow("Dtype", self.dtype)
+        rope = QHBoxLayout()
+        rope.addWidget(self.rope)
+        rope.addWidget(self.rope_factor)
+        options.addRow("RoPE scaling", rope)
+        options.addRow("KV budget", self.kv_budget)
+        options.addRow("KV block size", self.block_size)
+        facts = QFormLayout()
+        for key, label in FACTS:
+            facts.addRow(label, self.facts[key])
+        progress = QHBoxLayout()
+        progress.addWidget(self.progress, 1)
+        progress.addWidget(self.cancel_button)
+        layout = QVBoxLayout(self)
+        layout.addLayout(buttons)
+        layout.addLayout(options)
+        layout.addWidget(QLabel("Recent (double-click to open; or drop a .gguf file or a folder here)"))
+        layout.addWidget(self.recent)
+        layout.addLayout(progress)
+        layout.addLayout(facts)
+        layout.addStretch(1)
+
+    # -- API ----------------------------------------------------------------------------------
+    def options(self) -> dict:
+        opts = {"device": self.device.currentText(), "dtype": self.dtype.currentText(),
+                "kv_budget_gib": self.kv_budget.value(), "kv_block_size": int(self.block_size.currentText())}
+        if self.rope.currentIndex() > 0:
+            opts["rope_scaling"] = f"{self.rope.currentText()}:{self.rope_factor.value():g}"
+        return opts
+
+    def request_open(self, path: str) -> None:
+        self.progress.setVisible(True)
+        self.cancel_button.setVisible(True)
+        self.progress.setValue(0)
+        self.open_requested.emit(path, self.options())
+
+    def choose_model(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open a GGUF model", "", "GGUF models (*.gguf);;All files (*)")
+        if not path:
+            path = QFileDialog.getExistingDirectory(self, "…or a Hugging Face model folder")
+        if path:
+            self.request_open(path)
+
+    def set_recent(self, paths: list[str]) -> None:
+        self.recent.clear()
+        self.recent.addItems(paths)
+
+    def show_progress(self, done: int, total: int) -> None:
+        self.progress.setMaximum(max(total, 1))
+        self.progress.setValue(done)
+
+    def show_model_info(self, info: dict) -> None:
+        self.progress.setVisible(False)
+        self.cancel_button.setVisible(False)
+        for key, label in self.facts.items():
+            value = info.get(key, "—")
+            label.setText(f"{value:,}" if isinstance(value, int) else str(value))
+
+    def load_finished(self) -> None:
+        self.progress.setVisible(False)
+        self.cancel_button.setVisible(False)
+
+    # -- drag and drop ------------------------------------------------------------------------
+    def dragEnterEvent(self, event) -> None:
+        if event.mimeData().hasUrls():
+            event.acceptProposedAction()
+
+    def dropEvent(self, event) -> None:
+        for url in event.mimeData().urls():
+            path = Path(url.toLocalFile())
+            if path.is_dir() or path.suffix.lower() == ".gguf":
+                self.request_open(str(path))
+                event.acceptProposedAction()
+                return
