@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 import traceback
 
-from PySide6.QtCore import QObject, Signal, Slot
+from PySide6.QtCore import QObject, Signal
 
 from engine.errors import EngineError
 from engine.records import InstrumentOptions, RequestDone, SamplingParams, StepRecord
@@ -53,7 +53,7 @@ class EngineWorker(QObject):
         self._cancel.set()
 
     # -- worker thread ------------------------------------------------------------------------
-    @Slot(str, object)
+
     def _do_load(self, path: str, options) -> None:
         from engine.engine import Engine
 
@@ -74,7 +74,7 @@ class EngineWorker(QObject):
         self.engine = engine
         self.loaded.emit(model_facts(engine))
 
-    @Slot(object, object)
+
     def _do_generate(self, messages, params) -> None:
         engine = self.engine
         if engine is None:

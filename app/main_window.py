@@ -52,6 +52,7 @@ class MainWindow(QMainWindow):
         self.attention = AttentionPanel()
         self.memory = MemoryPanel()
         self.model_panel = ModelPanel()
+        self.model_panel.set_recent(self.settings.recent_models())
         self.docks = {}
         for name, widget, area in [("Model", self.model_panel, Qt.LeftDockWidgetArea),
                                    ("Sampler", self.sampler, Qt.LeftDockWidgetArea),
@@ -112,13 +113,15 @@ class MainWindow(QMainWindow):
         self.routing.set_model_info(facts["layers"], facts["experts"], facts["experts_per_token"])
         self.attention.set_model_info(facts["layers"], facts["heads"], facts["kv_heads"])
         self.settings.add_recent_model(facts["path"])
+        self.model_panel.set_recent(self.settings.recent_models())
         self.chat.set_busy(False)
         self.statusBar().showMessage(f"Loaded {facts['name']} ({facts['architecture']}, {facts['device']}, "
                                      f"{facts['dtype']})", 5000)
         self.perf.setText(f"{facts['name']} ready")
 
     def _on_load_failed(self, message: str) -> None:
-        self.chat.set_busy(False)
+        self.chat.set_busy(self.worker.engine is None)  # the previous model, if any, still answers
+        self.model_panel.load_finished()
         self.statusBar().showMessage("Loading failed", 5000)
         QMessageBox.critical(self, "Could not load the model", message)
 
