@@ -1,0 +1,179 @@
+"""The whole app, offscreen: real engine on a worker thread, real panels, real records."""
+from __future__ import annotations
+
+import time
+
+import pytest
+from PySide6.QtCore import QSettings, QTimer
+from PySide6.QtWidgets import QApplication
+
+from app.main_window import MainWindow
+from app.settings import Settings
+from engine.records import SamplingParams
+
+TIMEOUT = 60_000
+
+
+@pytest.fixture
+def settings(tmp_path):
+    QSettings.setDefaultFormat(QSettings.IniFormat)
+    QSettings.setPath(QSettings.IniFormat, QSettings.UserScope, str(tmp_path))
+    return Settings("GlassboxTests", "app")
+
+
+def open_window(qtbot, settings, model=None) -> MainWindow:
+    window = MainWindow(settings=settings, autoload=False)
+    qtbot.addWidget(window)
+    with qtbot.waitSignal(window.worker.loaded, timeout=TIMEOUT):
+        window.load_model(str(model) if model else None, {"device": "cpu"})
+    return window
+
+
+def close_window(window) -> None:
+    window.close()  # stops the worker thread: a QThread alive at teardown kills pytest
+
+
+def chat(qtbot, window, text: str, max_new_tokens: int = 8):
+    window.sampler.set_params(SamplingParams(temperature=0, max_new_tokens=max_new_tokens))
+    with qtbot.waitSignal(window.worker.finished, timeout=TIMEOUT):
+        window.chat.input.setPlainText(text)
+        window.chat.send_button.click()
+    qtbot.waitUntil(lambda: not window.controller.busy, timeout=10_000)  # the window's queued slot ran
+    qtbot.wait(100)  # let the redraw timer hand the last records to the panels
+
+
+@pytest.mark.slow
+def test_default_model_chat_streams_and_sliders_rederive_without_forward_passes(qtbot, settings):
+    window = open_window(qtbot, settings)
+    try:
+        assert window.facts["architecture"] == "llama" and window.facts["layers"] == 30
+        chat(qtbot, window, "What is the capital of France?", max_new_tokens=12)
+        assert "Paris" in window.chat.transcript_text()
+        assert window.controller.messages[-1]["role"] == "assistant"
+        runner = window.worker.engine.runner
+        calls = runner.forward_calls
+        before = window.probabilities.bar_heights()
+        params = window.sampler.params()
+        window.sampler.set_params(SamplingParams(temperature=1.5, top_k=3, top_p=1.0, max_new_tokens=12))
+        qtbot.wait(50)
+        after = window.probabilities.bar_heights()
+        assert runner.forward_calls == calls, "moving sliders must not run the model"
+        assert str(before) != str(after)
+        mem = window.controller.steps[-1].memory  # the engine's accounting at the last step shown
+        states = window.memory.block_states()
+        assert states.count("free") == mem.kv_blocks_free and states.count("cached") == mem.kv_blocks_cached_free
+        assert len(states) - states.count("free") - states.count("cached") == mem.kv_blocks_used
+    finally:
+        close_window(window)
+
+
+def test_stop_mid_stream_keeps_the_conversation(qtbot, settings, hf_checkpoint):
+    directory, _ = hf_checkpoint("llama")
+    window = open_window(qtbot, settings, directory)
+    try:
+        # seeded: this tiny random model does not sample its end token in the first steps
+        window.sampler.set_params(SamplingParams(temperature=1.0, max_new_tokens=2000, seed=7))
+        with qtbot.waitSignal(window.worker.finished, timeout=TIMEOUT) as blocker:
+            window.chat.input.setPlainText("t1 t2 t3")
+            window.chat.send_button.click()
+            qtbot.waitUntil(lambda: len(window.controller.steps) >= 5, timeout=TIMEOUT)
+            seen_at_stop = len(window.controller.steps) + len(window._pending)
+            window.chat.stop_button.click()
+        done = blocker.args[0]
+        # qtbot hears the worker's signal directly; the window's own (queued) slot runs just after
+        qtbot.waitUntil(lambda: not window.controller.busy, timeout=10_000)
+        assert done.results[0].finish_reason == "cancelled"
+        # the worker checks the stop flag before every step; the GUI may be one redraw (33 ms) behind it
+        assert len(done.results[0].token_ids) <= seen_at_stop + 32
+        assert [m["role"] for m in window.controller.messages] == ["user", "assistant"]
+        chat(qtbot, window, "t4 t5")  # the app keeps working
+        assert len(window.controller.messages) == 4
+    finally:
+        close_window(window)
+
+
+def test_routing_fills_for_moe_and_attention_for_dense(qtbot, settings, hf_checkpoint):
+    moe_dir, _ = hf_checkpoint("qwen3_moe")
+    window = open_window(qtbot, settings, moe_dir)
+    try:
+        chat(qtbot, window, "t1 t2 t3", max_new_tokens=6)
+        matrix = window.routing.token_expert_matrix(0)
+        assert matrix.shape[0] >= 6 and matrix.shape[1] == 4 and matrix.sum() > 0
+        assert not window.routing.is_dense_message_shown()
+    finally:
+        close_window(window)
+    dense_dir, _ = hf_checkpoint("llama", seed=1)
+    window = open_window(qtbot, settings, dense_dir)
+    try:
+        chat(qtbot, window, "t1 t2 t3", max_new_tokens=6)
+        assert window.routing.is_dense_message_shown()
+        assert window.attention.matrix().size > 0
+    finally:
+        close_window(window)
+
+
+def test_corrupt_file_shows_an_error_and_the_app_keeps_working(qtbot, settings, tmp_path, hf_checkpoint):
+    directory, _ = hf_checkpoint("llama")
+    window = open_window(qtbot, settings, directory)
+    try:
+        bad = tmp_path / "broken.gguf"
+        bad.write_bytes(b"GGUF\x03\x00\x00\x00" + b"\xff" * 40)
+        seen = []
+
+        def close_dialog():
+            box = QApplication.activeModalWidget()
+            if box is None:
+                QTimer.singleShot(50, close_dialog)
+                return
+            seen.append(box.text())
+            box.close()
+
+        QTimer.singleShot(50, close_dialog)
+        with qtbot.waitSignal(window.worker.load_failed, timeout=TIMEOUT):
+            window.load_model(str(bad), {"device": "cpu"})
+        qtbot.waitUntil(lambda: bool(seen), timeout=10_000)
+        assert "broken.gguf" in seen[0]
+        chat(qtbot, window, "t1 t2")  # the previous model still answers
+        assert window.controller.messages[-1]["role"] == "assistant"
+    finally:
+        close_window(window)
+
+
+def test_settings_persist_across_a_restart(qtbot, settings, hf_checkpoint):
+    directory, _ = hf_checkpoint("llama")
+    window = open_window(qtbot, settings, directory)
+    params = SamplingParams(temperature=1.3, top_k=17, top_p=0.8, max_new_tokens=99)
+    window.sampler.set_params(params)
+    qtbot.wait(50)
+    close_window(window)
+    settings.sync()
+    again = MainWindow(settings=Settings("GlassboxTests", "app"), autoload=False)
+    qtbot.addWidget(again)
+    try:
+        restored = again.sampler.params()
+        assert (restored.temperature, restored.top_k, restored.top_p, restored.max_new_tokens) == (1.3, 17, 0.8, 99)
+        assert str(directory) in again.settings.recent_models()
+    finally:
+        close_window(again)
+
+
+@pytest.mark.slow
+def test_gui_thread_never_blocks_for_long(qtbot, settings):
+    gaps, last = [], [time.perf_counter()]
+
+    def tick():
+        now = time.perf_counter()
+        gaps.append(now - last[0])
+        last[0] = now
+
+    timer = QTimer(interval=10, timeout=tick)
+    timer.start()
+    window = open_window(qtbot, settings)  # loading the default model on the worker thread
+    try:
+        chat(qtbot, window, "Tell me a short story.", max_new_tokens=24)
+    finally:
+        timer.stop()
+        close_window(window)
+    worst = max(gaps[1:]) * 1000
+    print(f"largest GUI gap: {worst:.1f} ms over {len(gaps)} ticks")
+    assert worst < 100
