@@ -171,7 +171,7 @@ class MainWindow(QMainWindow):
     def _show_distribution(self) -> None:
         if self.selected is None or not self.selected.logit_ids:
             return
-        view = distribution_view(self.selected, self.sampler.params(), self._token_text, top_n=20)
+        view = distribution_view(self.selected, self.sampler.params(), self._token_text, top_n=12)
         self.probabilities.show_distribution(view)
 
     def _token_text(self, token_id: int) -> str:

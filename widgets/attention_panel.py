@@ -24,11 +24,12 @@ class AttentionPanel(QWidget):
     def _setup_ui(self) -> None:
         self.layer = QSpinBox(prefix="layer ")
         self.head = QComboBox()
+        self.head.setMinimumContentsLength(15)
         self.group = QLabel("")
         self.layer.valueChanged.connect(self._redraw)
         self.head.currentIndexChanged.connect(self._redraw)
         self.plot = pg.PlotWidget()
-        self.plot.setLabel("bottom", "key position (earlier tokens)")
+        self.plot.setLabel("bottom", "key position (earlier tokens) · colour = √ attention")
         self.plot.setLabel("left", "generated token (query)")
         self.plot.invertY(True)
         self.image = pg.ImageItem()
@@ -83,7 +84,9 @@ class AttentionPanel(QWidget):
         for i, r in enumerate(rows):
             matrix[i, :len(r)] = r  # later positions do not exist yet for earlier queries
         self._matrix = matrix
-        self.image.setImage(np.nan_to_num(matrix).T if matrix.size else np.zeros((1, 1)), levels=(0, 1))
+        # sqrt: most heads park their mass on the first token ("attention sink"); a square root keeps
+        # the rest of the row visible instead of black
+        self.image.setImage(np.sqrt(np.nan_to_num(matrix)).T if matrix.size else np.zeros((1, 1)), levels=(0, 1))
         self.image.setRect(QRectF(-0.5, -0.5, max(width, 1), max(len(rows), 1)))  # cell i centred on i
         if choice > 0 and self.n_kv_heads:
             group = (choice - 1) // (self.n_heads // self.n_kv_heads)
@@ -91,6 +94,6 @@ class AttentionPanel(QWidget):
         else:
             self.group.setText(f"{self.n_heads} heads share {self.n_kv_heads} KV groups")
         if width and self._labels:
-            step = max(1, width // 24)  # at most ~24 labels so they stay readable
+            step = max(1, width // 14)  # at most ~14 labels so they stay readable
             ticks = [(i, display_text(self._labels[i])[:8]) for i in range(0, min(width, len(self._labels)), step)]
             self.plot.getAxis("bottom").setTicks([ticks])

@@ -89,7 +89,7 @@ class ProbabilitiesPanel(QWidget):
                 self.bars.addItem(pg.BarGraphItem(x=x[idx] - 0.2, height=raw[idx], width=0.4, brush=colour,
                                                   name=f"removed by {stage.replace('_', '-')}"))
         axis = self.bars.getAxis("bottom")
-        axis.setTicks([[(i, display_text(t)[:12]) for i, t in enumerate(view.token_texts)]])
+        axis.setTicks([[(i, display_text(t)[:7]) for i, t in enumerate(view.token_texts)]])
         self.bars.setLabel("bottom", "candidate tokens (chosen one in yellow)")
 
     def _draw_cumulative(self, final: np.ndarray, top_p: float) -> None:
