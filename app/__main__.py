@@ -21,8 +21,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     app = QApplication(sys.argv[:1])
     app.setApplicationName("Glassbox")
-    apply_theme(app)
-    window = MainWindow(model_path=args.model)
+    from app.settings import Settings
+
+    settings = Settings()
+    apply_theme(app, dark=settings.dark_theme())
+    window = MainWindow(settings=settings, model_path=args.model)
     window.resize(1400, 900)
     window.show()
     return app.exec()

@@ -81,6 +81,7 @@ class MainWindow(QMainWindow):
         self.worker.step.connect(self._on_step)
         self.worker.finished.connect(self._on_finished)
         self.worker.failed.connect(self.controller.on_failed)
+        self.worker.failed.connect(self._on_generation_failed)
         self.worker.loaded.connect(self._on_loaded)
         self.worker.load_failed.connect(self._on_load_failed)
         self.worker.load_progress.connect(self.model_panel.show_progress)
@@ -97,8 +98,21 @@ class MainWindow(QMainWindow):
         view = self.menuBar().addMenu("&View")
         for dock in self.docks.values():
             view.addAction(dock.toggleViewAction())
+        view.addSeparator()
+        dark = view.addAction("&Dark theme (restart to recolour plots)")
+        dark.setCheckable(True)
+        dark.setChecked(self.settings.dark_theme())
+        dark.toggled.connect(self._set_dark)
 
     # -- actions ------------------------------------------------------------------------------
+    def _set_dark(self, dark: bool) -> None:
+        from PySide6.QtWidgets import QApplication
+
+        from app.theme import apply_theme
+
+        self.settings.set_dark_theme(dark)
+        apply_theme(QApplication.instance(), dark)
+
     def load_model(self, path: str | None, options: dict) -> None:
         fields = {f.name for f in dataclasses.fields(LoadOptions)}
         load_options = LoadOptions(**{k: v for k, v in options.items() if k in fields})
@@ -125,6 +139,9 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage("Loading failed", 5000)
         QMessageBox.critical(self, "Could not load the model", message)
 
+    def _on_generation_failed(self, message: str) -> None:
+        QMessageBox.warning(self, "Generation failed", f"{message}\n\nThe conversation is kept.")
+
     def _on_prompt_tokens(self, texts) -> None:
         self.token_texts = list(texts)
         self.routing.clear()
@@ -137,6 +154,8 @@ class MainWindow(QMainWindow):
     def _on_finished(self, done: RequestDone) -> None:
         self._flush()
         self.controller.on_finished(done)
+        if done.error:  # context full, out of KV blocks: say it where it cannot be missed
+            self._on_generation_failed(done.error)
         n = len(done.results[0].token_ids) if done.results else 0
         decode = (n - 1) / (done.decode_ms / 1000) if done.decode_ms > 0 and n > 1 else 0.0
         self.perf.setText(f"first token {done.prefill_ms:.0f} ms · prefill "

@@ -49,6 +49,12 @@ class Settings:
                 value = getattr(params, f.name)
                 self.q.setValue(f"sampler/{f.name}", "" if value is None else value)
 
+    def dark_theme(self) -> bool:
+        return self.q.value("view/dark", False) in (True, "true", "1")
+
+    def set_dark_theme(self, dark: bool) -> None:
+        self.q.setValue("view/dark", dark)
+
     def save_window(self, window) -> None:
         self.q.setValue("window/geometry", window.saveGeometry())
         self.q.setValue("window/state", window.saveState())

@@ -17,6 +17,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="override RoPE scaling, e.g. yarn:4, linear:2, dynamic:2, llama3:8, none")
     p.add_argument("--threads", type=int, help="CPU threads for matmuls (default: torch's choice)")
     p.add_argument("--kv-block-size", type=int, default=16, help="tokens per KV cache block")
+    p.add_argument("--context-length", type=int, default=0, help="context in tokens (default: the model's)")
     p.add_argument("--kv-budget", type=float, default=0.5,
                    help="KV cache size: GiB on the CPU, or a fraction of free GPU memory if < 1 on CUDA")
 
@@ -63,7 +64,7 @@ def _load(args):
     set_threads(args.threads)
     options = LoadOptions(device=args.device, dtype=args.dtype, rope_scaling=args.rope_scaling,
                           kv_budget_gib=args.kv_budget, kv_gpu_fraction=min(args.kv_budget, 0.9),
-                          kv_block_size=args.kv_block_size)
+                          kv_block_size=args.kv_block_size, context_length=args.context_length)
     return Engine.load(args.model, options)
 
 

@@ -30,6 +30,7 @@ class LoadOptions:
     kv_budget_gib: float = 0.5  # CPU: the KV pool's size; CUDA: ignored in favour of kv_gpu_fraction
     kv_gpu_fraction: float = 0.3  # CUDA: share of free GPU memory the KV pool takes after loading
     kv_block_size: int = 16
+    context_length: int = 0  # 0 = the model's own (times the RoPE override's factor); else this many tokens
 
 
 def with_rope_override(config: ModelConfig, spec: str) -> ModelConfig:
@@ -64,6 +65,8 @@ class Engine:
         dtype = pick_dtype(options.dtype, device)
         ckpt = load_checkpoint(path, dtype=dtype, progress=progress)
         config = with_rope_override(ckpt.config, options.rope_scaling) if options.rope_scaling else ckpt.config
+        if options.context_length:
+            config = config.replace(max_seq_len=options.context_length)
         model = Decoder.from_tensors(config, ckpt.tensors, device=device, dtype=dtype)
         return cls(model, ckpt.tokenizer, ckpt.source, options)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel,
-                               QListWidget, QProgressBar, QPushButton, QVBoxLayout, QWidget)
+                               QListWidget, QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
 FACTS = [("name", "Model"), ("architecture", "Architecture"), ("parameters", "Parameters"), ("layers", "Layers"),
          ("heads", "Heads"), ("kv_heads", "KV heads"), ("experts", "Experts"), ("experts_per_token", "Experts/token"),
@@ -37,6 +37,7 @@ class ModelPanel(QWidget):
         self.rope.addItems(["from model", "linear", "dynamic", "yarn", "llama3"])
         self.rope_factor = QDoubleSpinBox(minimum=1.0, maximum=32.0, value=2.0, singleStep=0.5)
         self.kv_budget = QDoubleSpinBox(minimum=0.05, maximum=64.0, value=0.5, singleStep=0.25, suffix=" GiB")
+        self.context = QSpinBox(minimum=0, maximum=1 << 20, singleStep=1024, specialValueText="model's own")
         self.block_size = QComboBox()
         self.block_size.addItems(["8", "16", "32"])
         self.block_size.setCurrentText("16")
@@ -61,6 +62,7 @@ class ModelPanel(QWidget):
         rope.addWidget(self.rope)
         rope.addWidget(self.rope_factor)
         options.addRow("RoPE scaling", rope)
+        options.addRow("Context length", self.context)
         options.addRow("KV budget", self.kv_budget)
         options.addRow("KV block size", self.block_size)
         facts = QFormLayout()
@@ -81,7 +83,8 @@ class ModelPanel(QWidget):
     # -- API ----------------------------------------------------------------------------------
     def options(self) -> dict:
         opts = {"device": self.device.currentText(), "dtype": self.dtype.currentText(),
-                "kv_budget_gib": self.kv_budget.value(), "kv_block_size": int(self.block_size.currentText())}
+                "kv_budget_gib": self.kv_budget.value(), "kv_block_size": int(self.block_size.currentText()),
+                "context_length": self.context.value()}
         if self.rope.currentIndex() > 0:
             opts["rope_scaling"] = f"{self.rope.currentText()}:{self.rope_factor.value():g}"
         return opts
