@@ -54,6 +54,27 @@ class ChatController(QObject):
             self.messages, self.steps = [], []
             self.chat.clear()
 
+    def save(self, path, with_records: bool = False, model: str = "") -> None:
+        from app import conversation_io
+
+        conversation_io.save(path, self.chat.system.text(), self.messages, self.steps if with_records else (), model)
+
+    def open(self, path) -> None:
+        """Replace the conversation with a saved one (raises ValueError for a bad file, changing nothing)."""
+        from app import conversation_io
+
+        system, messages = conversation_io.load(path)
+        if self.busy:
+            raise ValueError("a reply is being generated: stop it first")
+        self.messages, self.steps = messages, []
+        self.chat.clear()
+        self.chat.system.setText(system)
+        for m in messages:
+            if m["role"] == "user":
+                self.chat.add_user(m["content"])
+            elif m["role"] == "assistant":
+                self.chat.add_assistant_text(m["content"])
+
     def select(self, global_index: int) -> None:
         if 0 <= global_index < len(self.steps):
             self.step_selected.emit(self.steps[global_index])

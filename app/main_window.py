@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from PySide6.QtCore import Qt, QThread, QTimer
-from PySide6.QtWidgets import QDockWidget, QLabel, QMainWindow, QMessageBox
+from pathlib import Path
+
+from PySide6.QtCore import QStandardPaths, Qt, QThread, QTimer
+from PySide6.QtWidgets import QDockWidget, QFileDialog, QLabel, QMainWindow, QMessageBox
 
 from app.chat_controller import ChatController
 from app.engine_worker import EngineWorker
@@ -94,6 +96,11 @@ class MainWindow(QMainWindow):
     def _setup_menus(self) -> None:
         file_menu = self.menuBar().addMenu("&File")
         file_menu.addAction("&Open model…", self.model_panel.choose_model, "Ctrl+O")
+        file_menu.addSeparator()
+        file_menu.addAction("Open &conversation…", self._open_conversation)
+        file_menu.addAction("&Save conversation…", lambda: self._save_conversation(False), "Ctrl+S")
+        file_menu.addAction("&Export with per-token records…", lambda: self._save_conversation(True))
+        file_menu.addSeparator()
         file_menu.addAction("&Quit", self.close, "Ctrl+Q")
         view = self.menuBar().addMenu("&View")
         for dock in self.docks.values():
@@ -105,6 +112,26 @@ class MainWindow(QMainWindow):
         dark.toggled.connect(self._set_dark)
 
     # -- actions ------------------------------------------------------------------------------
+    def _save_conversation(self, with_records: bool) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save conversation", "conversation.json", "JSON (*.json)")
+        if path:
+            self.controller.save(path, with_records, getattr(self, "facts", {}).get("name", ""))
+
+    def _open_conversation(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open conversation", "", "JSON (*.json)")
+        if path:
+            try:
+                self.controller.open(path)
+            except ValueError as e:
+                QMessageBox.warning(self, "Could not open the conversation", str(e))
+
+    def autosave(self) -> None:
+        """After every turn: the conversation survives a crash or an accidental close."""
+        folder = QStandardPaths.writableLocation(QStandardPaths.AppDataLocation)
+        if folder:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            self.controller.save(Path(folder) / "autosave.json", False, getattr(self, "facts", {}).get("name", ""))
+
     def _set_dark(self, dark: bool) -> None:
         from PySide6.QtWidgets import QApplication
 
@@ -154,6 +181,7 @@ class MainWindow(QMainWindow):
     def _on_finished(self, done: RequestDone) -> None:
         self._flush()
         self.controller.on_finished(done)
+        self.autosave()
         if done.error:  # context full, out of KV blocks: say it where it cannot be missed
             self._on_generation_failed(done.error)
         n = len(done.results[0].token_ids) if done.results else 0

@@ -74,6 +74,11 @@ class ChatPanel(QWidget):
         self._turns.append(f"<p><b>You</b><br>{self._escape(text)}</p>")
         self._render()
 
+    def add_assistant_text(self, text: str) -> None:
+        """A finished reply without per-token records (e.g. from a saved conversation)."""
+        self._turns.append(f"<p><b>Model</b><br>{self._escape(text)}</p>")
+        self._render()
+
     def begin_assistant(self) -> None:
         self._live = []
         self._render()

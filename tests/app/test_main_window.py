@@ -4,7 +4,9 @@ from __future__ import annotations
 import time
 
 import pytest
-from PySide6.QtCore import QSettings, QTimer
+from pathlib import Path
+
+from PySide6.QtCore import QSettings, QStandardPaths, QTimer
 from PySide6.QtWidgets import QApplication
 
 from app.main_window import MainWindow
@@ -18,6 +20,7 @@ TIMEOUT = 60_000
 def settings(tmp_path):
     QSettings.setDefaultFormat(QSettings.IniFormat)
     QSettings.setPath(QSettings.IniFormat, QSettings.UserScope, str(tmp_path))
+    QStandardPaths.setTestModeEnabled(True)  # autosave goes to Qt's test folders, not the user's
     return Settings("GlassboxTests", "app")
 
 
@@ -177,3 +180,32 @@ def test_gui_thread_never_blocks_for_long(qtbot, settings):
     worst = max(gaps[1:]) * 1000
     print(f"largest GUI gap: {worst:.1f} ms over {len(gaps)} ticks")
     assert worst < 100
+
+
+def test_conversations_save_open_export_and_autosave(qtbot, settings, hf_checkpoint, tmp_path):
+    import json
+
+    directory, _ = hf_checkpoint("llama")
+    window = open_window(qtbot, settings, directory)
+    try:
+        window.chat.system.setText("Be brief.")
+        chat(qtbot, window, "t1 t2", max_new_tokens=4)
+        saved, exported = tmp_path / "c.json", tmp_path / "c_records.json"
+        window.controller.save(saved)
+        window.controller.save(exported, with_records=True)
+        steps = json.loads(exported.read_text())["steps"]
+        assert len(steps) == len(window.controller.steps) and steps[0]["top_before"]
+        messages = list(window.controller.messages)
+        window.controller.clear()
+        window.controller.open(saved)
+        assert window.controller.messages == messages and window.chat.system.text() == "Be brief."
+        assert "t1 t2" in window.chat.transcript_text()
+        bad = tmp_path / "bad.json"
+        bad.write_text('{"format": "something else"}')
+        with pytest.raises(ValueError, match="not a Glassbox conversation"):
+            window.controller.open(bad)
+        assert window.controller.messages == messages  # a bad file changes nothing
+        autosave = Path(QStandardPaths.writableLocation(QStandardPaths.AppDataLocation)) / "autosave.json"
+        assert autosave.is_file()
+    finally:
+        close_window(window)
