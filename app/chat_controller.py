@@ -16,6 +16,8 @@ class ChatController(QObject):
         self.messages: list[dict] = []
         self.steps: list[StepRecord] = []  # every generated step of the conversation, in order
         self.busy = False
+        self.turn_start = 0  # index in self.steps of the current reply's first step
+        self.branch_prefix = ""  # text kept before a "continue with this token" branch
         chat_panel.submitted.connect(self.submit)
         chat_panel.stop_requested.connect(self.stop)
         chat_panel.regenerate_requested.connect(self.regenerate)
@@ -33,6 +35,8 @@ class ChatController(QObject):
         system = self.chat.system.text().strip()
         messages = ([{"role": "system", "content": system}] if system else []) + self.messages
         self.busy = True
+        self.turn_start = len(self.steps)
+        self.branch_prefix = ""
         self.chat.set_busy(True)
         self.chat.begin_assistant()
         self.worker.request_generate(messages, self.sampler_params())
@@ -51,8 +55,29 @@ class ChatController(QObject):
 
     def clear(self) -> None:
         if not self.busy:
-            self.messages, self.steps = [], []
+            self.messages, self.steps, self.turn_start = [], [], 0
             self.chat.clear()
+
+    def continue_with(self, step: StepRecord, token_id: int) -> None:
+        """Branch the last reply at `step`: keep the tokens before it, put `token_id` in its place and
+        let the model go on from there. The prompt's KV blocks are reused through the prefix cache."""
+        turn = self.steps[self.turn_start:]
+        position = next((i for i, s in enumerate(turn) if s is step), None)
+        if self.busy or position is None:
+            return  # only the latest reply can be branched: earlier ones have no prompt ids kept
+        kept = turn[:position]
+        ids = self.worker.last_prompt_ids + [s.token_id for s in kept] + [token_id]
+        if self.messages and self.messages[-1]["role"] == "assistant":
+            self.messages.pop()
+            self.chat.drop_last_turn()
+        self.steps = self.steps[:self.turn_start] + kept
+        self.busy = True
+        self.chat.set_busy(True)
+        self.chat.begin_assistant()
+        self.chat.append_tokens([(self.turn_start + i, s.text, s.prob) for i, s in enumerate(kept)])
+        self.chat.append_tokens([(-1, self.worker.engine.tokenizer.token_text(token_id), 1.0)])
+        self.branch_prefix = self.worker.engine.tokenizer.decode([s.token_id for s in kept] + [token_id])
+        self.worker.request_generate(ids, self.sampler_params())
 
     def save(self, path, with_records: bool = False, model: str = "") -> None:
         from app import conversation_io
@@ -95,7 +120,7 @@ class ChatController(QObject):
         result = done.results[0] if done.results else None
         text = result.text if result else ""
         reason = result.finish_reason if result else "cancelled"
-        self.messages.append({"role": "assistant", "content": text})  # a stopped answer is kept too
+        self.messages.append({"role": "assistant", "content": self.branch_prefix + text})  # stopped ones too
         self.chat.end_assistant({"eos": "", "length": "length limit", "cancelled": "stopped"}.get(reason, reason))
 
     def on_failed(self, message: str) -> None:

@@ -36,6 +36,7 @@ class EngineWorker(QObject):
     def __init__(self):
         super().__init__()
         self.engine = None
+        self.last_prompt_ids: list[int] = []
         self._cancel = threading.Event()
         self._load.connect(self._do_load)
         self._generate.connect(self._do_generate)
@@ -85,6 +86,7 @@ class EngineWorker(QObject):
         except EngineError as e:
             self.failed.emit(str(e))
             return
+        self.last_prompt_ids = list(request.prompt_ids)  # read by the GUI after the turn (for forks)
         self.prompt_tokens.emit([engine.tokenizer.token_text(t) for t in request.prompt_ids])
         runner = engine.runner
         rid = runner.submit(request)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from engine.records import DistributionView
 
@@ -21,6 +21,8 @@ def display_text(text: str) -> str:
 
 
 class ProbabilitiesPanel(QWidget):
+    alternative_chosen = Signal(int)  # token id: "continue from this step with this token instead"
+
     def __init__(self, parent=None):
         super().__init__(parent)
         self._view: DistributionView | None = None
@@ -39,10 +41,18 @@ class ProbabilitiesPanel(QWidget):
         self.cumulative.setLabel("left", "cumulative")
         self.cumulative.setLabel("bottom", "tokens, most likely first (after the sampler)")
         self.cumulative.setMaximumHeight(170)
+        self.alternative = QComboBox()
+        self.continue_button = QPushButton("Continue from here with this token")
+        self.continue_button.clicked.connect(self._continue)
+        self.continue_button.setEnabled(False)
 
     def _layout(self) -> None:
+        fork = QHBoxLayout()
+        fork.addWidget(self.alternative, 1)
+        fork.addWidget(self.continue_button)
         layout = QVBoxLayout(self)
         layout.addWidget(self.title)
+        layout.addLayout(fork)
         layout.addWidget(self.bars, 3)
         layout.addWidget(self.cumulative, 1)
 
@@ -61,11 +71,20 @@ class ProbabilitiesPanel(QWidget):
             for token in stage.removed:
                 self._removed.setdefault(token, stage.name)
         self._draw_bars(view, raw, final)
+        self.alternative.clear()
+        for token, text, p in zip(view.token_ids, view.token_texts, raw):
+            if token != view.chosen_token_id:
+                self.alternative.addItem(f"“{display_text(text)}”  (p = {p:.3f})", token)
+        self.continue_button.setEnabled(self.alternative.count() > 0)
         self._draw_cumulative(final, view.top_p)
         chosen = view.token_texts[view.token_ids.index(view.chosen_token_id)] \
             if view.chosen_token_id in view.token_ids else f"id {view.chosen_token_id}"
         self.title.setText(f"Step {view.step_index}: chose “{display_text(chosen)}” · entropy "
                            f"{view.entropy:.2f} nats · {int((final > 0).sum())} of {len(final)} shown tokens remain")
+
+    def _continue(self) -> None:
+        if self.alternative.currentIndex() >= 0:
+            self.alternative_chosen.emit(int(self.alternative.currentData()))
 
     # What was actually plotted, for tests (they assert on data, not pixels).
     def bar_heights(self) -> dict[str, np.ndarray]:

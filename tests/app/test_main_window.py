@@ -209,3 +209,30 @@ def test_conversations_save_open_export_and_autosave(qtbot, settings, hf_checkpo
         assert autosave.is_file()
     finally:
         close_window(window)
+
+
+def test_continue_from_a_step_with_another_token(qtbot, settings, hf_checkpoint):
+    directory, _ = hf_checkpoint("llama")
+    window = open_window(qtbot, settings, directory)
+    try:
+        chat(qtbot, window, " ".join(f"t{i}" for i in range(1, 60)), max_new_tokens=6)
+        steps = list(window.controller.steps)
+        prompt_len = len(window.worker.last_prompt_ids)
+        window.controller.select(2)  # the third generated token
+        alternative = next(t for t in window.selected.top_before if t.token_id != steps[2].token_id).token_id
+        computed = window.worker.engine.runner.tokens_computed
+        with qtbot.waitSignal(window.worker.finished, timeout=TIMEOUT):
+            window.probabilities.alternative.setCurrentIndex(
+                window.probabilities.alternative.findData(alternative))
+            window.probabilities.continue_button.click()
+        qtbot.waitUntil(lambda: not window.controller.busy, timeout=10_000)
+        new = window.controller.steps
+        assert [s.token_id for s in new[:2]] == [s.token_id for s in steps[:2]]  # kept before the branch
+        assert new[2].token_id != steps[2].token_id or len(new) == 2  # the branch continues after the alternative
+        reply = window.controller.messages[-1]["content"]
+        assert reply.startswith(window.worker.engine.tokenizer.decode([steps[0].token_id, steps[1].token_id, alternative]))
+        assert len([m for m in window.controller.messages if m["role"] == "assistant"]) == 1
+        # the prompt's blocks came from the prefix cache: far fewer tokens computed than prompt + reply
+        assert window.worker.engine.runner.tokens_computed - computed < prompt_len - 16
+    finally:
+        close_window(window)
