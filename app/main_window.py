@@ -188,9 +188,10 @@ class MainWindow(QMainWindow):
             self._on_generation_failed(done.error)
         n = len(done.results[0].token_ids) if done.results else 0
         decode = (n - 1) / (done.decode_ms / 1000) if done.decode_ms > 0 and n > 1 else 0.0
-        self.perf.setText(f"first token {done.prefill_ms:.0f} ms · prefill "
-                          f"{done.prompt_tokens - done.cached_prompt_tokens} tok in {done.prefill_ms:.0f} ms · "
-                          f"decode {decode:.1f} tok/s")
+        computed = done.prompt_tokens - done.cached_prompt_tokens
+        prefill = computed / (done.prefill_ms / 1000) if done.prefill_ms > 0 else 0.0
+        self.perf.setText(f"first token {done.prefill_ms:.0f} ms · prefill {prefill:.0f} tok/s "
+                          f"({computed} computed, {done.cached_prompt_tokens} cached) · decode {decode:.1f} tok/s")
 
     def _flush(self) -> None:
         """Timer tick: hand everything that arrived since the last tick to the panels, once."""

@@ -6,7 +6,7 @@ from collections import deque
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QRectF
+from PySide6.QtCore import QRectF, Qt
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
 from engine.records import MemorySnapshot
@@ -27,6 +27,7 @@ class MemoryPanel(QWidget):
         self._states: list[str] = []
         self._rss: deque[float] = deque(maxlen=HISTORY)
         self._cuda: deque[float] = deque(maxlen=HISTORY)
+        self._reserved: deque[float] = deque(maxlen=HISTORY)
         self._setup_ui()
         self._layout()
 
@@ -50,6 +51,8 @@ class MemoryPanel(QWidget):
         self.curves.getAxis("left").enableAutoSIPrefix(False)
         self.rss_curve_item = self.curves.plot(pen=pg.mkPen("#2e86de", width=2), name="process RSS")
         self.cuda_curve_item = self.curves.plot(pen=pg.mkPen("#e67e22", width=2), name="CUDA allocated")
+        self.reserved_curve_item = self.curves.plot(pen=pg.mkPen("#e67e22", width=1, style=Qt.DashLine),
+                                                    name="CUDA reserved")
 
     def _layout(self) -> None:
         top = QHBoxLayout()
@@ -67,14 +70,17 @@ class MemoryPanel(QWidget):
         self._states = []
         self._rss.clear()
         self._cuda.clear()
+        self._reserved.clear()
 
     def show_memory(self, snap: MemorySnapshot) -> None:
         self._states = self._block_states(snap)
         self._draw_map(snap)
         self._rss.append(snap.process_rss / 2**20)
         self._cuda.append(snap.cuda_allocated / 2**20)
+        self._reserved.append(snap.cuda_reserved / 2**20)
         self.rss_curve_item.setData(np.array(self._rss))
         self.cuda_curve_item.setData(np.array(self._cuda) if any(self._cuda) else np.zeros(0))
+        self.reserved_curve_item.setData(np.array(self._reserved) if any(self._reserved) else np.zeros(0))
         weights = ", ".join(f"{k} {mb(v)}" for k, v in snap.weight_bytes.items())
         self.figures.setText(
             f"<b>KV cache</b>: {snap.kv_blocks_used} of {snap.kv_blocks_total} blocks used "
