@@ -55,7 +55,9 @@ def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     app = QApplication([])
     apply_theme(app)
-    window = MainWindow(settings=Settings("GlassboxScreenshots", "app"), autoload=False)
+    settings = Settings("GlassboxScreenshots", "app")
+    settings.q.clear()  # the same layout every time, whatever an earlier run left
+    window = MainWindow(settings=settings, autoload=False)
     window.resize(1600, 1000)
     window.show()
     window.load_model(None, {"device": "cpu"})

@@ -47,7 +47,7 @@ class MemoryPanel(QWidget):
         self.curves.setLabel("left", "MB")
         self.curves.setLabel("bottom", "snapshot (one per generated token)")
         self.curves.addLegend()
-        self.curves.setMinimumHeight(180)
+        self.curves.setMinimumHeight(160)
         self.curves.getAxis("left").enableAutoSIPrefix(False)
         self.rss_curve_item = self.curves.plot(pen=pg.mkPen("#2e86de", width=2), name="process RSS")
         self.cuda_curve_item = self.curves.plot(pen=pg.mkPen("#e67e22", width=2), name="CUDA allocated")
@@ -55,15 +55,14 @@ class MemoryPanel(QWidget):
                                                     name="CUDA reserved")
 
     def _layout(self) -> None:
-        top = QHBoxLayout()
+        # Side by side: the panel usually lives in a wide, short dock under the chat.
         left = QVBoxLayout()
         left.addWidget(self.map_plot, 1)
         left.addWidget(self.legend)
-        top.addLayout(left, 3)
-        top.addWidget(self.figures, 2)
-        layout = QVBoxLayout(self)
-        layout.addLayout(top, 1)
-        layout.addWidget(self.curves, 1)
+        layout = QHBoxLayout(self)
+        layout.addLayout(left, 2)
+        layout.addWidget(self.figures, 2)
+        layout.addWidget(self.curves, 3)
 
     # -- API ----------------------------------------------------------------------------------
     def clear(self) -> None:
