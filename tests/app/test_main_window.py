@@ -29,6 +29,8 @@ def open_window(qtbot, settings, model=None) -> MainWindow:
     qtbot.addWidget(window)
     with qtbot.waitSignal(window.worker.loaded, timeout=TIMEOUT):
         window.load_model(str(model) if model else None, {"device": "cpu"})
+    # qtbot hears the worker's signal directly; the window's own queued slot enables Send just after
+    qtbot.waitUntil(window.chat.send_button.isEnabled, timeout=10_000)
     return window
 
 
@@ -38,6 +40,7 @@ def close_window(window) -> None:
 
 def chat(qtbot, window, text: str, max_new_tokens: int = 8):
     window.sampler.set_params(SamplingParams(temperature=0, max_new_tokens=max_new_tokens))
+    qtbot.waitUntil(window.chat.send_button.isEnabled, timeout=10_000)
     with qtbot.waitSignal(window.worker.finished, timeout=TIMEOUT):
         window.chat.input.setPlainText(text)
         window.chat.send_button.click()
