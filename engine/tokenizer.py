@@ -1,98 +1,32 @@
-"""One Tokenizer over the three places a vocabulary can come from: an HF tokenizer.json, a
-sentencepiece tokenizer.model, or the vocabulary embedded in a GGUF file (byte-level BPE
-"gpt2" or sentencepiece-style "llama"). GGUF vocabularies are rebuilt as `tokenizers`
-pipelines the way transformers rebuilds them, so token ids agree with the reference.
-
-Also: special tokens, and a streaming decoder that never emits half a UTF-8 character.
+"""One Tokenizer over the three places a vocabulary can come from: an HF directory with
+tokenizer.json or a sentencepiece tokenizer.model, or the vocabulary embedded in a GGUF file
+(rebuilt in engine/tokenizer_gguf.py). Also owns special tokens, the per-token display text
+and a streaming decoder that never emits half a UTF-8 character. Chat templates: chat_template.py.
 """
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
-from tokenizers import AddedToken, Tokenizer as HFTokenizer, decoders, models, normalizers, pre_tokenizers
+from tokenizers import Tokenizer as HFTokenizer
 
 from engine.errors import ModelFormatError
+from engine.tokenizer_gguf import CONTROL, byte_alphabet, gguf_backend
 
-CONTROL, USER_DEFINED = 3, 4  # GGUF token types that must stay whole in text
 REPLACEMENT = "\ufffd"
-
-
-def byte_alphabet() -> dict[int, str]:
-    """GPT-2's reversible byte -> printable character table used by byte-level BPE vocabularies."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
-        list(range(ord("®"), ord("ÿ") + 1))
-    table, extra = {}, 0
-    for b in range(256):
-        if b in printable:
-            table[b] = chr(b)
-        else:
-            table[b] = chr(256 + extra)
-            extra += 1
-    return table
-
-
-def merges_from_scores(tokens: list[str], scores: list[float]) -> list[tuple[str, str]]:
-    """Sentencepiece vocabularies carry scores, not merges: every way of splitting a token into two
-    vocabulary pieces is a merge, ranked by the merged token's score (best first)."""
-    vocab = {t: i for i, t in enumerate(tokens)}
-    ranked = []
-    for token, index in vocab.items():
-        for cut in range(1, len(token)):
-            left, right = token[:cut], token[cut:]
-            if left in vocab and right in vocab:
-                ranked.append((-scores[index], vocab[left], vocab[right], left, right))
-    ranked.sort()
-    return [(left, right) for *_, left, right in ranked]
-
-
-def _gguf_backend(meta: dict, path) -> HFTokenizer:
-    kind = meta.get("tokenizer.ggml.model")
-    tokens = meta.get("tokenizer.ggml.tokens")
-    if not tokens:
-        raise ModelFormatError(path, "the GGUF file has no tokenizer vocabulary (tokenizer.ggml.tokens)")
-    types = meta.get("tokenizer.ggml.token_type") or [1] * len(tokens)
-    if kind == "gpt2":
-        alphabet = byte_alphabet()
-        allowed = set(alphabet.values())
-        vocab = {}
-        for i, t in enumerate(tokens):
-            spelled = t if set(t) <= allowed else "".join(alphabet[b] for b in t.encode("utf-8"))
-            vocab.setdefault(spelled, i)
-        merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges") or ()]
-        backend = HFTokenizer(models.BPE(vocab, merges, fuse_unk=False))
-        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-        backend.decoder = decoders.ByteLevel()
-        special_ok = lambda t: set(t) <= allowed  # noqa: E731 - a control token outside the alphabet is a mislabel
-    elif kind == "llama":
-        scores = meta.get("tokenizer.ggml.scores") or [0.0] * len(tokens)
-        vocab = {t: i for i, t in enumerate(tokens)}
-        merges = ([tuple(m.split(" ", 1)) for m in meta["tokenizer.ggml.merges"]]
-                  if meta.get("tokenizer.ggml.merges") else merges_from_scores(tokens, scores))
-        unk = meta.get("tokenizer.ggml.unknown_token_id")
-        backend = HFTokenizer(models.BPE(vocab, merges, unk_token=tokens[unk] if unk is not None else None,
-                                         fuse_unk=True, byte_fallback=True))
-        # As sentencepiece and llama.cpp do: one "▁" always in front, every space a "▁". (A Metaspace
-        # pre-tokenizer would skip the prefix when the text already starts with a space.)
-        prefix = bool(meta.get("tokenizer.ggml.add_space_prefix", True))
-        backend.normalizer = normalizers.Sequence(
-            ([normalizers.Prepend("▁")] if prefix else []) + [normalizers.Replace(" ", "▁")])
-        backend.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
-                                            + ([decoders.Strip(content=" ", left=1, right=0)] if prefix else []))
-        special_ok = lambda t: True  # noqa: E731
-    else:
-        raise ModelFormatError(path, f"unsupported GGUF tokenizer model {kind!r} (supported: gpt2, llama)")
-    backend.add_special_tokens([AddedToken(t, special=True, normalized=False)
-                                for t, kind_ in zip(tokens, types) if kind_ == CONTROL and special_ok(t)])
-    backend.add_tokens([AddedToken(t, special=False, normalized=False)
-                        for t, kind_ in zip(tokens, types) if kind_ == USER_DEFINED])
-    return backend
+BYTE_PIECE = re.compile(r"<0x[0-9A-Fa-f]{2}>")
+# Turn-end tokens of common chat formats: GGUF files often mark only <|endoftext|> or </s> as EOS,
+# yet a chat reply ends at these (llama.cpp applies the same list).
+TURN_ENDS = ("<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end|>", "<end_of_turn>")
 
 
 class _SentencePieceBackend:
-    """A sentencepiece .model behind the small part of the `tokenizers` API we use."""
+    """A sentencepiece .model plus the added tokens HF keeps beside it, behind the part of the
+    `tokenizers` API the Tokenizer uses. Text is cut at added tokens and each piece encoded on its
+    own, as transformers' sentencepiece tokenizers do."""
 
-    def __init__(self, model_file: Path):
+    def __init__(self, model_file: Path, added: dict[str, int], special: set[str]):
         import sentencepiece
 
         self.sp = sentencepiece.SentencePieceProcessor()
@@ -100,83 +34,109 @@ class _SentencePieceBackend:
             self.sp.Load(str(model_file))
         except (OSError, RuntimeError) as e:
             raise ModelFormatError(model_file, f"not a valid sentencepiece model: {e}") from None
+        self.pieces = self.sp.GetPieceSize()
+        self.added, self.added_text = added, {i: t for t, i in added.items()}
+        self.special = {i for i in range(self.pieces) if self.sp.IsControl(i)}
+        self.special |= {added[t] for t in special if t in added}
+        longest_first = sorted(added, key=len, reverse=True)
+        self._cut = re.compile("(" + "|".join(map(re.escape, longest_first)) + ")") if added else None
 
     def encode(self, text: str) -> list[int]:
-        return list(self.sp.EncodeAsIds(text))
+        if self._cut is None:
+            return list(self.sp.EncodeAsIds(text))
+        ids = []
+        for n, part in enumerate(self._cut.split(text)):  # odd parts are the added tokens themselves
+            ids += [self.added[part]] if n % 2 else (self.sp.EncodeAsIds(part) if part else [])
+        return ids
 
-    def decode(self, ids, skip_special_tokens=False) -> str:
-        return self.sp.DecodeIds(list(ids))
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:
+        # sentencepiece drops control pieces and knows no added ids, so decode the runs between them.
+        out, run = [], []
+        for i in ids:
+            if i in self.added_text or i in self.special:
+                out.append(self.sp.DecodeIds(run))
+                run = []
+                if not (skip_special_tokens and i in self.special):
+                    out.append(self.id_to_token(i))
+            else:
+                run.append(i)
+        return "".join(out) + self.sp.DecodeIds(run)
 
     def token_to_id(self, token: str):
+        if token in self.added:
+            return self.added[token]
         i = self.sp.PieceToId(token)
-        return None if i == self.sp.unk_id() and token != self.sp.IdToPiece(i) else i
+        return i if self.sp.IdToPiece(i) == token else None
 
-    def id_to_token(self, i: int) -> str:
-        return self.sp.IdToPiece(i)
+    def id_to_token(self, i: int):
+        return self.added_text.get(i) or (self.sp.IdToPiece(i) if 0 <= i < self.pieces else None)
 
     def get_vocab_size(self) -> int:
-        return self.sp.GetPieceSize()
-
-    def special_ids(self) -> set[int]:
-        return {i for i in range(self.sp.GetPieceSize()) if self.sp.IsControl(i)}
+        return max([self.pieces, *(i + 1 for i in self.added_text)])
 
 
 class Tokenizer:
-    def __init__(self, backend, bos_id: int | None, eos_ids: tuple[int, ...], add_bos: bool,
-                 chat_template: str | None, source):
-        self._backend = backend
-        self.bos_id, self.eos_ids, self.add_bos = bos_id, tuple(eos_ids), add_bos
-        self.chat_template, self.source = chat_template, source
-        self.bos_token = self.token_text(bos_id) if bos_id is not None else ""
-        self.eos_token = self.token_text(eos_ids[0]) if eos_ids else ""
+    """encode/decode for one vocabulary, whichever file it came from; build with a from_* method."""
 
-    # construction -----------------------------------------------------------------------------
+    def __init__(self, backend, *, bos_id: int | None, eos_ids, add_bos: bool, chat_template: str | None, source):
+        self._backend, self.source = backend, source
+        self.bos_id, self.eos_ids, self.add_bos = bos_id, tuple(eos_ids), add_bos
+        self.chat_template = chat_template
+        if isinstance(backend, HFTokenizer):
+            special = {i for i, t in backend.get_added_tokens_decoder().items() if t.special}
+        else:
+            special = backend.special
+        self.special_ids = frozenset(special | set(self.eos_ids) | ({bos_id} if bos_id is not None else set()))
+        self.bos_token = self._name(bos_id) if bos_id is not None else ""
+        self.eos_token = self._name(self.eos_ids[0]) if self.eos_ids else ""
+
     @classmethod
     def from_gguf_metadata(cls, meta: dict, path) -> "Tokenizer":
-        backend = _gguf_backend(meta, path)
-        bos = meta.get("tokenizer.ggml.bos_token_id")
-        eos = [meta.get(k) for k in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id")]
-        eos = tuple(dict.fromkeys(int(e) for e in eos if e is not None))
-        # ChatML models end a turn with <|im_end|>, which GGUF metadata often does not mark as EOS.
-        im_end = backend.token_to_id("<|im_end|>")
-        if im_end is not None and im_end not in eos:
-            eos += (im_end,)
-        return cls(backend, bos, eos, bool(meta.get("tokenizer.ggml.add_bos_token", False)),
-                   meta.get("tokenizer.chat_template"), path)
+        backend = gguf_backend(meta, path)
+        eos = [meta.get(f"tokenizer.ggml.{k}_token_id") for k in ("eos", "eot", "eom")]
+        types = meta.get("tokenizer.ggml.token_type") or ()
+        eos += [i for i in map(backend.token_to_id, TURN_ENDS) if i is not None and types[i:i + 1] == [CONTROL]]
+        # llama.cpp adds BOS to sentencepiece vocabularies unless the file says otherwise.
+        add_bos = meta.get("tokenizer.ggml.add_bos_token", meta.get("tokenizer.ggml.model") == "llama")
+        return cls(backend, bos_id=meta.get("tokenizer.ggml.bos_token_id"), eos_ids=_unique(eos),
+                   add_bos=bool(add_bos), chat_template=meta.get("tokenizer.chat_template"), source=path)
 
     @classmethod
     def from_hf_dir(cls, path) -> "Tokenizer":
         path = Path(path)
         config = _read_json(path / "tokenizer_config.json")
+        config = {**_read_json(path / "special_tokens_map.json"), **config}
         if (path / "tokenizer.json").is_file():
             try:
                 backend = HFTokenizer.from_file(str(path / "tokenizer.json"))
             except Exception as e:  # tokenizers raises plain Exception on malformed files
                 raise ModelFormatError(path / "tokenizer.json", f"invalid tokenizer: {e}") from None
         elif (path / "tokenizer.model").is_file():
-            backend = _SentencePieceBackend(path / "tokenizer.model")
+            added = {e["content"]: int(i) for i, e in (config.get("added_tokens_decoder") or {}).items()}
+            special = {e["content"] for e in (config.get("added_tokens_decoder") or {}).values() if e.get("special")}
+            added |= {t: int(i) for t, i in _read_json(path / "added_tokens.json").items()}
+            backend = _SentencePieceBackend(path / "tokenizer.model", added, special)
         else:
             raise ModelFormatError(path, "no tokenizer.json or tokenizer.model")
 
         def token_id(entry):
             text = entry.get("content") if isinstance(entry, dict) else entry
-            return backend.token_to_id(text) if text else None
+            return backend.token_to_id(text) if isinstance(text, str) else None
 
-        generation = _read_json(path / "generation_config.json")
-        model_config = _read_json(path / "config.json")
+        generation, model_config = _read_json(path / "generation_config.json"), _read_json(path / "config.json")
         bos = token_id(config.get("bos_token"))
         if bos is None:
             bos = generation.get("bos_token_id", model_config.get("bos_token_id"))
         eos = generation.get("eos_token_id", model_config.get("eos_token_id"))
-        eos = [eos] if isinstance(eos, int) else list(eos or [])
-        if (named := token_id(config.get("eos_token"))) is not None:
-            eos.insert(0, named)
-        template = config.get("chat_template")
-        if isinstance(template, list):  # some repos ship several named templates
-            template = next((t["template"] for t in template if t.get("name") == "default"), None)
-        if template is None and (path / "chat_template.jinja").is_file():
-            template = (path / "chat_template.jinja").read_text(encoding="utf-8")
-        return cls(backend, bos, tuple(dict.fromkeys(eos)), bool(config.get("add_bos_token", False)), template, path)
+        eos = [token_id(config.get("eos_token")), *([eos] if isinstance(eos, int) else eos or [])]
+        if isinstance(backend, _SentencePieceBackend):  # the .model names its own, as LlamaTokenizer assumes
+            bos = bos if bos is not None else backend.sp.bos_id()
+            eos.append(backend.sp.eos_id())
+        add_bos = config.get("add_bos_token")
+        if add_bos is None and isinstance(backend, HFTokenizer):  # then the post-processor decides
+            add_bos = bos is not None and backend.encode("a", add_special_tokens=True).ids[:1] == [bos]
+        return cls(backend, bos_id=bos if bos is None or bos >= 0 else None, eos_ids=_unique(eos),
+                   add_bos=add_bos is not False, chat_template=_hf_chat_template(path, config), source=path)
 
     # use ---------------------------------------------------------------------------------------
     @property
@@ -184,58 +144,108 @@ class Tokenizer:
         return self._backend.get_vocab_size()
 
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
-        if isinstance(self._backend, _SentencePieceBackend):
-            ids = self._backend.encode(text)
-        else:
+        """Ids of `text`; special-token text such as "<|im_start|>" becomes its single id. With
+        add_special_tokens, BOS goes in front when the model wants one (and it is not there)."""
+        if isinstance(self._backend, HFTokenizer):
             ids = self._backend.encode(text, add_special_tokens=False).ids
+        else:
+            ids = self._backend.encode(text)
         if add_special_tokens and self.add_bos and self.bos_id is not None and ids[:1] != [self.bos_id]:
             ids = [self.bos_id] + ids
         return ids
 
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
-        return self._backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
+        return self._backend.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
 
     def token_text(self, token_id: int) -> str:
-        """How one token reads on its own (for probability panels); byte pieces show as <0xNN>."""
+        """One token as a person should read it on its own (probability panels, token labels): special
+        tokens by name, a word's leading space kept, bytes that are not whole UTF-8 as <0xNN>."""
+        piece = self._backend.id_to_token(int(token_id))
+        if piece is None:
+            return f"<unknown id {token_id}>"
+        if token_id in self.special_ids:
+            return piece
         text = self.decode([token_id])
-        if REPLACEMENT in text:
-            raw = self._backend.id_to_token(token_id) or ""
-            alphabet = {c: b for b, c in byte_alphabet().items()}
-            if raw and all(c in alphabet for c in raw):
-                return "".join(f"<0x{alphabet[c]:02X}>" for c in raw)
-            return raw or text
+        if piece.startswith("▁") and not text.startswith(" "):  # sentencepiece decoders drop a leading space
+            text = " " + text
+        if REPLACEMENT in text and REPLACEMENT not in piece:
+            byte_of = {c: b for b, c in byte_alphabet().items()}
+            if all(c in byte_of for c in piece):  # a byte-level piece holding part of a character
+                return _readable_bytes(bytes(byte_of[c] for c in piece))
+            return piece  # a byte-fallback piece, already spelled <0xNN>
         return text
 
     def stream_decoder(self) -> "StreamDecoder":
         return StreamDecoder(self)
 
+    def is_byte_piece(self, token_id: int) -> bool:
+        """A sentencepiece byte-fallback piece such as <0xE2>: one byte of a character the vocabulary lacks."""
+        return BYTE_PIECE.fullmatch(self._backend.id_to_token(int(token_id)) or "") is not None
+
+    def _name(self, token_id: int) -> str:
+        return self._backend.id_to_token(token_id) if token_id in self.special_ids else self.decode([token_id])
+
 
 class StreamDecoder:
-    """Incremental detokenization: decode a sliding window and emit only completed text.
+    """Incremental detokenization: push ids one at a time, get back only newly completed text.
 
-    Decoding token by token breaks multi-byte characters split across tokens and word-initial
-    spaces; decoding a window that starts a few tokens back and diffing against its previous
-    text avoids both, and holds text back while it ends in an incomplete UTF-8 sequence.
+    Decoding token by token would break characters split across tokens and the spaces that
+    sentencepiece decoders drop at the start of a text; instead a window starting a few tokens
+    back is decoded and only its growth is emitted. Text is held back while it ends in U+FFFD (an
+    unfinished character) or in a byte-fallback piece: `tokenizers` decodes a run of byte pieces
+    as a whole, so one invalid byte turns the bytes before it into U+FFFD too. Everything pushed,
+    then flush(), equals decode(all ids).
     """
 
+    CONTEXT = 4  # tokens of already-emitted text kept in the window
+
     def __init__(self, tokenizer: Tokenizer):
-        self.tok, self.ids, self.prefix, self.read = tokenizer, [], 0, 0
+        self.tok, self.ids, self.start, self.done = tokenizer, [], 0, 0
 
     def push(self, token_id: int) -> str:
-        self.ids.append(token_id)
+        self.ids.append(int(token_id))
         return self._emit(final=False)
 
     def flush(self) -> str:
         return self._emit(final=True)
 
     def _emit(self, final: bool) -> str:
-        before = self.tok.decode(self.ids[self.prefix:self.read])
-        now = self.tok.decode(self.ids[self.prefix:])
-        if (now.endswith(REPLACEMENT) and not final) or len(now) <= len(before):
+        emitted = self.tok.decode(self.ids[self.start:self.done])
+        window = self.tok.decode(self.ids[self.start:])
+        unfinished = not final and (window.endswith(REPLACEMENT) or self.tok.is_byte_piece(self.ids[-1]))
+        if unfinished or len(window) <= len(emitted):
             return ""
-        self.prefix, self.read = max(self.read - 4, 0), len(self.ids)  # keep a little context
-        # The new window starts later, so its text is a suffix of `now`; remember where we are.
-        return now[len(before):]
+        # `done` only advances at whole characters and past byte runs, so `emitted` is a prefix of `window`.
+        self.start, self.done = max(self.done - self.CONTEXT, 0), len(self.ids)
+        return window[len(emitted):]
+
+
+def _readable_bytes(data: bytes) -> str:
+    """UTF-8 where it decodes, <0xNN> for each byte where it does not."""
+    out = []
+    while data:
+        try:
+            out.append(data.decode("utf-8"))
+            break
+        except UnicodeDecodeError as e:
+            out += [data[:e.start].decode("utf-8")] + [f"<0x{b:02X}>" for b in data[e.start:e.end]]
+            data = data[e.end:]
+    return "".join(out)
+
+
+def _unique(ids) -> tuple[int, ...]:
+    return tuple(dict.fromkeys(int(i) for i in ids if i is not None and i >= 0))
+
+
+def _hf_chat_template(path: Path, config: dict) -> str | None:
+    template = config.get("chat_template")
+    if isinstance(template, list):  # some repos ship several named templates
+        template = next((t.get("template") for t in template if t.get("name") == "default"), None)
+    if template is None and (path / "chat_template.jinja").is_file():
+        template = (path / "chat_template.jinja").read_text(encoding="utf-8")
+    if template is None:
+        template = _read_json(path / "chat_template.json").get("chat_template")
+    return template if isinstance(template, str) else None
 
 
 def _read_json(path: Path) -> dict:

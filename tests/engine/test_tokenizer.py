@@ -1,108 +1,197 @@
-"""Our tokenizer against transformers' on the default model's GGUF vocabulary, plus the other
-two sources (tokenizer.json, sentencepiece) and the streaming decoder."""
+"""Our tokenizer against transformers' on the default model's GGUF vocabulary (and on other GGUF
+split rules), against sentencepiece on a model trained here, the tokenizer.json path, and the
+streaming decoder against one-shot decoding."""
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engine.errors import ModelFormatError
 from engine.loaders.gguf_file import read_metadata
-from engine.tokenizer import CONTROL, Tokenizer
+from engine.tokenizer import Tokenizer
+from engine.tokenizer_gguf import BYTE, CONTROL, NORMAL, UNKNOWN
 
 MIXED = (
-    "Hello, world! It's 2026 and the café serves crème brûlée.\n"
-    "def square(x: int) -> int:\n    return x ** 2  # tabs\tand  spaces   here\n\n\n"
+    "Hello, world! It's 2026 and the café serves crème brûlée. I'M camelCase XMLHttpRequest don't\n"
+    "def square(x: int) -> int:\n    return x ** 2  # tabs\tand  spaces   here\n\n\n(hello) 3.14159 a/b/c\n"
     "日本語のテキスト、中文文本，한국어 텍스트。\n"
-    "Emoji: 👩‍👩‍👧‍👦 🎉🚀 👍🏽 — done.\r\n"
+    "Emoji: 👩‍👩‍👧‍👦 🎉🚀 👍🏽 🏳️‍🌈 — done.\r\n"
+    "<|im_start|>user\nhi<|im_end|>\n"
     "      \n\t\t  trailing   "
 )
-SHORT = ["", " ", "a", "  a", "\n", "Paris", " Paris.", "<|im_start|>user\nhi<|im_end|>\n", "1234567890", "x" * 300]
+SHORT = ["", " ", "a", "  a", "\n", "Paris", " Paris.", "<|im_start|>", "<|im_start|>user\nhi<|im_end|>\n",
+         "1234567890", "x" * 300, "é", "🚀", " \t\n "]
 
 
 @pytest.fixture(scope="module")
-def tok(default_gguf):
-    return Tokenizer.from_gguf_metadata(read_metadata(default_gguf), default_gguf)
+def meta(default_gguf):
+    return read_metadata(default_gguf)
 
 
 @pytest.fixture(scope="module")
-def reference(hf_default_tokenizer):
-    return hf_default_tokenizer
+def tok(meta, default_gguf):
+    return Tokenizer.from_gguf_metadata(meta, default_gguf)
 
 
 @pytest.mark.parametrize("text", [MIXED] + SHORT)
-def test_ids_equal_transformers_and_round_trip(tok, reference, text):
+def test_ids_equal_transformers_and_round_trip(tok, hf_default_tokenizer, text):
     ids = tok.encode(text)
-    assert ids == reference(text, add_special_tokens=False)["input_ids"]
+    assert ids == hf_default_tokenizer(text, add_special_tokens=False)["input_ids"]
     assert tok.decode(ids) == text
 
 
+@pytest.mark.parametrize("pre", ["llama-bpe", "qwen2", "tekken", "gpt-4o"])
+def test_split_rule_per_pre_type_equals_transformers(meta, default_gguf, pre):
+    """The default vocabulary under other `tokenizer.ggml.pre` names: each split rule gives
+    transformers' ids, and they differ from GPT-2's (so the rule is really in use)."""
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import convert_gguf_tokenizer, get_gguf_tokenizer
+
+    arch, tokenizer_dict, _ = get_gguf_tokenizer(str(default_gguf))
+    reference, _ = convert_gguf_tokenizer(arch, dict(tokenizer_dict, pre_tokenizer_type=pre))
+    ours = Tokenizer.from_gguf_metadata(dict(meta, **{"tokenizer.ggml.pre": pre}), default_gguf)
+    gpt2 = Tokenizer.from_gguf_metadata(dict(meta, **{"tokenizer.ggml.pre": "gpt2"}), default_gguf)
+    assert ours.encode(MIXED) == reference.encode(MIXED, add_special_tokens=False).ids != gpt2.encode(MIXED)
+    assert ours.decode(ours.encode(MIXED)) == MIXED
+
+
 def test_special_tokens(tok):
-    ids = tok.encode("<|im_start|>assistant<|im_end|>")
-    assert ids[0] == tok.encode("<|im_start|>")[0] and len(tok.encode("<|im_start|>")) == 1
-    assert tok.encode("<|im_end|>")[0] in tok.eos_ids
-    assert tok.bos_id == 1 and tok.vocab_size == 49152
-    assert tok.decode(ids, skip_special_tokens=True) == "assistant"
+    im_start, im_end = tok.encode("<|im_start|>"), tok.encode("<|im_end|>")
+    assert len(im_start) == len(im_end) == 1
+    assert tok.encode("<|im_start|>assistant<|im_end|>") == im_start + tok.encode("assistant") + im_end
+    assert tok.bos_id == 1 and tok.bos_token == "<|im_start|>" and tok.vocab_size == 49152
+    assert tok.eos_ids == (2,) and tok.eos_token == "<|im_end|>"
+    assert set(range(17)) <= tok.special_ids and tok.encode("Paris")[0] not in tok.special_ids
+    assert tok.decode(tok.encode("<|im_start|>assistant<|im_end|>"), skip_special_tokens=True) == "assistant"
+    assert tok.encode("hi", add_special_tokens=True) == tok.encode("hi")  # the file says no BOS
+    assert tok.chat_template.startswith("{% for message in messages %}")
+
+
+def test_token_text(tok):
+    assert tok.token_text(tok.encode(" ok")[0]) == " ok"
+    assert tok.token_text(2) == "<|im_end|>"
+    pieces = [tok.token_text(i) for i in tok.encode(" 🎉")]
+    assert "".join(pieces).count("<0x") == 4 and pieces[0].startswith(" ")  # " " + bytes of the emoji
 
 
 def test_stream_decoder_never_emits_half_a_character(tok):
-    text = "Emoji 👩‍👩‍👧‍👦 and 日本語 — ok"
+    text = "Emoji 👩‍👩‍👧‍👦 and 日本語 — ok 🏳️‍🌈"
     ids = tok.encode(text)
+    assert any("\ufffd" in tok.decode([i]) for i in ids)  # some tokens hold part of a character
     stream = tok.stream_decoder()
     pieces = [stream.push(i) for i in ids]
     assert "".join(pieces) + stream.flush() == text
     assert all("\ufffd" not in p for p in pieces)
-    assert tok.token_text(ids[-1]) == " ok"
-    assert any(tok.token_text(i).startswith("<0x") for i in ids)  # split emoji bytes read as bytes
+
+
+@settings(max_examples=150, deadline=None)
+@given(ids=st.lists(st.integers(0, 49151), max_size=40))
+def test_stream_decoder_equals_decode_on_any_ids(tok, ids):
+    """Random ids make invalid UTF-8 and special tokens: the stream still adds up to decode()."""
+    stream = tok.stream_decoder()
+    assert "".join(stream.push(i) for i in ids) + stream.flush() == tok.decode(ids)
 
 
 def test_tokenizer_json_directory(tmp_path, tok):
     tok._backend.save(str(tmp_path / "tokenizer.json"))
-    (tmp_path / "tokenizer_config.json").write_text(json.dumps(
-        {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "chat_template": "{{ messages[0]['content'] }}"}))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{{ messages[0]['content'] }}"}))
+    (tmp_path / "special_tokens_map.json").write_text(json.dumps(
+        {"bos_token": {"content": "<|im_start|>"}, "eos_token": "<|im_end|>"}))
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [2, 0]}))
     loaded = Tokenizer.from_hf_dir(tmp_path)
-    assert loaded.encode(MIXED) == tok.encode(MIXED)
-    assert loaded.eos_ids[0] == tok.encode("<|im_end|>")[0]
+    assert loaded.encode(MIXED) == tok.encode(MIXED) and loaded.decode(tok.encode(MIXED)) == MIXED
+    assert loaded.eos_ids == (2, 0) and loaded.bos_id == 1 and loaded.special_ids >= {0, 1, 2}
     assert loaded.chat_template == "{{ messages[0]['content'] }}"
+    assert not loaded.add_bos  # no add_bos_token and the post-processor adds nothing
 
 
-def train_sentencepiece(directory):
-    """A small BPE sentencepiece model with llama-style settings (no whitespace folding)."""
+@pytest.fixture(scope="module")
+def spm_dir(tmp_path_factory):
+    """A small BPE sentencepiece model with llama-style settings (byte fallback, no whitespace folding).
+    256 of its 500 pieces are byte-fallback pieces; the rest are real merges."""
     import sentencepiece
 
+    directory = tmp_path_factory.mktemp("spm")
     corpus = directory / "corpus.txt"
     lines = [f"the quick brown fox {i} jumps over the lazy dog number {i * 7}" for i in range(400)]
     corpus.write_text("\n".join(lines + ["Glassbox shows attention, routing and sampling."] * 20))
     sentencepiece.SentencePieceTrainer.train(
-        input=str(corpus), model_prefix=str(directory / "tokenizer"), vocab_size=400, model_type="bpe",
+        input=str(corpus), model_prefix=str(directory / "tokenizer"), vocab_size=500, model_type="bpe",
         byte_fallback=True, remove_extra_whitespaces=False, normalization_rule_name="identity", minloglevel=2)
-    return sentencepiece.SentencePieceProcessor(model_file=str(directory / "tokenizer.model"))
+    return directory
 
 
-SPM_TEXTS = ["the quick brown fox", "Glassbox: attention 😀 ünïcödé", "  two  spaces", "jumps over 1234\nnext"]
+@pytest.fixture(scope="module")
+def sp(spm_dir):
+    import sentencepiece
+
+    return sentencepiece.SentencePieceProcessor(model_file=str(spm_dir / "tokenizer.model"))
 
 
-def test_sentencepiece_model_trained_here(tmp_path):
-    sp = train_sentencepiece(tmp_path)
-    tok = Tokenizer.from_hf_dir(tmp_path)
+@pytest.fixture(scope="module")
+def spm_gguf(sp, spm_dir):
+    """The same vocabulary as a GGUF 'llama' file stores it: pieces + scores + types, no merges."""
+    n = sp.GetPieceSize()
+    kinds = [UNKNOWN if sp.IsUnknown(i) else CONTROL if sp.IsControl(i) else BYTE if sp.IsByte(i) else NORMAL
+             for i in range(n)]
+    meta = {"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": [sp.IdToPiece(i) for i in range(n)],
+            "tokenizer.ggml.scores": [sp.GetScore(i) for i in range(n)], "tokenizer.ggml.token_type": kinds,
+            "tokenizer.ggml.bos_token_id": sp.bos_id(), "tokenizer.ggml.eos_token_id": sp.eos_id(),
+            "tokenizer.ggml.unknown_token_id": sp.unk_id()}
+    return Tokenizer.from_gguf_metadata(meta, spm_dir / "spm.gguf")
+
+
+# 😀, ü, 漢 are not in the training text: they go through byte fallback.
+SPM_TEXTS = ["the quick brown fox", "Glassbox: attention 😀 ünïcödé 漢", "  two  spaces", "jumps over 1234\nnext", " x"]
+
+
+def test_sentencepiece_model_trained_here(spm_dir, sp):
+    tok = Tokenizer.from_hf_dir(spm_dir)
     for text in SPM_TEXTS:
         ids = tok.encode(text)
         assert ids == sp.encode(text)
         assert tok.decode(ids) == sp.decode(ids) == text
+    assert tok.bos_id == sp.bos_id() and tok.eos_ids == (sp.eos_id(),) and tok.add_bos and tok.vocab_size == 500
+    the = sp.encode("the")[0]
+    assert sp.id_to_piece(the) == "▁the" and tok.token_text(the) == " the"
+    assert tok.token_text(sp.piece_to_id("<0xF0>")) == "<0xF0>" and tok.token_text(sp.bos_id()) == "<s>"
 
 
-def test_gguf_sentencepiece_vocabulary_matches_sentencepiece(tmp_path):
-    """A GGUF 'llama' vocabulary (pieces + scores, no merges) rebuilt as BPE tokenizes like sentencepiece."""
-    sp = train_sentencepiece(tmp_path)
-    n = sp.GetPieceSize()
-    kinds = [2 if sp.IsUnknown(i) else CONTROL if sp.IsControl(i) else 6 if sp.IsByte(i) else 1 for i in range(n)]
-    meta = {"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": [sp.IdToPiece(i) for i in range(n)],
-            "tokenizer.ggml.scores": [sp.GetScore(i) for i in range(n)], "tokenizer.ggml.token_type": kinds,
-            "tokenizer.ggml.bos_token_id": sp.bos_id(), "tokenizer.ggml.eos_token_id": sp.eos_id(),
-            "tokenizer.ggml.unknown_token_id": sp.unk_id(), "tokenizer.ggml.add_bos_token": True}
-    tok = Tokenizer.from_gguf_metadata(meta, tmp_path / "spm.gguf")
+def test_sentencepiece_directory_with_added_tokens(spm_dir, sp, tmp_path):
+    """HF keeps chat tokens beside tokenizer.model (tokenizer_config's added_tokens_decoder)."""
+    (tmp_path / "tokenizer.model").write_bytes((spm_dir / "tokenizer.model").read_bytes())
+    added = {"500": {"content": "<|im_start|>", "special": True}, "501": {"content": "<|im_end|>", "special": True}}
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(
+        {"added_tokens_decoder": added, "eos_token": "<|im_end|>", "add_bos_token": True}))
+    tok = Tokenizer.from_hf_dir(tmp_path)
+    text = "<|im_start|>the fox<|im_end|>"
+    ids = tok.encode(text, add_special_tokens=True)
+    assert ids == [sp.bos_id(), 500] + sp.encode("the fox") + [501]
+    assert tok.decode(ids) == "<s>" + text and tok.decode(ids, skip_special_tokens=True) == "the fox"
+    assert tok.eos_ids == (501, sp.eos_id()) and tok.eos_token == "<|im_end|>" and tok.bos_token == "<s>"
+    assert tok.vocab_size == 502 and {sp.bos_id(), 500, 501} <= tok.special_ids
+
+
+def test_gguf_sentencepiece_vocabulary_matches_sentencepiece(spm_gguf, sp):
+    """Merges recovered from scores, "▁" prefix and byte fallback: the rebuilt BPE tokenizes like sentencepiece."""
     for text in SPM_TEXTS:
-        assert tok.encode(text) == sp.encode(text)
-        assert tok.decode(tok.encode(text)) == text
-    assert tok.encode("fox", add_special_tokens=True)[0] == sp.bos_id()
+        assert spm_gguf.encode(text) == sp.encode(text)
+        assert spm_gguf.decode(spm_gguf.encode(text)) == text
+    # No add_bos_token key: llama.cpp's default for sentencepiece vocabularies is to add BOS.
+    assert spm_gguf.encode("fox", add_special_tokens=True) == [sp.bos_id()] + sp.encode("fox")
+    assert spm_gguf.token_text(sp.encode("the")[0]) == " the"
+
+
+@pytest.mark.parametrize("source", ["sentencepiece", "gguf"])
+@settings(max_examples=100, deadline=None)
+@given(data=st.data())
+def test_stream_decoder_on_sentencepiece_vocabularies(spm_dir, spm_gguf, source, data):
+    tok = Tokenizer.from_hf_dir(spm_dir) if source == "sentencepiece" else spm_gguf
+    text = data.draw(st.sampled_from(SPM_TEXTS))
+    ids = data.draw(st.sampled_from([tok.encode(text), data.draw(st.lists(st.integers(0, 499), max_size=30))]))
+    stream = tok.stream_decoder()
+    pieces = [stream.push(i) for i in ids]
+    assert "".join(pieces) + stream.flush() == tok.decode(ids)
 
 
 def test_bad_tokenizer_files(tmp_path):
@@ -113,9 +202,15 @@ def test_bad_tokenizer_files(tmp_path):
     with pytest.raises(ModelFormatError, match="no tokenizer.json or tokenizer.model"):
         Tokenizer.from_hf_dir(tmp_path)
     (tmp_path / "tokenizer.model").write_bytes(b"not a model")
-    with pytest.raises(ModelFormatError, match="sentencepiece"):
+    with pytest.raises(ModelFormatError, match="tokenizer.model.*sentencepiece"):
         Tokenizer.from_hf_dir(tmp_path)
-    with pytest.raises(ModelFormatError, match="no tokenizer vocabulary"):
+    (tmp_path / "tokenizer_config.json").write_text("{not json")
+    with pytest.raises(ModelFormatError, match="tokenizer_config.json: invalid JSON"):
+        Tokenizer.from_hf_dir(tmp_path)
+    with pytest.raises(ModelFormatError, match="x.gguf: the GGUF file has no tokenizer vocabulary"):
         Tokenizer.from_gguf_metadata({"tokenizer.ggml.model": "gpt2"}, tmp_path / "x.gguf")
     with pytest.raises(ModelFormatError, match="unsupported GGUF tokenizer model 'rwkv'"):
         Tokenizer.from_gguf_metadata({"tokenizer.ggml.model": "rwkv", "tokenizer.ggml.tokens": ["a"]}, "x.gguf")
+    with pytest.raises(ModelFormatError, match="2 tokens but 1 token types"):
+        Tokenizer.from_gguf_metadata({"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.tokens": ["a", "b"],
+                                      "tokenizer.ggml.token_type": [1]}, "x.gguf")
