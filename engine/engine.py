@@ -19,6 +19,7 @@ from engine.errors import ContextOverflow, EngineError
 from engine.generation import GenerationEngine
 from engine.loaders import ProgressCallback, load_checkpoint
 from engine.model import Decoder
+from engine.quant import build_model, check_mode
 from engine.records import GenerationDone, GenerationRequest, RequestDone, SamplingParams, StepRecord, TokenStep
 
 
@@ -31,6 +32,11 @@ class LoadOptions:
     kv_gpu_fraction: float = 0.3  # CUDA: share of free GPU memory the KV pool takes after loading
     kv_block_size: int = 16
     context_length: int = 0  # 0 = the model's own (times the RoPE override's factor); else this many tokens
+    # engine/quant: auto keeps a GGUF's Q8_0/Q4_0/Q4_1 weights packed on the CPU (float elsewhere);
+    # none = all float; int8 / int4-gN quantize every linear at load time.
+    quant: str = "auto"
+    quant_head: bool = True  # quantize the LM head and embedding too
+    quant_exact: bool = False  # CPU fp32: feed quantized matmuls fp32 (exact, slow) instead of bf16
 
 
 def with_rope_override(config: ModelConfig, spec: str) -> ModelConfig:
@@ -63,11 +69,15 @@ class Engine:
         options = options or LoadOptions()
         device = pick_device(options.device)
         dtype = pick_dtype(options.dtype, device)
-        ckpt = load_checkpoint(path, dtype=dtype, progress=progress)
+        check_mode(options.quant)
+        # Packed GGUF kernels are CPU ones; on a GPU the file is dequantized (or re-quantized by mode).
+        keep_packed = options.quant == "auto" and device.type == "cpu"
+        ckpt = load_checkpoint(path, dtype=dtype, progress=progress, keep_packed=keep_packed)
         config = with_rope_override(ckpt.config, options.rope_scaling) if options.rope_scaling else ckpt.config
         if options.context_length:
             config = config.replace(max_seq_len=options.context_length)
-        model = Decoder.from_tensors(config, ckpt.tensors, device=device, dtype=dtype)
+        model = build_model(config, ckpt.tensors, device, dtype, options.quant, head=options.quant_head,
+                            exact=options.quant_exact)
         return cls(model, ckpt.tokenizer, ckpt.source, options)
 
     def chat_prompt_ids(self, messages: list[dict]) -> list[int]:

@@ -56,17 +56,22 @@ class Decoder(nn.Module):
         if last_only:
             x = x[:, -1:]
         x = self.norm(x)
-        head = self.embed.weight if self.lm_head is None else self.lm_head.weight
-        return (x @ head.T).float()  # [B, T, V]
+        logits = x @ self.embed.weight.T if self.lm_head is None else self.lm_head(x)
+        return logits.float()  # [B, T, V]
 
     @classmethod
     def from_tensors(cls, config: ModelConfig, tensors: dict[str, torch.Tensor], device="cpu",
-                     dtype=torch.float32) -> "Decoder":
-        """Build the model around already-loaded canonical tensors (docs/weights.md) without copying twice."""
+                     dtype=torch.float32, packed: set[str] = frozenset()) -> "Decoder":
+        """Build the model around already-loaded canonical tensors (docs/weights.md) without copying twice.
+        `packed` names weights the caller installs itself as quantized modules (engine/quant); they
+        stay on the meta device here."""
         with torch.device("meta"):
             model = cls(config)
         state = {name: t.to(device=device, dtype=dtype) for name, t in tensors.items()}
-        model.load_state_dict(state, strict=True, assign=True)
+        result = model.load_state_dict(state, strict=not packed, assign=True)
+        if packed and (set(result.missing_keys) - set(packed) or result.unexpected_keys):
+            raise RuntimeError(f"weights missing {sorted(set(result.missing_keys) - set(packed))[:3]}, "
+                               f"unexpected {result.unexpected_keys[:3]}")
         model.rope = RopeTable(config, device=device)
         return model.eval()
 
@@ -76,4 +81,10 @@ class Decoder(nn.Module):
         for p in self.parameters():
             key = str(p.dtype).removeprefix("torch.")
             out[key] = out.get(key, 0) + p.numel() * p.element_size()
+        seen = set()  # quantized modules (engine/quant) hold their packed weights outside parameters
+        for module in self.modules():
+            for w in getattr(module, "quant_weights", lambda: [])():
+                if id(w) not in seen:  # a tied embedding and LM head share one
+                    seen.add(id(w))
+                    out[w.kind] = out.get(w.kind, 0) + w.nbytes
         return out

@@ -56,6 +56,10 @@ class SparseMoE(nn.Module):
             out = out + shared
         return out.view(B, T, D)
 
+    def expert_mlp(self, e: int, h: torch.Tensor) -> torch.Tensor:
+        """Expert e's SwiGLU on its tokens h [n, D] -> [n, D] (quantization overrides this)."""
+        return (F.silu(h @ self.w_gate[e].T) * (h @ self.w_up[e].T)) @ self.w_down[e].T
+
     def _experts(self, flat: torch.Tensor, expert_ids: torch.Tensor, gate_weights: torch.Tensor) -> torch.Tensor:
         N, A = expert_ids.shape
         # Sort the N*A (token, expert) assignments by expert so each expert sees one contiguous slice.
@@ -71,7 +75,6 @@ class SparseMoE(nn.Module):
                 continue  # untouched experts' weights are never read
             rows = token_of[start:start + n]
             h = flat[rows]  # [n, D]
-            h = F.silu(h @ self.w_gate[e].T) * (h @ self.w_up[e].T)  # [n, I]
-            out.index_add_(0, rows, (h @ self.w_down[e].T) * weights[start:start + n])
+            out.index_add_(0, rows, self.expert_mlp(e, h) * weights[start:start + n])
             start += n
         return out

@@ -54,7 +54,8 @@ def default_model_path() -> Path:
 
 
 def load_checkpoint(path: str | Path | None = None, dtype: torch.dtype = torch.float32,
-                    progress: ProgressCallback | None = None) -> Checkpoint:
+                    progress: ProgressCallback | None = None, keep_packed: bool = False) -> Checkpoint:
+    """keep_packed: a GGUF's Q8_0/Q4_0/Q4_1 weights stay as raw blocks (engine.quant.PackedGGUF)."""
     from engine.tokenizer import Tokenizer
 
     path = Path(path) if path is not None else default_model_path()
@@ -75,5 +76,5 @@ def load_checkpoint(path: str | Path | None = None, dtype: torch.dtype = torch.f
         raise ModelFormatError(path, f"not a GGUF file (starts with {magic!r}) and not a model directory")
     from engine.loaders.gguf_file import load_gguf
 
-    config, tensors, meta = load_gguf(path, dtype=dtype, progress=progress)
+    config, tensors, meta = load_gguf(path, dtype=dtype, progress=progress, keep_packed=keep_packed)
     return Checkpoint(config, tensors, Tokenizer.from_gguf_metadata(meta, path), path, "gguf")

@@ -21,6 +21,7 @@ from engine.errors import ModelFormatError
 from engine.loaders.gguf_config import build_config, gguf_architecture
 from engine.loaders.gguf_header import check_tensor_extents, read_header
 from engine.loaders.validate import check_tensors
+from engine.quant.gguf_blocks import PACKED_KINDS, PackedGGUF
 
 PERMUTED_QK = ("llama", "mistral", "mixtral")  # converted with llama.cpp's Q/K row permutation
 FLOAT_TYPES = ("F32", "F16", "BF16")
@@ -134,11 +135,19 @@ def _to_tensor(t: _TensorInfo, data: np.memmap, path) -> torch.Tensor:
     return tensor
 
 
+def _packable(t: _TensorInfo, name: str) -> bool:
+    """Linear and embedding weights in a type our int8/int4 layouts hold exactly."""
+    return (t.kind in PACKED_KINDS and len(t.shape) == 2 and t.shape[1] % 32 == 0
+            and name.endswith(".weight") and ".mlp.router." not in name)
+
+
 def load_gguf(path, dtype: torch.dtype = torch.float32,
-              progress: Callable[[int, int, int, int], None] | None = None
+              progress: Callable[[int, int, int, int], None] | None = None, keep_packed: bool = False
               ) -> tuple[ModelConfig, dict[str, torch.Tensor], dict[str, Any]]:
     """-> (config, canonical tensors, metadata). progress(done_tensors, total, done_bytes, total_bytes)
-    is called once with zeros, then after each tensor. Raises ModelFormatError for anything wrong."""
+    is called once with zeros, then after each tensor. Raises ModelFormatError for anything wrong.
+    keep_packed: 2-D Q8_0 / Q4_0 / Q4_1 weights come back as engine.quant.PackedGGUF (their raw
+    blocks) instead of float tensors, for engine.quant.build_model."""
     path = Path(path)
     meta, infos, data = _open(path)
     gguf_architecture(meta, path)  # refuse an unknown architecture before converting anything
@@ -158,7 +167,12 @@ def load_gguf(path, dtype: torch.dtype = torch.float32,
                 if m := pattern.fullmatch(t.name):
                     target = tensors, name.format(*m.groups())
                     break
-        if target is not None:  # rope_freqs (already in the config) and unknown extras are skipped
+        if target is not None and keep_packed and _packable(t, target[1]):
+            blocks = PackedGGUF(t.kind, t.shape, data[t.offset:t.offset + t.nbytes])
+            if not blocks.scales_finite():
+                raise ModelFormatError(path, f"tensor {t.name} ({t.kind}) has NaN or infinite scales: the file is corrupt")
+            target[0][target[1]] = blocks
+        elif target is not None:  # rope_freqs (already in the config) and unknown extras are skipped
             target[0][target[1]] = _to_tensor(t, data, path).to(dtype)
         done_bytes += t.nbytes
         if progress is not None:
@@ -176,6 +190,9 @@ def load_gguf(path, dtype: torch.dtype = torch.float32,
                 for suffix in ("weight", "bias"):
                     key = f"layers.{i}.attn.{name}.{suffix}"
                     if key in tensors and tensors[key].shape[0] == heads * config.head_dim:  # else: shape error below
-                        tensors[key] = unpermute_qk(tensors[key], heads)
+                        if isinstance(tensors[key], PackedGGUF):  # rows are whole blocks: move them as bytes
+                            tensors[key].permute_rows(unpermute_qk(torch.arange(tensors[key].shape[0]), heads))
+                        else:
+                            tensors[key] = unpermute_qk(tensors[key], heads)
     check_tensors(tensors, config, path)
     return config, tensors, meta

@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def engine(default_gguf):
-    return Engine.load(default_gguf, LoadOptions(device="cpu", dtype="float32"))
+    # quant="none": dequantize to fp32 as transformers does (the packed path: test_quant.py)
+    return Engine.load(default_gguf, LoadOptions(device="cpu", dtype="float32", quant="none"))
 
 
 @pytest.fixture(scope="module")
