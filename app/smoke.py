@@ -1,0 +1,89 @@
+"""`glassbox --smoke`: the installers' self-test, run on the real main window (offscreen).
+
+Loads the model, sends one greedy prompt for 8 tokens through the worker thread, prints one summary
+line and exits 0 (1 on a failure dialog or a short answer, 3 on a time-out). Times in the summary
+count from the process's creation, so they include the launcher, a bundle's bootloader and every
+import: a cold start to the first token.
+"""
+from __future__ import annotations
+
+import time
+
+from PySide6.QtCore import QObject, QTimer
+from PySide6.QtWidgets import QApplication, QMessageBox
+
+from engine.records import SamplingParams
+
+PROMPT = "What is the capital of France?"
+TOKENS = 8
+PARAMS = SamplingParams(temperature=0, max_new_tokens=TOKENS, ignore_eos=True)  # always 8 tokens
+
+
+class SmokeRun(QObject):
+    """Drives the window as a user would and watches for the end, a failure dialog or a time-out.
+    Its methods are slots of a GUI-thread object, so worker signals reach them in the GUI thread."""
+
+    def __init__(self, app: QApplication, window, timeout_s: float = 300.0):
+        super().__init__(window)
+        self.app, self.window, self.done, self.facts = app, window, False, {}
+        self.started = process_start()
+        self.marks: dict[str, float] = {"window": self.elapsed()}
+        window.worker.loaded.connect(self.on_loaded)
+        window.worker.step.connect(self.on_step)
+        window.worker.finished.connect(self.on_finished)
+        # Failures show a modal dialog (load failed, generation failed): report its text and stop.
+        self.poll = QTimer(self, interval=200, timeout=self.check_dialogs)
+        self.poll.start()
+        QTimer.singleShot(int(timeout_s * 1000), self.on_timeout)
+
+    def elapsed(self) -> float:
+        return time.time() - self.started
+
+    def on_loaded(self, facts: dict) -> None:
+        self.marks["loaded"] = self.elapsed()
+        self.facts = facts
+        self.window.sampler.set_params(PARAMS)
+        self.window.controller.submit(PROMPT)
+
+    def on_step(self, record) -> None:
+        self.marks.setdefault("first_token", self.elapsed())
+
+    def on_finished(self, done) -> None:
+        ids = list(done.results[0].token_ids) if done.results else []
+        if done.error or len(ids) != TOKENS:
+            return self.finish(1, f"FAILED: {done.error or f'{len(ids)} tokens generated'}")
+        text = self.window.worker.engine.tokenizer.decode(ids)
+        m = self.marks
+        self.finish(0, f"ok model={self.facts['name']} tokens={len(ids)} ids={','.join(map(str, ids))} "
+                       f"text={text!r} window_s={m['window']:.2f} loaded_s={m['loaded']:.2f} "
+                       f"first_token_s={m['first_token']:.2f} total_s={self.elapsed():.2f}")
+
+    def check_dialogs(self) -> None:
+        dialog = QApplication.activeModalWidget()
+        if isinstance(dialog, QMessageBox):
+            self.finish(1, f"FAILED: {dialog.windowTitle()}: {dialog.text()}")
+
+    def on_timeout(self) -> None:
+        self.finish(3, f"FAILED: no answer after {self.elapsed():.0f} s")
+
+    def finish(self, code: int, summary: str) -> None:
+        if self.done:
+            return
+        self.done = True
+        print(f"glassbox smoke {summary}", flush=True)
+        self.poll.stop()
+        dialog = QApplication.activeModalWidget()
+        if dialog is not None:
+            dialog.close()
+        self.window.close()  # saves settings, stops the worker thread
+        self.app.exit(code)
+
+
+def process_start() -> float:
+    """When this process was created (a launcher's exec keeps the pid), in time.time() seconds."""
+    try:
+        import psutil
+
+        return psutil.Process().create_time()
+    except Exception:  # some sandboxes hide /proc: fall back to the interpreter's own start
+        return time.time() - time.perf_counter()
