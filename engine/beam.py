@@ -30,7 +30,8 @@ def select_beams(engine, request, logits: torch.Tensor, out) -> None:
         if is_eos and rank >= width:
             continue  # as HF: an ending only counts if it ranks among the W best
         child = type(parent)(len(children), engine.blocks.fork(parent.table), parent.generator,
-                             generated=list(parent.generated), logprobs=list(parent.logprobs), score=score)
+                             generated=list(parent.generated), logprobs=list(parent.logprobs), score=score,
+                             constraint=parent.constraint and parent.constraint.fork(), allowed=parent.allowed)
         engine._push(request, child, token, logits[flat // V], None, 0, out)
         if is_eos:
             child.finish_reason = "eos"

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from engine.block_manager import BlockManager, BlockTable, OutOfKVBlocks
+from engine.constraints import ConstraintError, TokenConstraint, mask_logits
 from engine.instrumentation.probe import Probe
 from engine.instrumentation.step_info import memory_snapshot, step_record
 from engine.kv_pool import KVPool, blocks_for_budget
@@ -34,6 +35,8 @@ class Sequence:
     logprobs: list[float] = field(default_factory=list)
     score: float = 0.0  # beam search: sum of log-probabilities
     finish_reason: str | None = None
+    constraint: TokenConstraint | None = None  # structured output: the grammar's position after `generated`
+    allowed: torch.Tensor | None = None  # bool [V]: the constraint's mask for the next token
 
 
 @dataclass
@@ -123,6 +126,12 @@ class GenerationEngine:
 
     def _prefill(self, request: Request, table: BlockTable, prompt: list[int], out) -> None:
         t0 = time.perf_counter()
+        try:  # a bad or unsatisfiable constraint fails the request before any compute is spent on it
+            constraint = self._start_constraint(request.spec.params)
+        except ConstraintError as e:
+            self.blocks.release(table)
+            out.append(self._fail(request, str(e)))
+            return
         request.cached_tokens = table.num_tokens
         probe = self._probe(request, 1)
         logits = None
@@ -136,7 +145,9 @@ class GenerationEngine:
         for i in range(spec.num_samples):
             gen = torch.Generator(device="cpu")
             gen.manual_seed(spec.params.seed + i) if spec.params.seed is not None else gen.seed()
-            request.sequences.append(Sequence(i, table if i == 0 else self.blocks.fork(table), gen))
+            request.sequences.append(Sequence(i, table if i == 0 else self.blocks.fork(table), gen,
+                                              constraint=constraint if i == 0 or not constraint else constraint.fork()))
+            self._next_mask(request.sequences[-1])
         if spec.beams:
             self._beam_step(request, logits.unsqueeze(0)[:1], out)
         else:
@@ -150,8 +161,12 @@ class GenerationEngine:
             try:
                 for seq in request.sequences:
                     self._reserve(seq)
+                    self._next_mask(seq)
                 batch += [(request, seq) for seq in request.sequences]
             except OutOfKVBlocks as e:
+                del self.running[request.id]
+                out.append(self._fail(request, f"{e}; the request was stopped, the others go on"))
+            except ConstraintError as e:
                 del self.running[request.id]
                 out.append(self._fail(request, f"{e}; the request was stopped, the others go on"))
         if not batch:
@@ -208,7 +223,7 @@ class GenerationEngine:
     def _accept(self, request: Request, seq: Sequence, logits: torch.Tensor, probe, row: int, out) -> None:
         params = request.spec.params
         history = list(request.spec.prompt_ids) + seq.generated if params.penalised else ()
-        token = sample(logits.float().cpu(), params, seq.generator, history=history)
+        token = sample(logits.float().cpu(), params, seq.generator, history=history, allowed=seq.allowed)
         self._push(request, seq, token, logits, probe, row, out)
 
     def _push(self, request: Request, seq: Sequence, token: int, logits, probe, row: int, out) -> None:
@@ -216,6 +231,8 @@ class GenerationEngine:
         seq.generated.append(token)
         seq.logprobs.append(logprob)
         seq.pending = token
+        if seq.constraint is not None and not seq.constraint.finished:  # finished: only EOS, even if ignored
+            seq.constraint.advance(token)
         out.append(step_record(self, request, seq, token, logits, probe, row))
         params = request.spec.params
         if token in self.tokenizer.eos_ids and not params.ignore_eos:
@@ -230,7 +247,19 @@ class GenerationEngine:
     def _beam_step(self, request: Request, logits: torch.Tensor, out) -> None:
         from engine.beam import select_beams
 
+        logits = torch.stack([mask_logits(row, seq.allowed) for row, seq in zip(logits, request.sequences)])
         select_beams(self, request, logits, out)
+
+    # -- structured output --------------------------------------------------------------------
+    def _start_constraint(self, params) -> TokenConstraint | None:
+        if not params.constraint_kind:
+            return None
+        return TokenConstraint.start(params.constraint_kind, params.constraint, self.tokenizer, self.config.vocab_size)
+
+    @staticmethod
+    def _next_mask(seq: Sequence) -> None:
+        """The constraint's mask for the sequence's next token (computed before the forward that needs it)."""
+        seq.allowed = seq.constraint.allowed() if seq.constraint is not None else None
 
     def _retire(self, request: Request, out) -> None:
         done = [s for s in request.sequences if s.finish_reason]

@@ -26,6 +26,10 @@ class SamplingParams:
     presence_penalty: float = 0.0  # 0 = off; subtracted once from every seen token's logit (OpenAI)
     frequency_penalty: float = 0.0  # 0 = off; subtracted once per occurrence (OpenAI)
     typical_p: float = 1.0  # 1 = off; locally typical sampling mass (Meister et al. 2022)
+    # Structured output (engine/constraints.py): only tokens that keep the output valid may be drawn.
+    # Plain strings so settings and saved conversations store them like any other knob.
+    constraint_kind: str = ""  # "" = off; "json_schema" | "regex" | "grammar" (Lark or GBNF)
+    constraint: str = ""  # the schema as JSON text, the regular expression, or the grammar
 
     def __post_init__(self):
         if self.temperature < 0:
@@ -45,6 +49,10 @@ class SamplingParams:
                 raise ValueError(f"{name} must be in [-2, 2], got {value}")
         if not 0.0 < self.typical_p <= 1.0:
             raise ValueError(f"typical_p must be in (0, 1], got {self.typical_p}")
+        if self.constraint_kind not in ("", "json_schema", "regex", "grammar"):
+            raise ValueError(f"constraint_kind must be '', json_schema, regex or grammar, got {self.constraint_kind!r}")
+        if self.constraint_kind and not self.constraint.strip():
+            raise ValueError(f"a {self.constraint_kind} constraint needs its text")
 
     @property
     def greedy(self) -> bool:
@@ -172,6 +180,7 @@ class StepRecord:
     top_after: tuple[TokenProb, ...] = ()  # after the sampler chain
     logit_ids: tuple[int, ...] = ()  # stored raw logits (ids and values) for re-sampling what-ifs
     logit_values: tuple[float, ...] = ()
+    logit_allowed: tuple[bool, ...] = ()  # structured output: per stored logit, did the constraint allow it
     routing: tuple[RoutingRecord, ...] = ()
     attention: tuple[AttentionRecord, ...] = ()
     step_ms: float = 0.0

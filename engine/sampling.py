@@ -21,6 +21,10 @@ NEG_INF = float("-inf")
 # Presence/frequency penalties are not in HF; like vLLM and llama.cpp we apply them right after the repetition
 # penalty. "raw" is the model's own distribution, traced so a panel can show what the chain changed.
 STAGES = ("raw", "penalties", "temperature", "top_k", "top_p", "min_p", "typical_p")
+# Structured output (engine/constraints.py) adds one stage right after "raw", only when a constraint is on:
+# the grammar's mask goes first so every later filter works on valid tokens only (top-k/top-p applied
+# before it could leave no valid token at all), as llama.cpp's grammar sampler and vLLM's do.
+CONSTRAINT = "constraint"
 
 History = Sequence[int] | torch.Tensor  # prompt + generated ids; a tensor on the logits' device avoids a copy
 
@@ -108,7 +112,7 @@ def typical_filter(logits: torch.Tensor, mass: float) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class StageTrace:
-    name: str  # one of STAGES
+    name: str  # one of STAGES, or CONSTRAINT
     active: bool  # False when the params switch the stage off; it then changed nothing
     probs: torch.Tensor  # [N] the distribution after this stage
     removed: torch.Tensor  # [R] vocabulary ids this stage set to -inf (finite before it), ascending
@@ -118,7 +122,7 @@ class StageTrace:
 class ChainResult:
     logits: torch.Tensor  # [N] after every stage; -inf marks excluded tokens
     ids: torch.Tensor | None = None  # [N] vocabulary id of each entry; None when entry i is token i
-    stages: tuple[StageTrace, ...] = ()  # one per STAGES name, filled only when traced
+    stages: tuple[StageTrace, ...] = ()  # one per STAGES name (+ CONSTRAINT if masked), filled only when traced
 
     @property
     def probs(self) -> torch.Tensor:
@@ -129,9 +133,10 @@ class ChainResult:
         return next(s for s in self.stages if s.name == name)
 
 
-def _steps(params: SamplingParams, counts: torch.Tensor | None):
+def _steps(params: SamplingParams, counts: torch.Tensor | None, allowed: torch.Tensor | None = None):
     """The chain after "raw" as (name, active, function) in application order."""
-    return (
+    constraint = ((CONSTRAINT, True, lambda x: x.masked_fill(~allowed, NEG_INF)),) if allowed is not None else ()
+    return constraint + (
         ("penalties", counts is not None, lambda x: apply_penalties(
             x, counts, params.repetition_penalty, params.presence_penalty, params.frequency_penalty)),
         ("temperature", params.temperature != 1.0, lambda x: apply_temperature(x, params.temperature)),
@@ -148,10 +153,10 @@ def _trace(name: str, active: bool, before: torch.Tensor, after: torch.Tensor, i
     return StageTrace(name, active, torch.softmax(after, dim=-1), removed)
 
 
-def _run(logits: torch.Tensor, params: SamplingParams, counts, ids, trace: bool) -> ChainResult:
+def _run(logits: torch.Tensor, params: SamplingParams, counts, ids, trace: bool, allowed=None) -> ChainResult:
     x = logits.float()  # bf16/fp16 logits would make the cumulative sums of top-p/typical-p coarse
     stages = [_trace("raw", True, x, x, ids)] if trace else []
-    for name, active, step in _steps(params, counts):
+    for name, active, step in _steps(params, counts, _on(allowed, x)):
         after = step(x) if active else x
         if trace:
             stages.append(_trace(name, active, x, after, ids))
@@ -159,19 +164,24 @@ def _run(logits: torch.Tensor, params: SamplingParams, counts, ids, trace: bool)
     return ChainResult(x, ids, tuple(stages))
 
 
+def _on(allowed: torch.Tensor | None, logits: torch.Tensor) -> torch.Tensor | None:
+    return None if allowed is None else allowed.to(device=logits.device, dtype=torch.bool)
+
+
 def run_chain(logits: torch.Tensor, params: SamplingParams, history: History = (), *,
-              trace: bool = False) -> ChainResult:
+              trace: bool = False, allowed: torch.Tensor | None = None) -> ChainResult:
     """Run the whole chain on one position's logits [V]. With trace=True also record, per stage, the
     distribution after it and the ids it removed (costs a softmax and a scan per stage, so off by default).
-    Works on any stored logits vector, so a panel can re-derive everything with new params, model-free."""
+    Works on any stored logits vector, so a panel can re-derive everything with new params, model-free.
+    `allowed` (bool [V], from a structured-output constraint) masks the rest out before any other stage."""
     counts = None
     if params.penalised and len(history) > 0:
         counts = token_counts(history, logits.shape[-1], logits.device)
-    return _run(logits, params, counts, None, trace)
+    return _run(logits, params, counts, None, trace, allowed)
 
 
 def run_chain_sparse(ids: torch.Tensor, logits: torch.Tensor, params: SamplingParams, history: History = (), *,
-                     trace: bool = False) -> ChainResult:
+                     trace: bool = False, allowed: torch.Tensor | None = None) -> ChainResult:
     """The chain on stored top-M logits [M] of vocabulary ids [M], every other token taken as -inf.
 
     Exactly equal to run_chain on a full vector holding -inf outside `ids` (-inf tokens weigh nothing in
@@ -180,17 +190,19 @@ def run_chain_sparse(ids: torch.Tensor, logits: torch.Tensor, params: SamplingPa
     M; top-p keeps at most as many tokens as it would on the full vocabulary (the cut comes earlier); the
     typical-p entropy is underestimated; penalties cannot lift a seen token from outside the top M (a
     repetition penalty < 1 or a negative presence/frequency penalty); temperature > 1 makes the tail matter
-    more. Returned probs and logits are aligned with `ids`; removed sets hold vocabulary ids.
+    more. Returned probs and logits are aligned with `ids`; removed sets hold vocabulary ids. `allowed`
+    (bool [M], aligned with `ids`) is the constraint mask the step ran under.
     """
     counts = None
     if params.penalised and len(history) > 0 and ids.numel() > 0:
         counts = token_counts(history, int(ids.max()) + 1, ids.device)[ids]
-    return _run(logits, params, counts, ids, trace)
+    return _run(logits, params, counts, ids, trace, allowed)
 
 
-def filtered_logits(logits: torch.Tensor, params: SamplingParams, *, history: History = ()) -> torch.Tensor:
+def filtered_logits(logits: torch.Tensor, params: SamplingParams, *, history: History = (),
+                    allowed: torch.Tensor | None = None) -> torch.Tensor:
     """The chain's final logits [V] (-inf = excluded); softmax of them is what sample() draws from."""
-    return run_chain(logits, params, history).logits
+    return run_chain(logits, params, history, allowed=allowed).logits
 
 
 def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -203,22 +215,24 @@ def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch
 
 
 def next_token(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None = None, *,
-               history: History = ()) -> torch.Tensor:
+               history: History = (), allowed: torch.Tensor | None = None) -> torch.Tensor:
     """The next token id as a 0-d tensor on the logits' device, without a sync (sample() wraps it).
-    The generator must live on that device too."""
+    The generator must live on that device too. `allowed` (bool [V]) restricts the choice to those tokens."""
     if params.greedy:
         # HF's greedy search applies the penalties but no warper, and typical-p could even drop the argmax,
-        # so greedy skips the rest of the chain. argmax picks the lowest id on ties.
+        # so greedy skips the rest of the chain (but not the constraint). argmax picks the lowest id on ties.
         logits = logits.float()
+        if allowed is not None:
+            logits = logits.masked_fill(~_on(allowed, logits), NEG_INF)
         if params.penalised and len(history) > 0:
             counts = token_counts(history, logits.shape[-1], logits.device)
             logits = apply_penalties(logits, counts, params.repetition_penalty, params.presence_penalty,
                                      params.frequency_penalty)
         return logits.argmax(dim=-1)
-    return draw(run_chain(logits, params, history).probs, generator)
+    return draw(run_chain(logits, params, history, allowed=allowed).probs, generator)
 
 
 def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None = None, *,
-           history: History = ()) -> int:
+           history: History = (), allowed: torch.Tensor | None = None) -> int:
     """Choose the next token from logits [V]: argmax when greedy, else a seeded draw from the chain's output."""
-    return int(next_token(logits, params, generator, history=history))
+    return int(next_token(logits, params, generator, history=history, allowed=allowed))

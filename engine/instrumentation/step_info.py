@@ -30,7 +30,7 @@ def step_record(engine, request, seq, token: int, logits: torch.Tensor, probe, r
     fields: dict = {}
     if options.top_n or params.greedy is False:
         history = list(request.spec.prompt_ids) + seq.generated[:-1] if params.penalised else ()
-        chain = run_chain(logits, params, history, trace=False)
+        chain = run_chain(logits, params, history, trace=False, allowed=getattr(seq, "allowed", None))
         final = chain.probs
     else:
         final = raw
@@ -43,6 +43,8 @@ def step_record(engine, request, seq, token: int, logits: torch.Tensor, probe, r
         m = logits.shape[-1] if options.stored_logits < 0 else min(options.stored_logits, logits.shape[-1])
         values, ids = torch.topk(logits, m)
         fields["logit_ids"], fields["logit_values"] = tuple(ids.tolist()), tuple(values.tolist())
+        if getattr(seq, "allowed", None) is not None:  # structured output: what the constraint let through
+            fields["logit_allowed"] = tuple(seq.allowed[ids].tolist())
     if probe is not None and options.routing:
         fields["routing"] = probe.routing_for(row)
     if probe is not None and options.attention_layers:
