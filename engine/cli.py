@@ -47,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--n", type=int, default=1, help="parallel samples sharing the prompt's KV blocks")
     gen.add_argument("--best-of", type=int, default=0, help="sample this many, print the best by mean log-prob")
     gen.add_argument("--beams", type=int, default=0, help="beam search width")
+    structured = gen.add_mutually_exclusive_group()  # structured output: only tokens that keep it valid
+    structured.add_argument("--json-schema", metavar="FILE", help="constrain the output to JSON valid under this schema")
+    structured.add_argument("--regex", metavar="R", help="constrain the output to a full match of this regular expression")
+    structured.add_argument("--grammar", metavar="FILE", help="constrain the output to this grammar (Lark or llama.cpp GBNF)")
     _add_model_args(gen)
     _add_sampling_args(gen, temperature=0.0)
     chat = sub.add_parser("chat", help="interactive multi-turn chat")
@@ -72,7 +76,26 @@ def _params(args) -> SamplingParams:
     return SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
                           typical_p=args.typical_p, repetition_penalty=args.repetition_penalty,
                           presence_penalty=args.presence_penalty, frequency_penalty=args.frequency_penalty,
-                          stop=tuple(args.stop), max_new_tokens=args.max_new_tokens, seed=args.seed)
+                          stop=tuple(args.stop), max_new_tokens=args.max_new_tokens, seed=args.seed,
+                          **_constraint(args))
+
+
+def _constraint(args) -> dict:
+    """--json-schema FILE | --regex R | --grammar FILE as SamplingParams fields (none given: no constraint)."""
+    def read(path: str) -> str:
+        try:
+            with open(path, encoding="utf-8") as f:
+                return f.read()
+        except OSError as e:
+            raise ValueError(f"cannot read {path}: {e.strerror}") from None
+
+    if getattr(args, "json_schema", None):
+        return {"constraint_kind": "json_schema", "constraint": read(args.json_schema)}
+    if getattr(args, "regex", None):
+        return {"constraint_kind": "regex", "constraint": args.regex}
+    if getattr(args, "grammar", None):
+        return {"constraint_kind": "grammar", "constraint": read(args.grammar)}
+    return {}
 
 
 def _stream(engine, prompt_ids, params, echo: bool) -> GenerationDone:

@@ -21,6 +21,7 @@ from engine.errors import EngineError
 from engine.tokenizer_gguf import byte_alphabet
 
 KINDS = ("json_schema", "regex", "grammar")
+JSON_LAYOUT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 _BYTE_PIECE_PREFIX, _SP_SPACE = "<0x", "\u2581"  # sentencepiece byte-fallback pieces and its space
 _cache: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # Tokenizer -> {vocab size: LLTokenizer}
 
@@ -34,7 +35,9 @@ def compile_grammar(kind: str, source: str) -> str:
     Raises ConstraintError naming the problem, e.g. 'minimum (5) is greater than maximum (3)'."""
     try:
         if kind == "json_schema":
-            grammar = llguidance.LLMatcher.grammar_from_json_schema(json.loads(source))
+            # Compact JSON (", " and ": ", no other whitespace) unless the schema's "x-guidance" says
+            # otherwise: with free whitespace a small model can wander in newlines until max_new_tokens.
+            grammar = llguidance.LLMatcher.grammar_from_json_schema(json.loads(source), defaults=JSON_LAYOUT)
         elif kind == "regex":
             grammar = llguidance.LLMatcher.grammar_from_regex(source)
         elif kind == "grammar":  # Lark as is; GBNF (llama.cpp's `root ::= ...`) is converted to Lark
@@ -161,6 +164,24 @@ class TokenConstraint:
     def accepting(self) -> bool:
         """The output so far is complete under the constraint (it may still go on)."""
         return self._matcher.is_accepting()
+
+
+def draft_masks(constraint: TokenConstraint | None, drafts: list[int]) -> list[torch.Tensor | None]:
+    """Speculative decoding: the mask at each of the len(drafts) + 1 verified positions, i.e. after
+    drafts[:i]. The constraint is left where it was. Past a draft the constraint refuses, that draft is
+    rejected (its target probability is 0) and later positions are never used: they repeat its mask."""
+    if constraint is None:
+        return [None] * (len(drafts) + 1)
+    masks, consumed = [constraint.allowed()], 0
+    for token in drafts:
+        if consumed < len(masks) - 1 or constraint.finished or not bool(masks[-1][token]):
+            masks.append(masks[-1])  # refused here or earlier: never reached
+            continue
+        constraint.advance(token)
+        consumed += 1
+        masks.append(constraint.allowed())
+    constraint.rollback(consumed)
+    return masks
 
 
 def mask_logits(logits: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:

@@ -80,9 +80,11 @@ class Engine:
                             exact=options.quant_exact)
         return cls(model, ckpt.tokenizer, ckpt.source, options)
 
-    def chat_prompt_ids(self, messages: list[dict]) -> list[int]:
-        """Render the model's own chat template; the template already writes BOS-like tokens."""
-        return self.tokenizer.encode(self.chat_template.render(messages, add_generation_prompt=True))
+    def chat_prompt_ids(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
+        """Render the model's own chat template; the template already writes BOS-like tokens. `tools`
+        (JSON-schema function specs, engine/tools.py) reach templates that offer them to the model."""
+        extra = {"tools": tools} if tools else {}
+        return self.tokenizer.encode(self.chat_template.render(messages, add_generation_prompt=True, **extra))
 
     def prompt_ids(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=True)
