@@ -23,6 +23,7 @@ from engine.instrumentation.step_info import memory_snapshot, step_record
 from engine.kv_pool import KVPool, blocks_for_budget
 from engine.records import GenerationRequest, RequestDone, SequenceResult, StepRecord
 from engine.sampling import sample
+from engine.speculative import speculative_request_step
 
 
 @dataclass
@@ -37,6 +38,7 @@ class Sequence:
     finish_reason: str | None = None
     constraint: TokenConstraint | None = None  # structured output: the grammar's position after `generated`
     allowed: torch.Tensor | None = None  # bool [V]: the constraint's mask for the next token
+    spec: object = None  # speculative decoding state (engine/speculative.py SpecState)
 
 
 @dataclass
@@ -65,6 +67,7 @@ class GenerationEngine:
         self._cancelled: set[int] = set()
         self.tokens_computed = 0  # prompt + decode tokens run through the model (prefix hits excluded)
         self.forward_calls = 0  # model forward passes so far
+        self.drafters: dict = {}  # speculative decoding: drafter spec -> drafter (built on first use)
 
     # -- API ----------------------------------------------------------------------------------
     def submit(self, spec: GenerationRequest) -> int:
@@ -158,6 +161,9 @@ class GenerationEngine:
     def _decode(self, out) -> None:
         batch: list[tuple[Request, Sequence]] = []
         for request in list(self.running.values()):
+            if request.spec.speculative.enabled:  # draft, verify in one forward, roll back the rejected
+                speculative_request_step(self, request, out)
+                continue
             try:
                 for seq in request.sequences:
                     self._reserve(seq)
@@ -184,6 +190,11 @@ class GenerationEngine:
                 rows = [row for row, (r, _) in enumerate(batch) if r is request]
                 self._beam_step(request, logits[rows], out)
             self._retire(request, out)
+
+    def _release(self, seq: Sequence) -> None:
+        self.blocks.release(seq.table)
+        if seq.spec is not None:  # the drafter's cache for this sequence too
+            seq.spec.drafter.release(seq.spec)
 
     def _reserve(self, seq: Sequence) -> None:
         """Give the sequence's pending token a KV slot (done before the batched forward)."""
@@ -266,14 +277,14 @@ class GenerationEngine:
         for seq in done:
             request.sequences.remove(seq)
             request.finished.append(seq)
-            self.blocks.release(seq.table)
+            self._release(seq)
         if not request.sequences:
             self.running.pop(request.id, None)
             out.append(self._finish(request))
 
     def _finish(self, request: Request) -> RequestDone:
         for seq in request.sequences:  # cancelled mid-flight
-            self.blocks.release(seq.table)
+            self._release(seq)
             request.finished.append(seq)
         request.sequences = []
         seqs = request.finished
@@ -297,7 +308,7 @@ class GenerationEngine:
 
     def _fail(self, request: Request, message: str) -> RequestDone:
         for seq in request.sequences:
-            self.blocks.release(seq.table)
+            self._release(seq)
         request.sequences = []
         return RequestDone(request.id, (), len(request.spec.prompt_ids), request.cached_tokens,
                            request.prefill_ms, 0.0, error=message)

@@ -166,6 +166,50 @@ class InstrumentOptions:
 
 
 @dataclass(frozen=True, slots=True)
+class SpeculativeOptions:
+    """Speculative decoding for a request (engine/speculative.py); off while drafter is ""."""
+
+    drafter: str = ""  # "" = off | "ngram" | "self-layers:L" | "self-int4" | path of a model sharing the tokenizer
+    k: int = 4  # lookahead: tokens drafted per step
+    adaptive: bool = False  # move k between 1 and 2k with the acceptance (+1 when all are accepted, -1 when not)
+
+    def __post_init__(self):
+        if not 1 <= self.k <= 32:
+            raise ValueError(f"spec k must be in [1, 32], got {self.k}")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.drafter)
+
+
+@dataclass(frozen=True, slots=True)
+class DraftToken:
+    """One drafted token and the target's verdict on it."""
+
+    token_id: int
+    text: str
+    accepted: bool
+    p_draft: float  # probability the drafter gave it (1.0 for a deterministic drafter such as n-gram lookup)
+    p_target: float  # probability under the target's sampling distribution (the same sampler chain)
+
+
+@dataclass(frozen=True, slots=True)
+class SpecStep:
+    """One speculative step: k drafted tokens, one target forward. Running figures cover the sequence so far."""
+
+    drafter: str
+    drafted: tuple[DraftToken, ...]  # in order; those after the first rejection were never judged
+    accepted: int  # drafted tokens kept
+    tokens_per_forward: int  # tokens this target forward produced: accepted + 1 (resampled or bonus)
+    acceptance_rate: float  # running: accepted / drafted
+    acceptance_by_position: tuple[float, ...]  # running, per draft position 0..k-1
+    mean_accepted: float  # running mean accepted length per step
+    speedup: float  # running measured tokens/s vs plain decoding steps of the same sequence (0 = not yet known)
+    draft_ms: float = 0.0
+    verify_ms: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class StepRecord:
     """Everything the panels draw for one generated token."""
 
@@ -185,6 +229,10 @@ class StepRecord:
     attention: tuple[AttentionRecord, ...] = ()
     step_ms: float = 0.0
     memory: MemorySnapshot | None = None
+    # Speculative decoding: "accepted" (a drafted token the target kept), "resampled" (drawn from the residual
+    # after a rejection), "bonus" (the target's extra token after all k were kept), "" (plain decoding).
+    spec_role: str = ""
+    spec: SpecStep | None = None  # on the last token of each speculative step
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,10 +243,13 @@ class GenerationRequest:
     best_of: int = 0  # sample this many, report the one with the best mean log-probability (0 = off)
     beams: int = 0  # beam search width (0 = off; greedy beams, no sampling)
     instrument: InstrumentOptions = field(default_factory=InstrumentOptions)
+    speculative: SpeculativeOptions = field(default_factory=SpeculativeOptions)
 
     def __post_init__(self):
         if self.n < 1 or self.best_of < 0 or self.beams < 0:
             raise ValueError("n must be >= 1; best_of and beams must be >= 0")
+        if self.beams and self.speculative.enabled:
+            raise ValueError("speculative decoding samples; it does not combine with beam search")
         if self.best_of and self.best_of < self.n:
             raise ValueError(f"best_of ({self.best_of}) must be at least n ({self.n})")
 
