@@ -56,7 +56,7 @@ class SmokeRun(QObject):
         m = self.marks
         self.finish(0, f"ok model={self.facts['name']} tokens={len(ids)} ids={','.join(map(str, ids))} "
                        f"text={text!r} window_s={m['window']:.2f} loaded_s={m['loaded']:.2f} "
-                       f"first_token_s={m['first_token']:.2f} total_s={self.elapsed():.2f}")
+                       f"first_token_s={m['first_token']:.2f} total_s={self.elapsed():.2f} path={self.facts['path']}")
 
     def check_dialogs(self) -> None:
         dialog = QApplication.activeModalWidget()
