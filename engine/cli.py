@@ -34,6 +34,11 @@ def _add_sampling_args(p: argparse.ArgumentParser, temperature: float) -> None:
     p.add_argument("--frequency-penalty", type=float, default=0.0)
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument("--seed", type=int)
+    p.add_argument("--draft", metavar="PATH|self-int4|self-layers:L|ngram",
+                   help="speculative decoding: draft with a model sharing the tokenizer, the model itself in int4, "
+                        "its first L layers, or n-gram prompt lookup")
+    p.add_argument("--spec-k", type=int, default=4, help="tokens drafted per step (with --draft)")
+    p.add_argument("--spec-adaptive", action="store_true", help="adapt k to the acceptance (between 1 and 2k)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,9 +103,23 @@ def _constraint(args) -> dict:
     return {}
 
 
-def _stream(engine, prompt_ids, params, echo: bool) -> GenerationDone:
+def _spec(args):
+    from engine.records import SpeculativeOptions
+
+    return SpeculativeOptions(args.draft or "", args.spec_k, args.spec_adaptive)
+
+
+def _spec_line(done: GenerationDone) -> str:
+    s = done.stats.get("speculative")
+    if s is None:
+        return ""
+    return (f", {s.drafter}: acceptance {s.acceptance_rate:.0%}, {s.mean_accepted:.2f} accepted per step, "
+            f"measured speedup {s.speedup:.2f}x")
+
+
+def _stream(engine, prompt_ids, params, echo: bool, speculative=None) -> GenerationDone:
     done = None
-    for item in engine.generate(prompt_ids, params):
+    for item in engine.generate(prompt_ids, params, speculative=speculative):
         if isinstance(item, TokenStep) and echo:
             sys.stdout.write(item.text)
             sys.stdout.flush()
@@ -118,17 +137,18 @@ def cmd_generate(args) -> int:
         prompt_ids = engine.prompt_ids(args.prompt)
     if args.n > 1 or args.best_of or args.beams:
         return _many(engine, prompt_ids, args)
-    done = _stream(engine, prompt_ids, _params(args), echo=not args.json)
+    done = _stream(engine, prompt_ids, _params(args), echo=not args.json, speculative=_spec(args))
     if args.json:
         print(json.dumps({
             "text": done.text, "token_ids": list(done.token_ids), "prompt_tokens": done.prompt_tokens,
             "finish_reason": done.finish_reason, "prefill_ms": round(done.prefill_ms, 2),
             "decode_ms": round(done.decode_ms, 2), "decode_tokens_per_s": round(done.decode_tokens_per_s, 2),
+            **({"speculative": _spec_json(done.stats["speculative"])} if "speculative" in done.stats else {}),
         }))
     else:
         print()
         print(f"[{len(done.token_ids)} tokens, {done.finish_reason}, prefill {done.prefill_ms:.0f} ms, "
-              f"decode {done.decode_tokens_per_s:.1f} tok/s]", file=sys.stderr)
+              f"decode {done.decode_tokens_per_s:.1f} tok/s{_spec_line(done)}]", file=sys.stderr)
     return 0
 
 
@@ -136,7 +156,8 @@ def _many(engine, prompt_ids, args) -> int:
     """Several sequences (samples, best-of, beams): print each result once it is complete."""
     from engine.records import GenerationRequest, RequestDone
 
-    spec = GenerationRequest(tuple(prompt_ids), _params(args), n=args.n, best_of=args.best_of, beams=args.beams)
+    spec = GenerationRequest(tuple(prompt_ids), _params(args), n=args.n, best_of=args.best_of, beams=args.beams,
+                             speculative=_spec(args))
     runner = engine.runner
     rid = runner.submit(spec)
     done = None
@@ -155,6 +176,12 @@ def _many(engine, prompt_ids, args) -> int:
     return 0
 
 
+def _spec_json(s) -> dict:
+    return {"drafter": s.drafter, "acceptance_rate": round(s.acceptance_rate, 4),
+            "acceptance_by_position": [round(a, 4) for a in s.acceptance_by_position],
+            "mean_accepted": round(s.mean_accepted, 3), "speedup": round(s.speedup, 3)}
+
+
 def cmd_chat(args) -> int:
     engine = _load(args)
     print(f"Glassbox chat — {engine.source.name}. Empty line or Ctrl-D to quit.", file=sys.stderr)
@@ -169,7 +196,8 @@ def cmd_chat(args) -> int:
         messages.append({"role": "user", "content": user})
         sys.stdout.write("model> ")
         try:
-            done = _stream(engine, engine.chat_prompt_ids(messages), _params(args), echo=True)
+            done = _stream(engine, engine.chat_prompt_ids(messages), _params(args), echo=True,
+                           speculative=_spec(args))
         except EngineError as e:
             messages.pop()  # the turn failed; keep the conversation as it was
             print(f"\nerror: {e}", file=sys.stderr)

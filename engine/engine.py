@@ -21,6 +21,7 @@ from engine.loaders import ProgressCallback, load_checkpoint
 from engine.model import Decoder
 from engine.quant import build_model, check_mode
 from engine.records import GenerationDone, GenerationRequest, RequestDone, SamplingParams, StepRecord, TokenStep
+from engine.records import SpeculativeOptions
 
 
 @dataclass
@@ -100,20 +101,25 @@ class Engine:
             ids = list(prompt)
         return GenerationRequest(tuple(ids), params, **options)
 
-    def generate(self, prompt_ids: list[int], params: SamplingParams,
-                 cancel: threading.Event | None = None) -> Iterator[TokenStep | GenerationDone]:
-        """Yield a TokenStep per generated token, then one GenerationDone (single request, one sample)."""
+    def generate(self, prompt_ids: list[int], params: SamplingParams, cancel: threading.Event | None = None,
+                 speculative: SpeculativeOptions | None = None) -> Iterator[TokenStep | GenerationDone]:
+        """Yield a TokenStep per generated token, then one GenerationDone (single request, one sample).
+        With speculative decoding, GenerationDone.stats["speculative"] is the last step's SpecStep."""
         max_len = self.config.max_seq_len
         if not prompt_ids:
             raise ContextOverflow("the prompt is empty: nothing to continue from")
         if len(prompt_ids) >= max_len:
             raise ContextOverflow(f"the prompt has {len(prompt_ids)} tokens; the model's context holds {max_len}")
-        rid = self.runner.submit(GenerationRequest(tuple(prompt_ids), params))
+        rid = self.runner.submit(GenerationRequest(tuple(prompt_ids), params,
+                                                   speculative=speculative or SpeculativeOptions()))
+        stats: dict = {}
         while True:
             if cancel is not None and cancel.is_set():
                 self.runner.cancel(rid)
             for item in self.runner.step():
                 if isinstance(item, StepRecord) and item.request_id == rid:
+                    if item.spec is not None:
+                        stats["speculative"] = item.spec
                     yield TokenStep(item.index, item.token_id, item.text, item.prob)
                 elif isinstance(item, RequestDone) and item.request_id == rid:
                     if item.error:
@@ -123,5 +129,5 @@ class Engine:
                     if result.finish_reason == "stop":  # the answer ends before the stop string
                         text = text[: min(text.find(s) for s in params.stop if s in text)]
                     yield GenerationDone(text, result.token_ids, item.prompt_tokens, result.finish_reason,
-                                         item.prefill_ms, item.decode_ms)
+                                         item.prefill_ms, item.decode_ms, stats)
                     return
