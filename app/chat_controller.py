@@ -5,6 +5,7 @@ from __future__ import annotations
 from PySide6.QtCore import QObject, Signal
 
 from engine.records import RequestDone, StepRecord
+from widgets.chat_panel import spec_marks
 
 
 class ChatController(QObject):
@@ -108,7 +109,7 @@ class ChatController(QObject):
     def on_steps(self, records: list[StepRecord]) -> None:
         first = len(self.steps)
         self.steps.extend(records)
-        self.chat.append_tokens([(first + i, r.text, r.prob) for i, r in enumerate(records)])
+        self.chat.append_tokens([(first + i, r.text, r.prob, *spec_marks(r)) for i, r in enumerate(records)])
 
     def on_finished(self, done: RequestDone) -> None:
         self.busy = False

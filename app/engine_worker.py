@@ -11,7 +11,7 @@ import traceback
 from PySide6.QtCore import QObject, Signal
 
 from engine.errors import EngineError
-from engine.records import InstrumentOptions, RequestDone, SamplingParams, StepRecord
+from engine.records import InstrumentOptions, RequestDone, SamplingParams, SpeculativeOptions, StepRecord
 
 # What the panels need from every step: top tokens, stored logits for slider what-ifs, routing,
 # one layer's attention and the memory map.
@@ -37,6 +37,7 @@ class EngineWorker(QObject):
         super().__init__()
         self.engine = None
         self.last_prompt_ids: list[int] = []
+        self.speculative = SpeculativeOptions()  # set from the GUI thread (an immutable value: no lock needed)
         self._cancel = threading.Event()
         self._load.connect(self._do_load)
         self._generate.connect(self._do_generate)
@@ -82,7 +83,8 @@ class EngineWorker(QObject):
             self.failed.emit("no model is loaded")
             return
         try:
-            request = engine.make_request(messages, params, instrument=default_instrumentation(engine.config.n_layers))
+            request = engine.make_request(messages, params, instrument=default_instrumentation(engine.config.n_layers),
+                                          speculative=self.speculative)
         except EngineError as e:
             self.failed.emit(str(e))
             return

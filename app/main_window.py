@@ -90,6 +90,7 @@ class MainWindow(QMainWindow):
         self.worker.prompt_tokens.connect(self._on_prompt_tokens)
         self.controller.step_selected.connect(self._select_step)
         self.sampler.params_changed.connect(self._on_params_changed)
+        self.sampler.speculative_changed.connect(lambda spec: setattr(self.worker, "speculative", spec))
         self.probabilities.alternative_chosen.connect(
             lambda token: self.selected is not None and self.controller.continue_with(self.selected, token))
         self.model_panel.open_requested.connect(self.load_model)

@@ -17,6 +17,20 @@ def prob_colour(p: float) -> str:
     return f"#{r:02x}{g:02x}{b:02x}"
 
 
+# Speculative decoding marks (StepRecord.spec_role): kept drafts underlined, a token the target drew after
+# rejecting a draft in red after the rejected drafts struck through, the bonus token overlined.
+SPEC_STYLE = {"accepted": "text-decoration:underline", "resampled": "color:#b00020",
+              "bonus": "text-decoration:overline"}
+
+
+def spec_marks(record) -> tuple[str, str]:
+    """(role, text of the drafts rejected just before this token) of a StepRecord, for append_tokens."""
+    spec = getattr(record, "spec", None)
+    if spec is None or record.spec_role != "resampled":
+        return record.spec_role, ""
+    return record.spec_role, "".join(d.text for d in spec.drafted if not d.accepted)
+
+
 class ChatPanel(QWidget):
     submitted = Signal(str)
     stop_requested = Signal()
@@ -86,8 +100,9 @@ class ChatPanel(QWidget):
     def append_token(self, index: int, text: str, prob: float) -> None:
         self.append_tokens([(index, text, prob)])
 
-    def append_tokens(self, tokens: list[tuple[int, str, float]]) -> None:
-        """Several streamed tokens at once: one re-render however many arrive between redraws."""
+    def append_tokens(self, tokens: list[tuple]) -> None:
+        """Several streamed tokens at once: one re-render however many arrive between redraws. Each is
+        (index, text, prob), optionally followed by spec_marks(record)."""
         self._live.extend(tokens)
         self._render()
 
@@ -126,10 +141,15 @@ class ChatPanel(QWidget):
 
     def _live_html(self) -> str:
         spans = []
-        for index, text, prob in self._live:
+        for index, text, prob, *marks in self._live:
+            role, rejected = (marks + ["", ""])[:2]
             style = f"background:{prob_colour(prob)};color:#111" if self.colour_tokens.isChecked() else "color:inherit"
-            spans.append(f"<a href='step:{index}' style='text-decoration:none;{style}' "
-                         f"title='p = {prob:.3f}'>{self._escape(text)}</a>")
+            if rejected:
+                spans.append(f"<span style='text-decoration:line-through;color:#999'>{self._escape(rejected)}</span>")
+            style = f"text-decoration:none;{style};{SPEC_STYLE.get(role, '')}"
+            note = f", {role} (speculative)" if role else ""
+            spans.append(f"<a href='step:{index}' style='{style}' "
+                         f"title='p = {prob:.3f}{note}'>{self._escape(text)}</a>")
         return "".join(spans)
 
     def _render(self) -> None:

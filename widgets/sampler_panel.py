@@ -8,7 +8,7 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QSlider, QSpinBox,
                                QWidget)
 
-from engine.records import SamplingParams
+from engine.records import SamplingParams, SpeculativeOptions
 
 # name -> (minimum, maximum, step, decimals); decimals 0 means an integer knob
 KNOBS = {
@@ -66,8 +66,12 @@ class _Knob(QWidget):
         self.spin.setValue(value)
 
 
+DRAFTERS = ("off", "ngram", "self-layers:20", "self-int4")  # editable: a draft model's path can be typed in
+
+
 class SamplerPanel(QWidget):
     params_changed = Signal(object)  # SamplingParams
+    speculative_changed = Signal(object)  # SpeculativeOptions
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -89,6 +93,15 @@ class SamplerPanel(QWidget):
         self.presets = QComboBox()
         self.presets.addItems(["Presets…", *PRESETS])
         self.presets.activated.connect(self._apply_preset)
+        # Speculative decoding: which drafter proposes tokens, and how many per step (engine/speculative.py).
+        self.drafter = QComboBox(editable=True, toolTip="ngram = prompt lookup; self-layers:L = the model's first L "
+                                 "layers; self-int4 = the model in int4; or the path of a draft model")
+        self.drafter.addItems(DRAFTERS)
+        self.spec_k = QSpinBox(minimum=1, maximum=16, value=4, toolTip="tokens drafted per step")
+        self.spec_adaptive = QCheckBox("adaptive")
+        self.drafter.currentTextChanged.connect(self._emit_speculative)
+        self.spec_k.valueChanged.connect(self._emit_speculative)
+        self.spec_adaptive.toggled.connect(self._emit_speculative)
 
     def _layout(self) -> None:
         form = QFormLayout(self)
@@ -99,12 +112,25 @@ class SamplerPanel(QWidget):
         seed_row.addWidget(self.seed, 1)
         seed_row.addWidget(self.random_seed)
         form.addRow("Seed", seed_row)
+        spec_row = QHBoxLayout()
+        spec_row.addWidget(self.drafter, 1)
+        spec_row.addWidget(self.spec_k)
+        spec_row.addWidget(self.spec_adaptive)
+        form.addRow("Speculative (k)", spec_row)
 
     # -- API ----------------------------------------------------------------------------------
     def params(self) -> SamplingParams:
         values = {name: knob.value() for name, knob in self.knobs.items()}
         values["seed"] = None if self.random_seed.isChecked() else int(self.seed.value())
         return dataclasses.replace(self._extra, **values)
+
+    def speculative(self) -> SpeculativeOptions:
+        name = self.drafter.currentText().strip()
+        return SpeculativeOptions("" if name in ("", "off") else name, self.spec_k.value(),
+                                  self.spec_adaptive.isChecked())
+
+    def _emit_speculative(self, *_) -> None:
+        self.speculative_changed.emit(self.speculative())
 
     def set_params(self, params: SamplingParams) -> None:
         self._quiet = True

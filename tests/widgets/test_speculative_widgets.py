@@ -1,0 +1,39 @@
+"""Speculative decoding in the GUI: the sampler panel's drafter and k controls produce SpeculativeOptions,
+and the chat panel marks accepted, resampled (after struck-through rejected drafts) and bonus tokens."""
+from engine.records import DraftToken, SpecStep, SpeculativeOptions, StepRecord
+from widgets.chat_panel import ChatPanel, spec_marks
+from widgets.sampler_panel import SamplerPanel
+
+
+def test_sampler_panel_speculative_options(qtbot):
+    panel = SamplerPanel()
+    qtbot.addWidget(panel)
+    assert panel.speculative() == SpeculativeOptions()  # off by default
+    seen = []
+    panel.speculative_changed.connect(seen.append)
+    panel.drafter.setCurrentText("ngram")
+    panel.spec_k.setValue(8)
+    panel.spec_adaptive.setChecked(True)
+    assert panel.speculative() == SpeculativeOptions("ngram", 8, True) == seen[-1]
+    panel.drafter.setCurrentText("/models/draft.gguf")  # editable: a draft model's path
+    assert panel.speculative().drafter == "/models/draft.gguf"
+    panel.drafter.setCurrentText("off")
+    assert not panel.speculative().enabled
+
+
+def test_chat_panel_marks_speculative_tokens(qtbot):
+    step = SpecStep("ngram", (DraftToken(5, " cat", True, 1.0, 0.9), DraftToken(6, " dog", False, 1.0, 0.1)),
+                    accepted=1, tokens_per_forward=2, acceptance_rate=0.5, acceptance_by_position=(1.0, 0.0),
+                    mean_accepted=1.0, speedup=1.4)
+    records = [StepRecord(0, 0, 5, " cat", 0.9, spec_role="accepted"),
+               StepRecord(0, 1, 7, " fox", 0.6, spec_role="resampled", spec=step),
+               StepRecord(0, 2, 8, " ran", 0.5)]
+    assert [spec_marks(r) for r in records] == [("accepted", ""), ("resampled", " dog"), ("", "")]
+    panel = ChatPanel()
+    qtbot.addWidget(panel)
+    panel.begin_assistant()
+    panel.append_tokens([(i, r.text, r.prob, *spec_marks(r)) for i, r in enumerate(records)])
+    html = panel._live_html()
+    assert "accepted (speculative)" in html and "resampled (speculative)" in html
+    assert "line-through" in html and html.index(" dog") < html.index(" fox")
+    assert panel.transcript_text().replace("\u258d", "").strip().endswith("cat dog fox ran")
