@@ -25,6 +25,7 @@ from typing import Callable
 import torch
 
 from engine.block_manager import OutOfKVBlocks
+from engine.constraints import ConstraintError, draft_masks
 from engine.drafters import build_drafter, forward_tokens
 from engine.records import DraftToken, SpecStep
 from engine.sampling import draw, next_token, run_chain
@@ -119,7 +120,7 @@ def speculative_request_step(runner, request, out: list) -> None:
     try:
         for seq in list(request.sequences):
             speculative_step(runner, request, seq, out)
-    except (OutOfKVBlocks, NotImplementedError, ValueError, OSError) as e:
+    except (OutOfKVBlocks, NotImplementedError, ValueError, OSError, ConstraintError) as e:
         del runner.running[request.id]
         out.append(runner._fail(request, f"speculative decoding: {e}"))
         return
@@ -154,12 +155,13 @@ def speculative_step(runner, request, seq, out: list) -> None:
     runner.forward_calls += 1
     seq.pending = None
     cpu = logits.float().cpu()
+    masks = draft_masks(seq.constraint, drafts)  # structured output: the mask at each verified position
     if params.greedy:
-        best = [int(next_token(cpu[i], params, history=history(i, drafts))) for i in range(k + 1)]
+        best = [int(next_token(cpu[i], params, history=history(i, drafts), allowed=masks[i])) for i in range(k + 1)]
         n = verify_greedy(drafts, best)
         token, p = best[n], None
     else:
-        p = torch.stack([run_chain(cpu[i], params, history(i, drafts)).probs for i in range(k + 1)])
+        p = torch.stack([run_chain(cpu[i], params, history(i, drafts), allowed=masks[i]).probs for i in range(k + 1)])
         q = proposal.q[:k] if proposal and proposal.q is not None else None
         n_t, token_t = verify(torch.tensor([drafts], dtype=torch.long), None if q is None else q[None], p[None],
                               seq.generator)
@@ -177,6 +179,7 @@ def speculative_step(runner, request, seq, out: list) -> None:
     emitted = drafts[:n] + [token]
     t3 = time.perf_counter()
     for i, tok in enumerate(emitted):
+        seq.allowed = masks[i]  # the mask this token was chosen under, for its step record
         runner._push(request, seq, tok, logits[i], None, 0, out)
         role = "accepted" if i < n else ("" if not k else "bonus" if n == k else "resampled")
         last = i == len(emitted) - 1 or seq.finish_reason is not None

@@ -262,3 +262,25 @@ def test_cli_json_schema_regex_and_grammar(engine, tmp_path, capsys, monkeypatch
     jsonschema.validate(json.loads(outputs[0]), SCHEMAS[1])
     assert re.fullmatch("[0-9]{3}", outputs[1]) and outputs[2] in FIXED
     assert main(base + ["--regex", "a("]) == 2 and "unclosed group" in capsys.readouterr().err
+
+
+# --- speculative decoding and beams respect the mask --------------------------------------------------
+
+def test_speculative_decoding_respects_the_constraint(engine):
+    """Greedy with drafts must equal greedy without (the mask is applied at every verified position);
+    sampled drafts stay valid. The n-gram drafter proposes from the prompt, which holds a valid answer."""
+    from engine.records import SpeculativeOptions
+
+    prompt = tuple(engine.chat_prompt_ids([{"role": "user", "content":
+                                            'Repeat exactly: {"name": "Ada", "age": 36} and {"name": "Bob", "age": 7}'}]))
+    schema = json.dumps(SCHEMAS[0])
+    ngram = SpeculativeOptions("ngram", k=4)
+    plain, sampled = run_all(engine.runner, [
+        GenerationRequest(prompt, constrained("json_schema", schema)),
+        GenerationRequest(prompt, constrained("json_schema", schema, temperature=1.0, seed=5), speculative=ngram)])
+    forwards = engine.runner.forward_calls
+    drafted, = run_all(engine.runner, [GenerationRequest(prompt, constrained("json_schema", schema), speculative=ngram)])
+    assert drafted.error is None and drafted.results[0].token_ids == plain.results[0].token_ids
+    assert engine.runner.forward_calls - forwards < len(drafted.results[0].token_ids)  # drafts were accepted
+    for done in (drafted, sampled):
+        jsonschema.validate(json.loads(done.results[0].text), SCHEMAS[0])
