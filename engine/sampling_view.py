@@ -19,7 +19,8 @@ def distribution_view(record: StepRecord, params: SamplingParams, token_text: Ca
         raise ValueError("this step kept no logits (InstrumentOptions.stored_logits was 0)")
     ids = torch.tensor(record.logit_ids)
     logits = torch.tensor(record.logit_values, dtype=torch.float32)
-    chain = run_chain_sparse(ids, logits, params, history, trace=True)
+    allowed = torch.tensor(record.logit_allowed, dtype=torch.bool) if record.logit_allowed else None  # constraint
+    chain = run_chain_sparse(ids, logits, params, history, trace=True, allowed=allowed)
     raw = torch.softmax(logits, dim=-1)
     shown = torch.argsort(raw, descending=True)[:top_n]  # positions within the stored logits
     shown_ids = ids[shown]

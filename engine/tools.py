@@ -79,7 +79,8 @@ def _marker(text: str, tokenizer) -> str:
     return json.dumps(text)
 
 
-def tool_call_params(params: SamplingParams, tools: list[Tool], required: bool = True, tokenizer=None) -> SamplingParams:
+def tool_call_params(params: SamplingParams, tools: list[Tool], required: bool = True,
+                     tokenizer=None) -> SamplingParams:
     """`params` with the call grammar as its constraint."""
     return replace(params, constraint_kind="grammar", constraint=call_grammar(tools, required, tokenizer))
 
@@ -117,9 +118,10 @@ def tool_result_message(call: ToolCall, result: str) -> dict:
 CALCULATOR = Tool(
     "calculator", "Evaluate an arithmetic expression with + - * / ** % and parentheses.",
     {"type": "object", "additionalProperties": False, "required": ["expression"],
-     # The pattern admits only flat expressions that always evaluate (the calculator itself takes more).
+     # The pattern admits only flat expressions, which always parse (the calculator itself takes more).
      "properties": {"expression": {"type": "string", "maxLength": 60, "description": "e.g. 12 * 7 - 3",
-                                   "pattern": r"^-?[0-9]{1,6}(\.[0-9]{1,3})?( ?[-+*/%] ?-?[0-9]{1,6}(\.[0-9]{1,3})?){0,4}$"}}})
+                                   "pattern": r"^-?[0-9]{1,6}(\.[0-9]{1,3})?"
+                                              r"( ?[-+*/%] ?-?[0-9]{1,6}(\.[0-9]{1,3})?){0,4}$"}}})
 BUILTIN_TOOLS = {CALCULATOR.name: CALCULATOR}
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
         ast.Mod: operator.mod, ast.Pow: operator.pow, ast.USub: operator.neg, ast.UAdd: operator.pos}

@@ -10,7 +10,8 @@ from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QPushButton, QVBox
 
 from engine.records import DistributionView
 
-STAGE_COLOURS = {"penalties": "#8e44ad", "temperature": "#7f8c8d", "top_k": "#e67e22", "top_p": "#c0392b",
+STAGE_COLOURS = {"constraint": "#6d4c41",  # structured output: tokens the grammar refused
+                 "penalties": "#8e44ad", "temperature": "#7f8c8d", "top_k": "#e67e22", "top_p": "#c0392b",
                  "min_p": "#16a085", "typical_p": "#2c3e50"}
 RAW, KEPT, CHOSEN = "#b0c4de", "#2e86de", "#f1c40f"
 

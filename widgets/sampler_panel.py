@@ -3,10 +3,11 @@ presets. Emits a fresh SamplingParams whenever anything changes."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QSlider, QSpinBox,
-                               QWidget)
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QPlainTextEdit,
+                               QSlider, QSpinBox, QVBoxLayout, QWidget)
 
 from engine.records import SamplingParams, SpeculativeOptions
 
@@ -26,6 +27,25 @@ PRESETS = {
     "Greedy": dict(temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, typical_p=1.0),
     "Balanced": dict(temperature=0.7, top_k=0, top_p=0.9, min_p=0.0, typical_p=1.0),
     "Creative": dict(temperature=1.1, top_k=0, top_p=0.98, min_p=0.02, typical_p=1.0),
+}
+
+
+# Structured output (engine/constraints.py): what the constraint text is, and examples to start from.
+CONSTRAINT_KINDS = {"Off": "", "JSON schema": "json_schema", "Regex": "regex", "Grammar (Lark / GBNF)": "grammar"}
+CONSTRAINT_EXAMPLES = {
+    "Person (JSON schema)": ("json_schema", json.dumps({
+        "type": "object", "additionalProperties": False, "required": ["name", "age"],
+        "properties": {"name": {"type": "string", "maxLength": 30}, "age": {"type": "integer", "minimum": 0,
+                                                                              "maximum": 130},
+                       "languages": {"type": "array", "maxItems": 3, "items": {"type": "string", "maxLength": 15}}}},
+        indent=2)),
+    "Sentiment (JSON enum)": ("json_schema", json.dumps({
+        "type": "object", "additionalProperties": False, "required": ["sentiment"],
+        "properties": {"sentiment": {"enum": ["positive", "neutral", "negative"]}}}, indent=2)),
+    "Date YYYY-MM-DD (regex)": ("regex", r"(19|20)\d{2}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])"),
+    "Yes / no (GBNF grammar)": ("grammar", 'root ::= ("yes" | "no") ", because " [a-z ]{5,60} "."'),
+    "Arithmetic (Lark grammar)": ("grammar", 'start: expr\nexpr: NUMBER (OP NUMBER)*\nNUMBER: /[0-9]{1,4}/\n'
+                                             'OP: " + " | " - " | " * "\n'),
 }
 
 
@@ -102,6 +122,18 @@ class SamplerPanel(QWidget):
         self.drafter.currentTextChanged.connect(self._emit_speculative)
         self.spec_k.valueChanged.connect(self._emit_speculative)
         self.spec_adaptive.toggled.connect(self._emit_speculative)
+        # Structured output: a constraint kind, its text (pasted or from an example).
+        self.constraint_kind = QComboBox(toolTip="only tokens that keep the output valid may be sampled")
+        for label, kind in CONSTRAINT_KINDS.items():
+            self.constraint_kind.addItem(label, kind)
+        self.constraint_examples = QComboBox()
+        self.constraint_examples.addItems(["Examples…", *CONSTRAINT_EXAMPLES])
+        self.constraint_examples.activated.connect(self._apply_example)
+        self.constraint_text = QPlainTextEdit(placeholderText="Paste a JSON schema, a regular expression or a "
+                                              "grammar (Lark, or llama.cpp GBNF with root ::= ...)")
+        self.constraint_text.setMaximumHeight(110)
+        self.constraint_kind.currentIndexChanged.connect(self._emit)
+        self.constraint_text.textChanged.connect(self._emit)
 
     def _layout(self) -> None:
         form = QFormLayout(self)
@@ -117,11 +149,20 @@ class SamplerPanel(QWidget):
         spec_row.addWidget(self.spec_k)
         spec_row.addWidget(self.spec_adaptive)
         form.addRow("Speculative (k)", spec_row)
+        structured = QVBoxLayout()
+        choice = QHBoxLayout()
+        choice.addWidget(self.constraint_kind, 1)
+        choice.addWidget(self.constraint_examples, 1)
+        structured.addLayout(choice)
+        structured.addWidget(self.constraint_text)
+        form.addRow("Structured output", structured)
 
     # -- API ----------------------------------------------------------------------------------
     def params(self) -> SamplingParams:
         values = {name: knob.value() for name, knob in self.knobs.items()}
         values["seed"] = None if self.random_seed.isChecked() else int(self.seed.value())
+        kind, text = self.constraint_kind.currentData(), self.constraint_text.toPlainText()
+        values["constraint_kind"], values["constraint"] = (kind, text) if kind and text.strip() else ("", "")
         return dataclasses.replace(self._extra, **values)
 
     def speculative(self) -> SpeculativeOptions:
@@ -139,8 +180,22 @@ class SamplerPanel(QWidget):
             knob.set_value(getattr(params, name))
         self.random_seed.setChecked(params.seed is None)
         self.seed.setValue(params.seed or 0)
+        if params.constraint_kind or self.constraint_kind.currentData():  # keep a draft text while it is off
+            self.constraint_kind.setCurrentIndex(max(self.constraint_kind.findData(params.constraint_kind), 0))
+            self.constraint_text.setPlainText(params.constraint)
         self._quiet = False
         self._emit()
+
+    def _apply_example(self, index: int) -> None:
+        name = self.constraint_examples.itemText(index)
+        if name in CONSTRAINT_EXAMPLES:
+            kind, text = CONSTRAINT_EXAMPLES[name]
+            self._quiet = True
+            self.constraint_kind.setCurrentIndex(self.constraint_kind.findData(kind))
+            self.constraint_text.setPlainText(text)
+            self._quiet = False
+            self._emit()
+        self.constraint_examples.setCurrentIndex(0)
 
     def _apply_preset(self, index: int) -> None:
         name = self.presets.itemText(index)

@@ -271,15 +271,16 @@ def test_speculative_decoding_respects_the_constraint(engine):
     sampled drafts stay valid. The n-gram drafter proposes from the prompt, which holds a valid answer."""
     from engine.records import SpeculativeOptions
 
-    prompt = tuple(engine.chat_prompt_ids([{"role": "user", "content":
-                                            'Repeat exactly: {"name": "Ada", "age": 36} and {"name": "Bob", "age": 7}'}]))
+    ask = 'Repeat exactly: {"name": "Ada", "age": 36} and {"name": "Bob", "age": 7}'
+    prompt = tuple(engine.chat_prompt_ids([{"role": "user", "content": ask}]))
     schema = json.dumps(SCHEMAS[0])
     ngram = SpeculativeOptions("ngram", k=4)
     plain, sampled = run_all(engine.runner, [
         GenerationRequest(prompt, constrained("json_schema", schema)),
         GenerationRequest(prompt, constrained("json_schema", schema, temperature=1.0, seed=5), speculative=ngram)])
     forwards = engine.runner.forward_calls
-    drafted, = run_all(engine.runner, [GenerationRequest(prompt, constrained("json_schema", schema), speculative=ngram)])
+    drafted, = run_all(engine.runner, [GenerationRequest(prompt, constrained("json_schema", schema),
+                                                         speculative=ngram)])
     assert drafted.error is None and drafted.results[0].token_ids == plain.results[0].token_ids
     assert engine.runner.forward_calls - forwards < len(drafted.results[0].token_ids)  # drafts were accepted
     for done in (drafted, sampled):
