@@ -5,7 +5,11 @@ from __future__ import annotations
 from PySide6.QtCore import QObject, Signal
 
 from engine.records import RequestDone, StepRecord
+from engine.tools import (BUILTIN_TOOLS, parse_tool_calls, run_builtin, template_supports_tools, tool_call_params,
+                          tool_result_message)
 from widgets.chat_panel import spec_marks
+
+MAX_TOOL_ROUNDS = 3  # calls answered by built-in tools before the model must answer in prose
 
 
 class ChatController(QObject):
@@ -19,6 +23,10 @@ class ChatController(QObject):
         self.busy = False
         self.turn_start = 0  # index in self.steps of the current reply's first step
         self.branch_prefix = ""  # text kept before a "continue with this token" branch
+        self.tools: list = []  # engine.tools.Tool offered to the model (templates that read `tools` only)
+        self.tool_choice = "auto"  # "auto": a call or prose; "required": the turn's first reply must be a call
+        self.pending_call = None  # a call the user answers: their next message is its result
+        self.tool_rounds = 0
         chat_panel.submitted.connect(self.submit)
         chat_panel.stop_requested.connect(self.stop)
         chat_panel.regenerate_requested.connect(self.regenerate)
@@ -28,9 +36,20 @@ class ChatController(QObject):
     def submit(self, text: str) -> None:
         if self.busy:
             return
-        self.messages.append({"role": "user", "content": text})
-        self.chat.add_user(text)
+        if self.pending_call is not None:  # the user supplies the result of the model's tool call
+            self.messages.append(tool_result_message(self.pending_call, text))
+            self.chat.add_user(f"[{self.pending_call.name} result] {text}")
+            self.pending_call = None
+        else:
+            self.messages.append({"role": "user", "content": text})
+            self.chat.add_user(text)
+            self.tool_rounds = 0
         self._generate()
+
+    def offer_tools(self, enabled: bool) -> None:
+        """Offer the built-in tools (the calculator) to models whose chat template supports tools."""
+        self.tools = list(BUILTIN_TOOLS.values()) if enabled else []
+        self.pending_call = None
 
     def _generate(self) -> None:
         system = self.chat.system.text().strip()
@@ -40,7 +59,38 @@ class ChatController(QObject):
         self.branch_prefix = ""
         self.chat.set_busy(True)
         self.chat.begin_assistant()
+        engine = self.worker.engine
+        if self.tools and engine is not None and template_supports_tools(engine.chat_template.source):
+            # The template renders the tools; the grammar makes a call parse and fit the tools' schemas.
+            ids = engine.chat_prompt_ids(messages, tools=[t.spec() for t in self.tools])
+            required = self.tool_choice == "required" and self.tool_rounds == 0
+            if self.tool_rounds >= MAX_TOOL_ROUNDS:
+                self.worker.request_generate(ids, self.sampler_params())
+            else:
+                self.worker.request_generate(ids, tool_call_params(self.sampler_params(), self.tools, required,
+                                                                   engine.tokenizer))
+            return
         self.worker.request_generate(messages, self.sampler_params())
+
+    def _answer_tool_calls(self, text: str) -> bool:
+        """After a reply: run the calls it made (built-in tools at once, then continue; others wait for
+        the user's result). True when the conversation continues by itself."""
+        calls = parse_tool_calls(text, self.tools) if self.tools else []
+        if not calls:
+            return False
+        self.messages[-1] = {"role": "assistant", "content": "",
+                             "tool_calls": [c.message()["tool_calls"][0] for c in calls]}
+        self.tool_rounds += 1
+        for call in calls:
+            result = run_builtin(call)
+            if result is None:
+                self.pending_call = call
+                self.chat.add_assistant_text(f"[tool call] {call.name}({call.arguments}): type its result and Send")
+                return False
+            self.messages.append(tool_result_message(call, result))
+            self.chat.add_assistant_text(f"[tool] {call.name}({call.arguments}) = {result}")
+        self._generate()
+        return True
 
     def stop(self) -> None:
         if self.busy:
@@ -57,6 +107,7 @@ class ChatController(QObject):
     def clear(self) -> None:
         if not self.busy:
             self.messages, self.steps, self.turn_start = [], [], 0
+            self.pending_call, self.tool_rounds = None, 0
             self.chat.clear()
 
     def continue_with(self, step: StepRecord, token_id: int) -> None:
@@ -123,6 +174,8 @@ class ChatController(QObject):
         reason = result.finish_reason if result else "cancelled"
         self.messages.append({"role": "assistant", "content": self.branch_prefix + text})  # stopped ones too
         self.chat.end_assistant({"eos": "", "length": "length limit", "cancelled": "stopped"}.get(reason, reason))
+        if reason == "eos":
+            self._answer_tool_calls(self.branch_prefix + text)
 
     def on_failed(self, message: str) -> None:
         self.busy = False

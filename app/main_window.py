@@ -91,6 +91,7 @@ class MainWindow(QMainWindow):
         self.controller.step_selected.connect(self._select_step)
         self.sampler.params_changed.connect(self._on_params_changed)
         self.sampler.speculative_changed.connect(lambda spec: setattr(self.worker, "speculative", spec))
+        self.sampler.tools_changed.connect(self.controller.offer_tools)
         self.probabilities.alternative_chosen.connect(
             lambda token: self.selected is not None and self.controller.continue_with(self.selected, token))
         self.model_panel.open_requested.connect(self.load_model)

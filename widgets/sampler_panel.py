@@ -92,6 +92,7 @@ DRAFTERS = ("off", "ngram", "self-layers:20", "self-int4")  # editable: a draft 
 class SamplerPanel(QWidget):
     params_changed = Signal(object)  # SamplingParams
     speculative_changed = Signal(object)  # SpeculativeOptions
+    tools_changed = Signal(bool)  # offer the built-in tools (calculator) to templates that support tools
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -133,6 +134,9 @@ class SamplerPanel(QWidget):
                                               "grammar (Lark, or llama.cpp GBNF with root ::= ...)")
         self.constraint_text.setMaximumHeight(110)
         self.constraint_kind.currentIndexChanged.connect(self._emit)
+        self.offer_tools = QCheckBox("Offer tools (calculator)", toolTip="for models whose chat template takes tools; "
+                                    "the call is constrained to the tool's schema and answered in the chat")
+        self.offer_tools.toggled.connect(self.tools_changed)
         self.constraint_text.textChanged.connect(self._emit)
 
     def _layout(self) -> None:
@@ -155,6 +159,7 @@ class SamplerPanel(QWidget):
         choice.addWidget(self.constraint_examples, 1)
         structured.addLayout(choice)
         structured.addWidget(self.constraint_text)
+        structured.addWidget(self.offer_tools)
         form.addRow("Structured output", structured)
 
     # -- API ----------------------------------------------------------------------------------
