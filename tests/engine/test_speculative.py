@@ -250,9 +250,10 @@ def test_layer_skip_draft_is_the_truncated_hf_model(hf_checkpoint):
     torch.testing.assert_close(all_logits(layer_skip_model(target, 2), tokens), expected, atol=1e-4, rtol=1e-4)
 
 
-def test_prompt_lookup_is_the_most_recent_longest_match():
+@pytest.mark.parametrize("max_n,min_n", [(3, 1), (5, 2)])
+def test_prompt_lookup_is_the_most_recent_longest_match(max_n, min_n):
     def brute(ctx, k):
-        for n in (3, 2, 1):
+        for n in range(max_n, min_n - 1, -1):
             if len(ctx) <= n:
                 continue
             starts = [s for s in range(len(ctx) - n) if ctx[s:s + n] == ctx[-n:]]
@@ -264,7 +265,7 @@ def test_prompt_lookup_is_the_most_recent_longest_match():
     for _ in range(300):
         ctx = [rng.randrange(6) for _ in range(rng.randint(1, 30))]
         k = rng.randint(1, 8)
-        assert lookup(ctx, k) == brute(ctx, k)
+        assert lookup(ctx, k, max_n, min_n) == brute(ctx, k)
 
 
 # -- acceptance 1 on the default model ------------------------------------------------------------------------------
