@@ -20,6 +20,13 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--context-length", type=int, default=0, help="context in tokens (default: the model's)")
     p.add_argument("--kv-budget", type=float, default=0.5,
                    help="KV cache size: GiB on the CPU, or a fraction of free GPU memory if < 1 on CUDA")
+    p.add_argument("--quant", default="auto",
+                   help="weights: auto (a GGUF's Q8_0/Q4_0/Q4_1 stay packed on the CPU) | none | int8 | "
+                        "int4-g32 | int4-g64 | int4-g128")
+    p.add_argument("--quant-exact", action="store_true",
+                   help="CPU: feed quantized matmuls fp32 activations (exact, slower) instead of bf16")
+    p.add_argument("--no-quant-head", dest="quant_head", action="store_false",
+                   help="keep the LM head and embedding in float")
 
 
 def _add_sampling_args(p: argparse.ArgumentParser, temperature: float) -> None:
@@ -62,6 +69,16 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--system", help="system prompt")
     _add_model_args(chat)
     _add_sampling_args(chat, temperature=0.7)
+    ppl = sub.add_parser("perplexity", help="perplexity over a text, per quantization (sliding window)")
+    ppl.add_argument("--text", help="UTF-8 text file (default: the shipped public-domain text)")
+    ppl.add_argument("--window", type=int, default=512)
+    ppl.add_argument("--stride", type=int, default=256)
+    ppl.add_argument("--json", action="store_true", help="one JSON object per quantization")
+    ppl.add_argument("--kl", action="store_true",
+                     help="also the mean per-token KL divergence and top-1 agreement against --quant none")
+    _add_model_args(ppl)
+    ppl.set_defaults(quant="none")
+    ppl.epilog = "--quant takes a comma-separated list here, e.g. none,int8,int4-g32,auto"
     sub.add_parser("bench", help="prefill/decode speed and memory (see: python -m engine bench --help)")
     return parser
 
@@ -73,7 +90,8 @@ def _load(args):
     set_threads(args.threads)
     options = LoadOptions(device=args.device, dtype=args.dtype, rope_scaling=args.rope_scaling,
                           kv_budget_gib=args.kv_budget, kv_gpu_fraction=min(args.kv_budget, 0.9),
-                          kv_block_size=args.kv_block_size, context_length=args.context_length)
+                          kv_block_size=args.kv_block_size, context_length=args.context_length,
+                          quant=args.quant, quant_exact=args.quant_exact, quant_head=args.quant_head)
     return Engine.load(args.model, options)
 
 
@@ -176,6 +194,40 @@ def _many(engine, prompt_ids, args) -> int:
     return 0
 
 
+def cmd_perplexity(args) -> int:
+    import time
+
+    from engine.quality import SHIPPED_TEXT, compare, perplexity
+
+    text_path = args.text or SHIPPED_TEXT
+    with open(text_path, encoding="utf-8") as f:
+        text = f.read()
+    modes = [m.strip() for m in args.quant.split(",") if m.strip()]
+    reference = None  # the float model the KL divergence is measured against
+    for mode in modes:
+        args.quant = mode
+        engine = _load(args)
+        ids = engine.tokenizer.encode(text, add_special_tokens=True)
+        started = time.perf_counter()
+        result = perplexity(engine.model, ids, window=args.window, stride=args.stride)
+        row = {"quant": mode, "perplexity": round(result.perplexity, 4), "mean_nll": round(result.mean_nll, 5),
+               "tokens": result.tokens_scored, "window": args.window, "stride": args.stride,
+               "weight_bytes": sum(engine.model.weight_bytes().values()), "seconds": round(time.perf_counter() - started, 1)}
+        if args.kl:
+            if reference is None:
+                args.quant = "none"
+                reference = engine.model if mode == "none" else _load(args).model
+            diff = compare(reference, engine.model, ids, window=args.window, stride=args.stride)
+            row.update(mean_kl=round(diff.mean_kl, 6), top1_agreement=round(diff.agreement, 4))
+        if args.json:
+            print(json.dumps(row), flush=True)
+        else:
+            extra = f", KL {row['mean_kl']:.5f}, top-1 agree {row['top1_agreement']:.1%}" if args.kl else ""
+            print(f"{mode:>10}: perplexity {row['perplexity']:.3f} over {row['tokens']} tokens, "
+                  f"weights {row['weight_bytes'] / 1e6:.1f} MB{extra}", flush=True)
+    return 0
+
+
 def _spec_json(s) -> dict:
     return {"drafter": s.drafter, "acceptance_rate": round(s.acceptance_rate, 4),
             "acceptance_by_position": [round(a, 4) for a in s.acceptance_by_position],
@@ -215,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
-        return {"generate": cmd_generate, "chat": cmd_chat}[args.command](args)
+        return {"generate": cmd_generate, "chat": cmd_chat, "perplexity": cmd_perplexity}[args.command](args)
     except (EngineError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

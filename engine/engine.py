@@ -19,8 +19,9 @@ from engine.errors import ContextOverflow, EngineError
 from engine.generation import GenerationEngine
 from engine.loaders import ProgressCallback, load_checkpoint
 from engine.model import Decoder
+from engine.quality import compare
 from engine.quant import build_model, check_mode
-from engine.records import GenerationDone, GenerationRequest, RequestDone, SamplingParams, StepRecord, TokenStep
+from engine.records import GenerationDone, GenerationRequest, QuantDiff, RequestDone, SamplingParams, StepRecord, TokenStep
 from engine.records import SpeculativeOptions
 
 
@@ -63,6 +64,7 @@ class Engine:
         else:
             budget = int(options.kv_budget_gib * (1 << 30))
         self.runner = GenerationEngine(model, tokenizer, budget, options.kv_block_size)
+        self._float_reference = None  # loaded by quant_diff on first use
 
     @classmethod
     def load(cls, path: str | Path | None = None, options: LoadOptions | None = None,
@@ -80,6 +82,17 @@ class Engine:
         model = build_model(config, ckpt.tensors, device, dtype, options.quant, head=options.quant_head,
                             exact=options.quant_exact)
         return cls(model, ckpt.tokenizer, ckpt.source, options)
+
+    def quant_diff(self, ids: list[int]) -> QuantDiff:
+        """What this engine's quantization changed on `ids` (e.g. the conversation so far): per-token
+        KL divergence and top-1 agreement against the same checkpoint in float. The float model
+        is loaded on first use and kept (it costs the float weights' memory)."""
+        if self._float_reference is None:
+            dtype = self.model.embed.weight.dtype
+            ckpt = load_checkpoint(self.source, dtype=dtype)
+            self._float_reference = build_model(self.config, ckpt.tensors, self.device, dtype, "none")
+        window = min(len(ids), self.config.max_seq_len, 1024)
+        return compare(self._float_reference, self.model, list(ids), window=window, stride=max(1, window // 2))
 
     def chat_prompt_ids(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
         """Render the model's own chat template; the template already writes BOS-like tokens. `tools`

@@ -302,3 +302,14 @@ class DistributionView:
     stages: tuple[StageView, ...]
     entropy: float  # of the final distribution, nats
     top_p: float  # the nucleus threshold in force (1.0 = off), for the cumulative curve's line
+
+
+@dataclass(frozen=True, slots=True)
+class QuantDiff:
+    """What quantization changed on one token sequence (engine.quality.compare / Engine.quant_diff):
+    per scored token the KL divergence of the float model's next-token distribution from the
+    quantized model's, and whether both rank the same token first."""
+    kl: tuple[float, ...]
+    top1_agree: tuple[bool, ...]
+    mean_kl: float
+    agreement: float

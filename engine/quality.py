@@ -1,0 +1,81 @@
+"""What a model (or a quantization of it) costs in quality: perplexity over a text with a sliding
+window, and the per-token KL divergence / top-1 agreement between two models on the same tokens.
+
+Plain forwards over a contiguous cache (no sampling, no paging): the numbers depend only on the
+weights. Sliding window as in transformers' perplexity guide: each window of `window` tokens
+scores only the tokens the previous window did not, so every token but the first is scored once
+with at least `window - stride` tokens of context (except near the start).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+
+from engine.kv_cache import ContiguousKVCache
+from engine.records import QuantDiff
+
+SHIPPED_TEXT = Path(__file__).resolve().parent.parent / "resources" / "text" / "botchan_chapter1.txt"
+
+
+@dataclass(frozen=True)
+class Perplexity:
+    perplexity: float
+    mean_nll: float
+    tokens_scored: int
+    window: int
+    stride: int
+
+
+def _windows(n_tokens: int, window: int, stride: int) -> Iterator[tuple[int, int, int]]:
+    """(start, end, first scored position) per window; positions [first, end) are scored."""
+    if window < 2 or not 0 < stride <= window:
+        raise ValueError("need window >= 2 and 0 < stride <= window")
+    scored_to = 1  # token 0 has no context to be predicted from
+    start = 0
+    while scored_to < n_tokens:
+        end = min(start + window, n_tokens)
+        yield start, end, scored_to
+        scored_to = end
+        start = max(0, end - (window - stride))
+        if end == n_tokens:
+            break
+
+
+@torch.inference_mode()
+def _log_probs(model, ids: list[int], start: int, end: int) -> torch.Tensor:
+    """log-softmax of the next-token logits for positions [start, end) -> [end - start, V]."""
+    device = model.embed.weight.device
+    tokens = torch.tensor([ids[start:end]], device=device)
+    cache = ContiguousKVCache(model.config, end - start, device=device, dtype=model.embed.weight.dtype)
+    return F.log_softmax(model(tokens, cache.view(0, end - start))[0].float(), dim=-1)
+
+
+def perplexity(model, ids: list[int], window: int = 512, stride: int = 256) -> Perplexity:
+    total, count = 0.0, 0
+    for start, end, first in _windows(len(ids), window, stride):
+        logp = _log_probs(model, ids, start, end)  # row i predicts token start + i + 1
+        targets = torch.tensor(ids[first:end], device=logp.device)
+        rows = logp[first - 1 - start: end - 1 - start]
+        total -= rows.gather(1, targets[:, None]).sum().item()
+        count += end - first
+    if count == 0:
+        raise ValueError("the text is too short to score (it needs at least 2 tokens)")
+    return Perplexity(math.exp(total / count), total / count, count, window, stride)
+
+
+def compare(reference, model, ids: list[int], window: int = 512, stride: int = 256) -> QuantDiff:
+    """Per scored token: KL(reference || model) of the next-token distributions and whether both
+    put the same token first. `reference` is typically the float model, `model` a quantized one."""
+    kl, agree = [], []
+    for start, end, first in _windows(len(ids), window, stride):
+        p = _log_probs(reference, ids, start, end)[first - 1 - start: end - 1 - start]
+        q = _log_probs(model, ids, start, end)[first - 1 - start: end - 1 - start].to(p.device)
+        kl += (p.exp() * (p - q)).sum(-1).clamp(min=0).tolist()
+        agree += (p.argmax(-1) == q.argmax(-1)).tolist()
+    n = max(len(kl), 1)
+    return QuantDiff(tuple(kl), tuple(bool(a) for a in agree), sum(kl) / n, sum(agree) / n)
