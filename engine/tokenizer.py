@@ -12,10 +12,11 @@ from pathlib import Path
 from tokenizers import Tokenizer as HFTokenizer
 
 from engine.errors import ModelFormatError
-from engine.tokenizer_gguf import CONTROL, byte_alphabet, gguf_backend
+from engine.tokenizer_gguf import CONTROL, byte_alphabet, checked_metadata, gguf_backend
 
 REPLACEMENT = "\ufffd"
 BYTE_PIECE = re.compile(r"<0x[0-9A-Fa-f]{2}>")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 # Turn-end tokens of common chat formats: GGUF files often mark only <|endoftext|> or </s> as EOS,
 # yet a chat reply ends at these (llama.cpp applies the same list).
 TURN_ENDS = ("<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end|>", "<end_of_turn>")
@@ -32,9 +33,11 @@ class _SentencePieceBackend:
         self.sp = sentencepiece.SentencePieceProcessor()
         try:
             self.sp.Load(str(model_file))
-        except (OSError, RuntimeError) as e:
+            self.pieces = self.sp.GetPieceSize()
+            for i in range(self.pieces):  # a piece that is not UTF-8 would fail every later decode
+                self.sp.IdToPiece(i)
+        except (OSError, RuntimeError, ValueError) as e:  # ValueError: pieces that are not UTF-8
             raise ModelFormatError(model_file, f"not a valid sentencepiece model: {e}") from None
-        self.pieces = self.sp.GetPieceSize()
         self.added, self.added_text = added, {i: t for t, i in added.items()}
         self.special = {i for i in range(self.pieces) if self.sp.IsControl(i)}
         self.special |= {added[t] for t in special if t in added}
@@ -58,7 +61,7 @@ class _SentencePieceBackend:
                 run = []
                 if not (skip_special_tokens and i in self.special):
                     out.append(self.id_to_token(i))
-            else:
+            elif 0 <= i < self.pieces:  # ids past the vocabulary (a padded embedding) decode to nothing, as in tokenizers
                 run.append(i)
         return "".join(out) + self.sp.DecodeIds(run)
 
@@ -92,6 +95,7 @@ class Tokenizer:
 
     @classmethod
     def from_gguf_metadata(cls, meta: dict, path) -> "Tokenizer":
+        meta = checked_metadata(meta, path)
         backend = gguf_backend(meta, path)
         eos = [meta.get(f"tokenizer.ggml.{k}_token_id") for k in ("eos", "eot", "eom")]
         types = meta.get("tokenizer.ggml.token_type") or ()
@@ -112,9 +116,7 @@ class Tokenizer:
             except Exception as e:  # tokenizers raises plain Exception on malformed files
                 raise ModelFormatError(path / "tokenizer.json", f"invalid tokenizer: {e}") from None
         elif (path / "tokenizer.model").is_file():
-            added = {e["content"]: int(i) for i, e in (config.get("added_tokens_decoder") or {}).items()}
-            special = {e["content"] for e in (config.get("added_tokens_decoder") or {}).values() if e.get("special")}
-            added |= {t: int(i) for t, i in _read_json(path / "added_tokens.json").items()}
+            added, special = _added_tokens(path, config)
             backend = _SentencePieceBackend(path / "tokenizer.model", added, special)
         else:
             raise ModelFormatError(path, "no tokenizer.json or tokenizer.model")
@@ -123,18 +125,24 @@ class Tokenizer:
             text = entry.get("content") if isinstance(entry, dict) else entry
             return backend.token_to_id(text) if isinstance(text, str) else None
 
+        def valid(i):  # ids from config files: used when they are ids of this vocabulary, else ignored
+            return i if isinstance(i, int) and not isinstance(i, bool) and 0 <= i < backend.get_vocab_size() else None
+
         generation, model_config = _read_json(path / "generation_config.json"), _read_json(path / "config.json")
         bos = token_id(config.get("bos_token"))
         if bos is None:
-            bos = generation.get("bos_token_id", model_config.get("bos_token_id"))
+            bos = valid(generation.get("bos_token_id", model_config.get("bos_token_id")))
         eos = generation.get("eos_token_id", model_config.get("eos_token_id"))
-        eos = [token_id(config.get("eos_token")), *([eos] if isinstance(eos, int) else eos or [])]
+        eos = [token_id(config.get("eos_token")), *map(valid, eos if isinstance(eos, list) else [eos])]
         if isinstance(backend, _SentencePieceBackend):  # the .model names its own, as LlamaTokenizer assumes
             bos = bos if bos is not None else backend.sp.bos_id()
             eos.append(backend.sp.eos_id())
         add_bos = config.get("add_bos_token")
         if add_bos is None and isinstance(backend, HFTokenizer):  # then the post-processor decides
-            add_bos = bos is not None and backend.encode("a", add_special_tokens=True).ids[:1] == [bos]
+            try:
+                add_bos = bos is not None and backend.encode("a", add_special_tokens=True).ids[:1] == [bos]
+            except Exception as e:  # e.g. a WordLevel vocabulary without its unknown token
+                raise ModelFormatError(path / "tokenizer.json", f"the tokenizer cannot encode text: {e}") from None
         return cls(backend, bos_id=bos if bos is None or bos >= 0 else None, eos_ids=_unique(eos),
                    add_bos=add_bos is not False, chat_template=_hf_chat_template(path, config), source=path)
 
@@ -145,11 +153,16 @@ class Tokenizer:
 
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
         """Ids of `text`; special-token text such as "<|im_start|>" becomes its single id. With
-        add_special_tokens, BOS goes in front when the model wants one (and it is not there)."""
-        if isinstance(self._backend, HFTokenizer):
-            ids = self._backend.encode(text, add_special_tokens=False).ids
-        else:
-            ids = self._backend.encode(text)
+        add_special_tokens, BOS goes in front when the model wants one (and it is not there).
+        Lone surrogates (no UTF-8 spelling; they come from undecodable bytes) are encoded as U+FFFD."""
+        text = _LONE_SURROGATE.sub(REPLACEMENT, text)
+        try:
+            if isinstance(self._backend, HFTokenizer):
+                ids = self._backend.encode(text, add_special_tokens=False).ids
+            else:
+                ids = self._backend.encode(text)
+        except Exception as e:  # the backends raise plain Exception (a vocabulary without its unknown token, ...)
+            raise ModelFormatError(self.source, f"the tokenizer cannot encode this text: {e}") from None
         if add_special_tokens and self.add_bos and self.bos_id is not None and ids[:1] != [self.bos_id]:
             ids = [self.bos_id] + ids
         return ids
@@ -237,12 +250,36 @@ def _unique(ids) -> tuple[int, ...]:
     return tuple(dict.fromkeys(int(i) for i in ids if i is not None and i >= 0))
 
 
+def _added_tokens(path: Path, config: dict) -> tuple[dict[str, int], set[str]]:
+    """The added tokens a sentencepiece directory lists beside its .model: text -> id, and which are special."""
+    decoder = config.get("added_tokens_decoder") or {}
+    extra = _read_json(path / "added_tokens.json")
+    entries = [(i, e.get("content"), e.get("special")) for i, e in decoder.items() if isinstance(e, dict)] \
+        if isinstance(decoder, dict) else [None]
+    entries += [(i, t, False) for t, i in extra.items()]
+    added, special = {}, set()
+    for entry in entries:
+        i, text, is_special = entry or (None, None, None)
+        i = int(i) if isinstance(i, str) and i.isdecimal() and len(i) < 10 else i  # JSON keys are strings
+        if not isinstance(text, str) or isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < 1 << 30:
+            raise ModelFormatError(path / "tokenizer_config.json", "added tokens must map ids (below 2^30) to "
+                                                                  "token text")
+        added[text] = i
+        if is_special:
+            special.add(text)
+    return added, special
+
+
 def _hf_chat_template(path: Path, config: dict) -> str | None:
     template = config.get("chat_template")
     if isinstance(template, list):  # some repos ship several named templates
-        template = next((t.get("template") for t in template if t.get("name") == "default"), None)
+        template = next((t.get("template") for t in template if isinstance(t, dict) and t.get("name") == "default"),
+                        None)
     if template is None and (path / "chat_template.jinja").is_file():
-        template = (path / "chat_template.jinja").read_text(encoding="utf-8")
+        try:
+            template = (path / "chat_template.jinja").read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ModelFormatError(path / "chat_template.jinja", f"not UTF-8 text: {e}") from None
     if template is None:
         template = _read_json(path / "chat_template.json").get("chat_template")
     return template if isinstance(template, str) else None

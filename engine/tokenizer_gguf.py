@@ -82,22 +82,71 @@ def merges_from_scores(tokens: list[str], scores: list[float]) -> list[tuple[str
     return [(left, right) for *_, left, right in ranked]
 
 
-def gguf_backend(meta: dict, path) -> HFTokenizer:
-    """A `tokenizers.Tokenizer` equivalent to the GGUF vocabulary in `meta` (a plain metadata dict)."""
-    kind = meta.get("tokenizer.ggml.model")
+_ID_KEYS = ("bos", "eos", "eot", "eom", "unknown")
+
+
+def checked_metadata(meta: dict, path) -> dict:
+    """`meta` with its tokenizer.* values checked and typed: a GGUF header is untrusted input, and a
+    list where a number belongs (or a merge naming no token) would fail deep inside `tokenizers`,
+    some of it as a Rust panic. Bad types and lengths -> ModelFormatError naming the key; special
+    token ids outside the vocabulary are dropped with the key, as llama.cpp ignores them."""
+    def fail(key, problem):
+        raise ModelFormatError(path, f"metadata tokenizer.{key} {problem}")
+
+    def str_list(key, value):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            fail(key, "is not a list of strings")
+        return value
+
+    out = dict(meta)
     tokens = meta.get("tokenizer.ggml.tokens")
     if not tokens:
         raise ModelFormatError(path, "the GGUF file has no tokenizer vocabulary (tokenizer.ggml.tokens)")
+    str_list("ggml.tokens", tokens)
+    for key, kinds in (("types", (int,)), ("scores", (int, float))):
+        name = "token_type" if key == "types" else key
+        value = meta.get(f"tokenizer.ggml.{name}")
+        if value is None or value == []:
+            out.pop(f"tokenizer.ggml.{name}", None)
+            continue
+        if not isinstance(value, list) or not all(isinstance(v, kinds) and not isinstance(v, bool) for v in value):
+            fail(f"ggml.{name}", "is not a list of numbers")
+        if len(value) != len(tokens):
+            raise ModelFormatError(path, f"{len(tokens)} tokens but {len(value)} token {key}")
+    merges = meta.get("tokenizer.ggml.merges")
+    if merges is not None and not all(" " in m for m in str_list("ggml.merges", merges)):
+        fail("ggml.merges", "holds an entry that is not two pieces separated by a space")
+    for name in ("ggml.model", "ggml.pre", "chat_template"):
+        if meta.get(f"tokenizer.{name}") is not None and not isinstance(meta[f"tokenizer.{name}"], str):
+            fail(name, "is not a string")
+    for name in ("add_bos_token", "add_space_prefix"):
+        if meta.get(f"tokenizer.ggml.{name}") is not None and not isinstance(meta[f"tokenizer.ggml.{name}"], (bool, int)):
+            fail(f"ggml.{name}", "is not a boolean")
+    for name in _ID_KEYS:
+        key = f"tokenizer.ggml.{name}_token_id"
+        value = meta.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            fail(f"ggml.{name}_token_id", "is not a token id")
+        if not 0 <= value < len(tokens):
+            del out[key]
+    return out
+
+
+def gguf_backend(meta: dict, path) -> HFTokenizer:
+    """A `tokenizers.Tokenizer` equivalent to the GGUF vocabulary in `meta` (a plain metadata dict)."""
+    meta = checked_metadata(meta, path)
+    kind = meta.get("tokenizer.ggml.model")
+    tokens = meta["tokenizer.ggml.tokens"]
     types = meta.get("tokenizer.ggml.token_type") or [NORMAL] * len(tokens)
-    if len(types) != len(tokens):
-        raise ModelFormatError(path, f"{len(tokens)} tokens but {len(types)} token types")
     merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges") or ()]
     if kind == "gpt2":
-        backend, whole_ok = _byte_level(tokens, merges, meta.get("tokenizer.ggml.pre"))
+        backend, whole_ok = _byte_level(tokens, merges, meta.get("tokenizer.ggml.pre"), path)
     elif kind == "llama":
-        backend, whole_ok = _sentencepiece_style(meta, tokens, merges), (lambda token: True)
+        backend, whole_ok = _sentencepiece_style(meta, tokens, merges, path), (lambda token: True)
     else:
-        raise ModelFormatError(path, f"unsupported GGUF tokenizer model {kind!r} (supported: gpt2, llama)")
+        raise ModelFormatError(path, f"unsupported GGUF tokenizer model {str(kind)[:40]!r} (supported: gpt2, llama)")
     # Control and user-defined tokens are matched whole in text (llama.cpp does the same when it
     # parses special tokens), so "<|im_start|>" is one id, never "<", "|", "im", ...
     backend.add_special_tokens([AddedToken(t, special=True, normalized=False)
@@ -107,14 +156,27 @@ def gguf_backend(meta: dict, path) -> HFTokenizer:
     return backend
 
 
-def _byte_level(tokens, merges, pre):
+def _bpe(vocab: dict, merges: list, path, **options) -> HFTokenizer:
+    """tokenizers' BPE, after checking what it would otherwise panic on: every merge's pieces and
+    their join must be tokens."""
+    for left, right in merges:
+        if left not in vocab or right not in vocab or left + right not in vocab:
+            raise ModelFormatError(path, f"metadata tokenizer.ggml.merges: merging {left!r} and {right!r} "
+                                         "names a piece that is not in the vocabulary")
+    try:
+        return HFTokenizer(models.BPE(vocab, merges, **options))
+    except Exception as e:  # tokenizers raises plain Exception on what it refuses
+        raise ModelFormatError(path, f"the vocabulary cannot be built: {e}") from None
+
+
+def _byte_level(tokens, merges, pre, path):
     alphabet = byte_alphabet()
     spelled = set(alphabet.values())
     vocab = {}
     for i, token in enumerate(tokens):
         # A few converters store added tokens in plain UTF-8 rather than the byte alphabet.
         vocab.setdefault(token if set(token) <= spelled else "".join(alphabet[b] for b in token.encode()), i)
-    backend = HFTokenizer(models.BPE(vocab, merges, fuse_unk=False))
+    backend = _bpe(vocab, merges, path, fuse_unk=False)
     backend.pre_tokenizer = byte_pre_tokenizer(pre)
     backend.decoder = decoders.ByteLevel()
     # A "control" token spelled outside the alphabet is a converter's mislabel of an ordinary
@@ -122,12 +184,11 @@ def _byte_level(tokens, merges, pre):
     return backend, (lambda token: set(token) <= spelled)
 
 
-def _sentencepiece_style(meta, tokens, merges):
+def _sentencepiece_style(meta, tokens, merges, path):
     scores = meta.get("tokenizer.ggml.scores") or [0.0] * len(tokens)
     unk = meta.get("tokenizer.ggml.unknown_token_id")
-    backend = HFTokenizer(models.BPE({t: i for i, t in enumerate(tokens)}, merges or merges_from_scores(tokens, scores),
-                                     unk_token=tokens[unk] if unk is not None else None,
-                                     fuse_unk=True, byte_fallback=True))
+    backend = _bpe({t: i for i, t in enumerate(tokens)}, merges or merges_from_scores(tokens, scores), path,
+                   unk_token=tokens[unk] if unk is not None else None, fuse_unk=True, byte_fallback=True)
     # As sentencepiece and llama.cpp do: one "▁" always in front, every space a "▁". (A Metaspace
     # pre-tokenizer would skip the prefix when the text already starts with a space.)
     prefix = bool(meta.get("tokenizer.ggml.add_space_prefix", True))

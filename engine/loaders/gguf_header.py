@@ -100,6 +100,8 @@ def read_header(path: Path, data: mmap.mmap | bytes) -> tuple[dict, list[tuple[s
         if not 1 <= n_dims <= MAX_DIMS:
             raise ModelFormatError(path, f"corrupt GGUF header: tensor {name!r} has {n_dims} dimensions")
         dims = tuple(cur.u64(f"shape of {name!r}") for _ in range(n_dims))
+        if 0 in dims:  # an empty weight is no weight; numpy cannot even reshape it into rows
+            raise ModelFormatError(path, f"corrupt GGUF header: tensor {name!r} has shape {dims}")
         infos.append((name, dims, cur.u32(f"type of {name!r}"), cur.u64(f"offset of {name!r}")))
     data_start = -(-cur.pos // alignment) * alignment
     return meta, [(name, dims, kind, data_start + offset) for name, dims, kind, offset in infos]

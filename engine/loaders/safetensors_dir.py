@@ -36,6 +36,12 @@ _RENAMES = [(re.compile(p), c) for p, c in _RENAMES]
 _EXPERT = re.compile(r"model\.layers\.(\d+)\.(?:mlp|block_sparse_moe)\.experts\.(\d+)\.(\w+)\.weight")
 _EXPERT_PART = {"gate_proj": "w_gate", "up_proj": "w_up", "down_proj": "w_down",
                 "w1": "w_gate", "w3": "w_up", "w2": "w_down"}  # Mixtral's names: w1 gate, w3 up, w2 down
+# config.json counts and widths, with ceilings far above any real model (layers size per-layer tuples).
+_COUNTS = {"num_hidden_layers": 1 << 12, "max_window_layers": 1 << 12, "decoder_sparse_step": 1 << 12,
+           **dict.fromkeys(["num_attention_heads", "num_key_value_heads", "num_experts", "num_local_experts",
+                            "num_experts_per_tok"], 1 << 16),
+           **dict.fromkeys(["hidden_size", "intermediate_size", "moe_intermediate_size", "shared_expert_intermediate_size",
+                            "head_dim", "vocab_size", "max_position_embeddings", "sliding_window"], 1 << 31)}
 _FUSED = re.compile(r"model\.layers\.(\d+)\.mlp\.experts\.(gate_up_proj|down_proj)")
 
 
@@ -83,6 +89,10 @@ def _read_config(path: Path) -> tuple[ModelConfig, dict]:
         raise ModelFormatError(config_file, f"invalid JSON: {e}") from None
     if not isinstance(raw, dict):
         raise ModelFormatError(config_file, "expected a JSON object")
+    for key, limit in _COUNTS.items():  # sized by before any tensor is read: bound them first
+        value = raw.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= limit):
+            raise ModelFormatError(config_file, f"{key} = {str(value)[:40]} is not an integer in 0..{limit}")
     return ModelConfig.from_hf(raw, config_file), raw
 
 
