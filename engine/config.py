@@ -81,6 +81,10 @@ class MoeConfig:
     norm_topk_prob: bool = False
     shared_expert_hidden_dim: int = 0  # Qwen2-MoE's always-on expert; 0 = none
     shared_expert_gated: bool = True  # Qwen2-MoE scales the shared expert by sigmoid(gate(x))
+    # MoEfied checkpoints (engine/moefy_checkpoint.py) store their router multiplied by this tiny
+    # factor so that every selected expert's weight is E·softmax = 1; the probabilities shown and
+    # counted in router statistics are softmax(logits / router_scale). Routing itself ignores it.
+    router_scale: float = 1.0
 
     def __post_init__(self):
         assert self.router in ("topk_softmax", "softmax_topk"), self.router
@@ -179,6 +183,7 @@ def _from_hf(arch: str, hf: dict) -> ModelConfig:
             hf["intermediate_size"] if arch == "olmoe" else hf["moe_intermediate_size"],
             router="softmax_topk", norm_topk_prob=bool(hf.get("norm_topk_prob", False)),
             shared_expert_hidden_dim=int(hf.get("shared_expert_intermediate_size") or 0) if arch == "qwen2_moe" else 0,
+            router_scale=float(hf.get("glassbox_router_scale") or 1.0),
         )
         step = int(hf.get("decoder_sparse_step") or 1)
         dense_only = set(hf.get("mlp_only_layers") or ())

@@ -313,3 +313,15 @@ class QuantDiff:
     top1_agree: tuple[bool, ...]
     mean_kl: float
     agreement: float
+
+
+@dataclass(frozen=True, slots=True)
+class RouterStats:
+    """One MoE layer's routing over a text (engine.router_stats): per expert the share of routing
+    slots it received (fᵢ, sums to 1) and its mean router probability (Pᵢ), and the auxiliary
+    load-balancing value N·Σ fᵢ·Pᵢ: 1.0 when balanced, up to N when every token goes to one expert."""
+    layer: int
+    tokens: int
+    token_fraction: tuple[float, ...]
+    mean_prob: tuple[float, ...]
+    balance: float

@@ -20,13 +20,16 @@ def route(router_logits: torch.Tensor, moe: MoeConfig) -> tuple[torch.Tensor, to
     Two published conventions:
       topk_softmax (Mixtral): weights = softmax over the k chosen logits.
       softmax_topk (Qwen-MoE, OLMoE): softmax over all E, keep the top k, renormalise only if asked.
-    Both expose the full softmax so panels can show the router's whole distribution.
+    Both expose the full softmax so panels can show the router's whole distribution (for a
+    MoEfied checkpoint, of the logits before its router_scale: see MoeConfig).
     """
     probs = F.softmax(router_logits.float(), dim=-1)  # [N, E]
     top_probs, expert_ids = torch.topk(probs, moe.n_experts_per_tok, dim=-1)  # [N, A]
     if moe.router == "topk_softmax" or moe.norm_topk_prob:
         # softmax over the top-k logits == top-k of the full softmax, renormalised.
         top_probs = top_probs / top_probs.sum(dim=-1, keepdim=True)
+    if moe.router_scale != 1.0:
+        probs = F.softmax(router_logits.float() / moe.router_scale, dim=-1)
     return probs, expert_ids, top_probs.to(router_logits.dtype)
 
 

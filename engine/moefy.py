@@ -1,0 +1,218 @@
+"""MoEfication (Zhang et al. 2022): split every SwiGLU MLP of a dense model into E equal experts and
+fit a router per layer, so the dense model becomes a sparse mixture-of-experts.
+
+A SwiGLU MLP is a sum over its neurons, down[:, j] * silu(gate[j]·h) * (up[j]·h), so grouping the
+neurons into E disjoint sets splits it into E smaller SwiGLUs whose outputs add up to the dense
+output. Which neurons go together: balanced k-means over what each neuron does on real text (its
+activation over the collected tokens: neurons that fire together share an expert), each expert
+getting exactly F/E neurons. The router of a layer predicts, from the MLP's input, the log of each
+expert's output norm on that token (ridge least squares over hidden states collected by running the
+dense model over the shipped text); the top-k experts by that score run.
+
+The routing convention that keeps top-k = E exact lives in engine/moefy_checkpoint.py (Qwen2-MoE
+with a pre-scaled router); this file only produces the split and the router scores.
+
+Shape legend: N tokens, D model dim, F dense hidden dim, E experts, I = F/E expert hidden dim.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from engine.config import ModelConfig
+from engine.kv_cache import ContiguousKVCache
+
+# progress(stage, done, total): stage is "collect" (windows run) or "fit" (layers split and routed).
+MoefyProgress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class LayerSplit:
+    """One dense MLP cut into experts: neuron ids per expert [E, I] and the router [E, D] in score
+    units (predicted log output norm), before any checkpoint-specific scaling."""
+
+    neurons: torch.Tensor
+    router: torch.Tensor
+    top_k_recall: float  # share of (token, true top-k expert) pairs the router also picks, on the fit data
+
+
+@torch.inference_mode()
+def collect_mlp_inputs(model, ids: list[int], window: int = 512, max_tokens: int = 8192,
+                       progress: MoefyProgress | None = None) -> list[torch.Tensor]:
+    """Run the dense model over `ids` in independent windows and keep every layer's MLP input
+    (the post-attention-norm hidden state) -> per layer [N, D] fp32, N = min(len(ids), max_tokens)."""
+    ids = ids[:max_tokens]
+    captured: list[list[torch.Tensor]] = [[] for _ in model.layers]
+    hooks = [layer.mlp.register_forward_hook(
+        lambda module, args, out, i=i: captured[i].append(args[0].reshape(-1, args[0].shape[-1]).float().cpu()))
+        for i, layer in enumerate(model.layers)]
+    device, dtype = model.embed.weight.device, model.embed.weight.dtype
+    starts = list(range(0, len(ids), window))
+    try:
+        for n, start in enumerate(starts):
+            chunk = ids[start:start + window]
+            cache = ContiguousKVCache(model.config, len(chunk), device=device, dtype=dtype)
+            model(torch.tensor([chunk], device=device), cache.view(0, len(chunk)))
+            if progress:
+                progress("collect", n + 1, len(starts))
+    finally:
+        for h in hooks:
+            h.remove()
+    return [torch.cat(parts) for parts in captured]
+
+
+def neuron_activations(h: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor) -> torch.Tensor:
+    """SwiGLU's hidden activations silu(h·gate) * (h·up) -> [N, F]."""
+    return F.silu(h @ w_gate.T) * (h @ w_up.T)
+
+
+def balanced_kmeans(features: torch.Tensor, n_clusters: int, iters: int = 20, seed: int = 0) -> torch.Tensor:
+    """Cluster the rows of `features` [F, X] into n_clusters groups of exactly F/n_clusters rows
+    (cosine similarity to the centroids; a greedy capacity-limited assignment each round).
+    Returns row ids per cluster [n_clusters, F/n_clusters], each row sorted."""
+    n = features.shape[0]
+    if n % n_clusters:
+        raise ValueError(f"{n} neurons do not split into {n_clusters} equal experts")
+    size = n // n_clusters
+    x = F.normalize(features.float(), dim=1)
+    g = torch.Generator().manual_seed(seed)
+    centers = x[torch.randperm(n, generator=g)[:n_clusters]]
+    labels = torch.full((n,), -1, dtype=torch.long)
+    for _ in range(iters):
+        sim = x @ centers.T  # [F, C]
+        new = _assign_balanced(sim, size)
+        if torch.equal(new, labels):
+            break
+        labels = new
+        centers = F.normalize(F.one_hot(labels, n_clusters).T.float() @ x, dim=1)
+    return torch.stack([torch.nonzero(labels == c).flatten() for c in range(n_clusters)])
+
+
+def _assign_balanced(sim: torch.Tensor, size: int) -> torch.Tensor:
+    """Greedy: take (row, cluster) pairs best-first; a row goes to the first cluster with room."""
+    n, c = sim.shape
+    order = torch.argsort(sim.flatten(), descending=True).tolist()
+    labels = [-1] * n
+    room = [size] * c
+    left = n
+    for flat in order:
+        row, cluster = divmod(flat, c)
+        if labels[row] < 0 and room[cluster] > 0:
+            labels[row] = cluster
+            room[cluster] -= 1
+            left -= 1
+            if left == 0:
+                break
+    return torch.tensor(labels)
+
+
+def expert_output_norms(acts: torch.Tensor, w_down: torch.Tensor, neurons: torch.Tensor) -> torch.Tensor:
+    """|| expert e's output || per token -> [N, E]: how much each expert adds to the MLP's output."""
+    return torch.stack([(acts[:, idx] @ w_down[:, idx].T).norm(dim=-1) for idx in neurons], dim=1)
+
+
+def fit_router(h: torch.Tensor, scores: torch.Tensor, ridge: float = 1e-2) -> torch.Tensor:
+    """Ridge least squares h [N, D] -> scores [N, E]; returns the router weight [E, D] (no bias:
+    the HF routers have none). Scores are centred per token first: only their order per token matters."""
+    target = scores - scores.mean(dim=1, keepdim=True)
+    gram = h.T @ h
+    gram.diagonal().add_(ridge * gram.diagonal().mean())
+    return torch.linalg.solve(gram, h.T @ target).T.contiguous()
+
+
+def top_k_recall(pred: torch.Tensor, truth: torch.Tensor, k: int) -> float:
+    """Share of each token's true top-k experts that the predicted scores also rank in their top-k."""
+    p = torch.zeros_like(pred, dtype=torch.bool).scatter_(1, pred.topk(k, dim=1).indices, True)
+    t = torch.zeros_like(truth, dtype=torch.bool).scatter_(1, truth.topk(k, dim=1).indices, True)
+    return float((p & t).sum() / t.sum())
+
+
+def split_layer(h: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor,
+                n_experts: int, top_k: int, seed: int = 0) -> LayerSplit:
+    """Cluster one layer's neurons by co-activation on `h` and fit its router."""
+    acts = neuron_activations(h, w_gate.float(), w_up.float())  # [N, F]
+    neurons = balanced_kmeans(acts.abs().T, n_experts, seed=seed)
+    log_norms = torch.log(expert_output_norms(acts, w_down.float(), neurons) + 1e-6)
+    router = fit_router(h, log_norms)
+    return LayerSplit(neurons, router, top_k_recall(h @ router.T, log_norms, top_k))
+
+
+def split_model(config: ModelConfig, tensors: dict[str, torch.Tensor], inputs: list[torch.Tensor],
+                n_experts: int, top_k: int, progress: MoefyProgress | None = None) -> list[LayerSplit]:
+    splits = []
+    for i, h in enumerate(inputs):
+        p = f"layers.{i}.mlp."
+        splits.append(split_layer(h, tensors[p + "w_gate.weight"], tensors[p + "w_up.weight"],
+                                  tensors[p + "w_down.weight"], n_experts, top_k, seed=i))
+        if progress:
+            progress("fit", i + 1, config.n_layers)
+    return splits
+
+
+def expert_tensors(tensors: dict[str, torch.Tensor], layer: int, neurons: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The dense layer's weights regrouped by expert: canonical stacked w_gate/w_up [E, I, D], w_down [E, D, I]."""
+    p = f"layers.{layer}.mlp."
+    gate, up, down = tensors[p + "w_gate.weight"], tensors[p + "w_up.weight"], tensors[p + "w_down.weight"]
+    return {p + "w_gate": gate[neurons], p + "w_up": up[neurons],
+            p + "w_down": torch.stack([down[:, idx] for idx in neurons])}
+
+
+def moefied_tensors(config: ModelConfig, tensors: dict[str, torch.Tensor], splits: list[LayerSplit],
+                    inputs: list[torch.Tensor], top_k: int) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """The dense checkpoint's tensors with every MLP replaced by its experts and router, in the
+    convention of engine/moefy_checkpoint.py (down_proj × E, router × a tiny global scale)."""
+    from engine.moefy_checkpoint import moe_config, router_scale
+
+    n_experts = splits[0].neurons.shape[0]
+    scale = min(router_scale([s.router for s in splits], inputs))  # one scale: the config holds one
+    moe = moe_config(config, n_experts, top_k, shared=0, scale=scale)
+    out = {k: v for k, v in tensors.items() if ".mlp." not in k}
+    for i, split in enumerate(splits):
+        experts = expert_tensors(tensors, i, split.neurons)
+        experts[f"layers.{i}.mlp.w_down"] = experts[f"layers.{i}.mlp.w_down"] * n_experts
+        out.update(experts)
+        out[f"layers.{i}.mlp.router.weight"] = split.router * scale
+    return moe, out
+
+
+def moefy(source, out, n_experts: int = 8, top_k: int = 2, max_tokens: int = 4096,
+          progress: MoefyProgress | None = None) -> dict:
+    """Build the MoEfied checkpoint of `source` (a dense SwiGLU model; None = the default model) in
+    directory `out`, fitting the routers on the shipped text. Returns the build report (also written
+    to out/moefy.json)."""
+    from engine.loaders import load_checkpoint
+    from engine.quality import SHIPPED_TEXT
+
+    ckpt = load_checkpoint(source)
+    ids = ckpt.tokenizer.encode(SHIPPED_TEXT.read_text(encoding="utf-8"))
+    return build(ckpt, ids, out, n_experts, top_k, max_tokens, progress, fit_text=SHIPPED_TEXT.name)
+
+
+def build(ckpt, ids: list[int], out, n_experts: int, top_k: int, max_tokens: int = 4096,
+          progress: MoefyProgress | None = None, fit_text: str = "") -> dict:
+    """moefy() on an already loaded checkpoint (engine.loaders.Checkpoint) and fit tokens."""
+    from pathlib import Path
+
+    from engine.model import Decoder
+    from engine.moefy_checkpoint import write_checkpoint
+
+    config = ckpt.config
+    if config.moe is not None or not config.hidden_dim:
+        raise ValueError(f"{ckpt.source.name} is already a mixture of experts")
+    if config.hidden_dim % n_experts:
+        raise ValueError(f"the MLP width {config.hidden_dim} does not split into {n_experts} equal experts")
+    if not 0 < top_k <= n_experts:
+        raise ValueError(f"top-k must be in 1..{n_experts}")
+    model = Decoder.from_tensors(config, ckpt.tensors)
+    inputs = collect_mlp_inputs(model, ids, max_tokens=max_tokens, progress=progress)
+    del model
+    splits = split_model(config, ckpt.tensors, inputs, n_experts, top_k, progress=progress)
+    moe, tensors = moefied_tensors(config, ckpt.tensors, splits, inputs, top_k)
+    report = {"source": str(ckpt.source), "experts": n_experts, "top_k": top_k, "fit_tokens": len(inputs[0]),
+              "fit_text": fit_text, "router_scale": moe.moe.router_scale,
+              "router_top_k_recall": [round(s.top_k_recall, 4) for s in splits]}
+    write_checkpoint(Path(out), moe, tensors, ckpt.tokenizer, source=ckpt.source.name, extra=report)
+    return report
