@@ -80,6 +80,15 @@ def build_parser() -> argparse.ArgumentParser:
     ppl.set_defaults(quant="none")
     ppl.epilog = "--quant takes a comma-separated list here, e.g. none,int8,int4-g32,auto"
     sub.add_parser("bench", help="prefill/decode speed and memory (see: python -m engine bench --help)")
+    mo = sub.add_parser("moefy", help="MoEfication: split a dense model's MLPs into experts (a Qwen2-MoE folder)")
+    mo.add_argument("--model", help="dense SwiGLU model: GGUF file or HF folder (default: the default model)")
+    mo.add_argument("--experts", type=int, default=8)
+    mo.add_argument("--top-k", type=int, default=2, help="experts per token written to config.json")
+    mo.add_argument("--out", required=True, help="output folder")
+    mo.add_argument("--fit-tokens", type=int, default=4096, help="tokens of the shipped text the routers are fit on")
+    mo.add_argument("--report", action="store_true",
+                    help="then perplexity at top-k E, E/2, E/4 beside the dense model, and the load balance")
+    mo.add_argument("--threads", type=int, default=0)
     return parser
 
 
@@ -228,6 +237,24 @@ def cmd_perplexity(args) -> int:
     return 0
 
 
+def cmd_moefy(args) -> int:
+    from engine.device import set_threads
+    from engine.moefy import moefy
+    from engine.moefy_report import report
+
+    set_threads(args.threads)
+    progress = lambda stage, done, total: print(f"\r{stage} {done}/{total}", end="", file=sys.stderr, flush=True)  # noqa: E731
+    built = moefy(args.model, args.out, args.experts, args.top_k, args.fit_tokens, progress)
+    print(file=sys.stderr)
+    print(json.dumps(built))
+    if args.report:
+        ks = sorted({args.experts, max(args.experts // 2, 1), max(args.experts // 4, 1)}, reverse=True)
+        result = report(args.model, args.out, ks, log=lambda row: print(json.dumps(row), flush=True))
+        with open(f"{args.out}/moefy.json", "w", encoding="utf-8") as f:
+            json.dump({**built, "report": result}, f, indent=1)
+    return 0
+
+
 def _spec_json(s) -> dict:
     return {"drafter": s.drafter, "acceptance_rate": round(s.acceptance_rate, 4),
             "acceptance_by_position": [round(a, 4) for a in s.acceptance_by_position],
@@ -267,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
         return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
-        return {"generate": cmd_generate, "chat": cmd_chat, "perplexity": cmd_perplexity}[args.command](args)
+        return {"generate": cmd_generate, "chat": cmd_chat, "perplexity": cmd_perplexity,
+                "moefy": cmd_moefy}[args.command](args)
     except (EngineError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
