@@ -108,10 +108,15 @@ class EngineWorker(QObject):
 
 def model_facts(engine) -> dict:
     c = engine.config
-    params = sum(p.numel() for p in engine.model.parameters())
+    quantized = {id(w): w for m in engine.model.modules() for w in getattr(m, "quant_weights", lambda: [])()}
+    params = sum(p.numel() for p in engine.model.parameters()) + sum(
+        w.shape[0] * w.shape[1] for w in quantized.values())  # packed weights are not Parameters
+    weights = engine.model.weight_bytes()
     return {"name": engine.source.name, "path": str(engine.source), "architecture": c.arch,
             "parameters": params, "layers": c.n_layers, "heads": c.n_heads, "kv_heads": c.n_kv_heads,
             "head_dim": c.head_dim, "experts": c.moe.n_experts if c.moe else 0,
             "experts_per_token": c.moe.n_experts_per_tok if c.moe else 0, "context": c.max_seq_len,
             "dtype": str(engine.model.embed.weight.dtype).removeprefix("torch."), "device": str(engine.device),
-            "rope": c.rope_scaling.rope_type, "vocab": c.vocab_size}
+            "rope": c.rope_scaling.rope_type, "vocab": c.vocab_size,
+            "weights": " + ".join(f"{kind} {n / 1e6:.1f} MB" for kind, n in sorted(weights.items(), key=lambda kv: -kv[1])
+                                  if n > 0)}

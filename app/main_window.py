@@ -161,7 +161,7 @@ class MainWindow(QMainWindow):
         self.model_panel.set_recent(self.settings.recent_models())
         self.chat.set_busy(False)
         self.statusBar().showMessage(f"Loaded {facts['name']} ({facts['architecture']}, {facts['device']}, "
-                                     f"{facts['dtype']})", 5000)
+                                     f"{facts['dtype']}; weights {facts.get('weights', '?')})", 5000)
         self.perf.setText(f"{facts['name']} ready")
 
     def _on_load_failed(self, message: str) -> None:

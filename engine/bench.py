@@ -36,8 +36,13 @@ def _worker_ours(args) -> dict:
 
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    engine = Engine.load(args.model, LoadOptions(device=args.device, dtype=args.dtype))
+    rss_before = psutil.Process().memory_info().rss
+    engine = Engine.load(args.model, LoadOptions(device=args.device, dtype=args.dtype, quant=args.quant))
     load_s = time.perf_counter() - t0
+    # weights as they sit in memory: the bytes of every parameter/packed tensor, and what loading
+    # added to the process (RSS also holds the tokenizer, the KV pool's touched pages, allocator slack)
+    weight_bytes = sum(engine.model.weight_bytes().values())
+    load_rss_bytes = psutil.Process().memory_info().rss - rss_before
     prompt = _prompt_ids(engine.tokenizer.encode, args.prompt_tokens)
     decode_prompt = prompt[:32]
     params = SamplingParams(temperature=0, max_new_tokens=args.new_tokens, ignore_eos=True)
@@ -47,7 +52,8 @@ def _worker_ours(args) -> dict:
     waste, contiguous_waste = _kv_waste(engine, _prompt_ids(engine.tokenizer.encode, 1200))
     return {"prefill_tok_s": len(prompt) / (done.prefill_ms / 1000), "ttft_ms": run.prefill_ms,
             "decode_tok_s": run.decode_tokens_per_s, "load_s": load_s, "peak_rss": _peak_rss_bytes(),
-            "kv_waste_pct": waste, "kv_contiguous_waste_pct": contiguous_waste}
+            "kv_waste_pct": waste, "kv_contiguous_waste_pct": contiguous_waste,
+            "weight_bytes": weight_bytes, "load_rss_bytes": load_rss_bytes}
 
 
 def _kv_waste(engine, prompt: list[int]) -> tuple[float, float]:
@@ -102,7 +108,10 @@ def _worker_hf(args) -> dict:
 
 
 def _run_worker(engine: str, args) -> dict:
-    cmd = [sys.executable, "-m", "engine", "bench", "--worker", engine, "--prompt-tokens", str(args.prompt_tokens),
+    """`engine` is "hf" or "ours" / "ours:<quant mode>"."""
+    engine, _, quant = engine.partition(":")
+    cmd = [sys.executable, "-m", "engine", "bench", "--worker", engine, "--quant", quant or args.quant.split(",")[0],
+           "--prompt-tokens", str(args.prompt_tokens),
            "--new-tokens", str(args.new_tokens), "--threads", str(args.threads), "--device", args.device,
            "--dtype", args.dtype] + (["--model", args.model] if args.model else [])
     out = subprocess.run(cmd, capture_output=True, text=True)
@@ -112,7 +121,8 @@ def _run_worker(engine: str, args) -> dict:
 
 
 def bench(args) -> dict:
-    engines = ["ours"]
+    modes = [m.strip() for m in args.quant.split(",") if m.strip()]
+    engines = ["ours"] if len(modes) == 1 else [f"ours:{m}" for m in modes]
     if not args.no_reference:
         try:
             import transformers  # noqa: F401
@@ -131,8 +141,14 @@ def bench(args) -> dict:
               "machine_busy_s": round((cpu_after.user + cpu_after.system) - (cpu_before.user + cpu_before.system), 1)}
     for e, rs in runs.items():
         result[e] = {k: statistics.median(r[k] for r in rs) for k in rs[0]}
-    if "hf" in result:
+    if "hf" in result and "ours" in result:
         result["ratio_vs_hf"] = {k: result["ours"][k] / result["hf"][k] for k in ("prefill_tok_s", "decode_tok_s")}
+    if len(modes) > 1:  # each quantization against the first mode listed (normally none)
+        base = result[f"ours:{modes[0]}"]
+        result["ratio_vs_" + modes[0]] = {
+            m: {"decode": result[f"ours:{m}"]["decode_tok_s"] / base["decode_tok_s"],
+                "prefill": result[f"ours:{m}"]["prefill_tok_s"] / base["prefill_tok_s"],
+                "weights": result[f"ours:{m}"]["weight_bytes"] / base["weight_bytes"]} for m in modes}
     return result
 
 
@@ -145,6 +161,9 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=max(1, os.cpu_count() or 1))
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="auto")
+    p.add_argument("--quant", default="auto",
+                   help="weights of our engine; a comma-separated list benchmarks each side by side, "
+                        "e.g. none,int8,int4-g32,auto")
     p.add_argument("--no-reference", action="store_true", help="skip HF transformers")
     p.add_argument("--json", action="store_true")
     p.add_argument("--worker", choices=["ours", "hf"], help=argparse.SUPPRESS)
@@ -156,16 +175,21 @@ def main(argv=None) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"{'engine':8} {'prefill tok/s':>14} {'decode tok/s':>13} {'TTFT ms':>9} {'peak RSS MB':>12}")
-    for e in ("ours", "hf"):
-        if e in result:
-            r = result[e]
-            print(f"{e:8} {r['prefill_tok_s']:14.1f} {r['decode_tok_s']:13.1f} {r['ttft_ms']:9.1f} "
-                  f"{r['peak_rss'] / 2**20:12.0f}")
+    print(f"{'engine':14} {'prefill tok/s':>14} {'decode tok/s':>13} {'TTFT ms':>9} {'peak RSS MB':>12} "
+          f"{'weights MB':>11}")
+    for e, r in result.items():
+        if isinstance(r, dict) and "decode_tok_s" in r:
+            weights = f"{r['weight_bytes'] / 1e6:11.1f}" if "weight_bytes" in r else f"{'':11}"
+            print(f"{e:14} {r['prefill_tok_s']:14.1f} {r['decode_tok_s']:13.1f} {r['ttft_ms']:9.1f} "
+                  f"{r['peak_rss'] / 2**20:12.0f} {weights}")
+    for key, ratios in result.items():
+        if key.startswith("ratio_vs_") and key != "ratio_vs_hf":
+            for m, r in ratios.items():
+                print(f"{m} / {key[9:]}: decode {r['decode']:.2f}x, prefill {r['prefill']:.2f}x, weights {r['weights']:.1%}")
     if "ratio_vs_hf" in result:
         print("ours / hf: " + ", ".join(f"{k} {v:.2f}x" for k, v in result["ratio_vs_hf"].items()))
-    if "kv_waste_pct" in result["ours"]:
-        print(f"KV waste, 8 live sequences of mixed length: paged {result['ours']['kv_waste_pct']:.2f}% "
-              f"vs contiguous max-length caches {result['ours']['kv_contiguous_waste_pct']:.1f}%")
+    ours = next(r for e, r in result.items() if e.startswith("ours"))
+    print(f"KV waste, 8 live sequences of mixed length: paged {ours['kv_waste_pct']:.2f}% "
+          f"vs contiguous max-length caches {ours['kv_contiguous_waste_pct']:.1f}%")
     print(f"(CPU seconds used on the machine meanwhile: {result['machine_busy_s']})")
     return 0

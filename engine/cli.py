@@ -206,7 +206,7 @@ def _many(engine, prompt_ids, args) -> int:
 def cmd_perplexity(args) -> int:
     import time
 
-    from engine.quality import SHIPPED_TEXT, compare, perplexity
+    from engine.quality import SHIPPED_TEXT, evaluate
 
     text_path = args.text or SHIPPED_TEXT
     with open(text_path, encoding="utf-8") as f:
@@ -217,16 +217,15 @@ def cmd_perplexity(args) -> int:
         args.quant = mode
         engine = _load(args)
         ids = engine.tokenizer.encode(text, add_special_tokens=True)
+        if args.kl and reference is None:
+            args.quant = "none"
+            reference = engine.model if mode == "none" else _load(args).model
         started = time.perf_counter()
-        result = perplexity(engine.model, ids, window=args.window, stride=args.stride)
+        result, diff = evaluate(engine.model, ids, args.window, args.stride, reference if args.kl else None)
         row = {"quant": mode, "perplexity": round(result.perplexity, 4), "mean_nll": round(result.mean_nll, 5),
                "tokens": result.tokens_scored, "window": args.window, "stride": args.stride,
                "weight_bytes": sum(engine.model.weight_bytes().values()), "seconds": round(time.perf_counter() - started, 1)}
-        if args.kl:
-            if reference is None:
-                args.quant = "none"
-                reference = engine.model if mode == "none" else _load(args).model
-            diff = compare(reference, engine.model, ids, window=args.window, stride=args.stride)
+        if diff is not None:
             row.update(mean_kl=round(diff.mean_kl, 6), top1_agreement=round(diff.agreement, 4))
         if args.json:
             print(json.dumps(row), flush=True)

@@ -91,6 +91,8 @@ class Engine:
             dtype = self.model.embed.weight.dtype
             ckpt = load_checkpoint(self.source, dtype=dtype)
             self._float_reference = build_model(self.config, ckpt.tensors, self.device, dtype, "none")
+        if len(ids) < 2:
+            return QuantDiff((), (), 0.0, 1.0)  # nothing is predicted from fewer than two tokens
         window = min(len(ids), self.config.max_seq_len, 1024)
         return compare(self._float_reference, self.model, list(ids), window=window, stride=max(1, window // 2))
 

@@ -33,8 +33,10 @@ class Perplexity:
 
 def _windows(n_tokens: int, window: int, stride: int) -> Iterator[tuple[int, int, int]]:
     """(start, end, first scored position) per window; positions [first, end) are scored."""
-    if window < 2 or not 0 < stride <= window:
-        raise ValueError("need window >= 2 and 0 < stride <= window")
+    # stride < window: a window's first scored token is predicted from the token before it,
+    # which must be inside the same window
+    if window < 2 or not 0 < stride < window:
+        raise ValueError("need window >= 2 and 0 < stride < window")
     scored_to = 1  # token 0 has no context to be predicted from
     start = 0
     while scored_to < n_tokens:
@@ -55,27 +57,35 @@ def _log_probs(model, ids: list[int], start: int, end: int) -> torch.Tensor:
     return F.log_softmax(model(tokens, cache.view(0, end - start))[0].float(), dim=-1)
 
 
-def perplexity(model, ids: list[int], window: int = 512, stride: int = 256) -> Perplexity:
-    total, count = 0.0, 0
+def evaluate(model, ids: list[int], window: int = 512, stride: int = 256,
+             reference=None) -> tuple[Perplexity, QuantDiff | None]:
+    """Perplexity of `model` over `ids` and, with a `reference` model (typically the float model of
+    a quantized one), the per-token KL(reference || model) and top-1 agreement, in one pass: each
+    window runs each model once."""
+    total, count, kl, agree = 0.0, 0, [], []
     for start, end, first in _windows(len(ids), window, stride):
-        logp = _log_probs(model, ids, start, end)  # row i predicts token start + i + 1
-        targets = torch.tensor(ids[first:end], device=logp.device)
-        rows = logp[first - 1 - start: end - 1 - start]
-        total -= rows.gather(1, targets[:, None]).sum().item()
+        rows = slice(first - 1 - start, end - 1 - start)  # row i predicts token start + i + 1
+        q = _log_probs(model, ids, start, end)[rows]
+        targets = torch.tensor(ids[first:end], device=q.device)
+        total -= q.gather(1, targets[:, None]).sum().item()
         count += end - first
+        if reference is not None:
+            p = _log_probs(reference, ids, start, end)[rows].to(q.device)
+            kl += (p.exp() * (p - q)).sum(-1).clamp(min=0).tolist()
+            agree += (p.argmax(-1) == q.argmax(-1)).tolist()
     if count == 0:
         raise ValueError("the text is too short to score (it needs at least 2 tokens)")
-    return Perplexity(math.exp(total / count), total / count, count, window, stride)
+    ppl = Perplexity(math.exp(total / count), total / count, count, window, stride)
+    if reference is None:
+        return ppl, None
+    return ppl, QuantDiff(tuple(kl), tuple(bool(a) for a in agree), sum(kl) / count, sum(agree) / count)
+
+
+def perplexity(model, ids: list[int], window: int = 512, stride: int = 256) -> Perplexity:
+    return evaluate(model, ids, window, stride)[0]
 
 
 def compare(reference, model, ids: list[int], window: int = 512, stride: int = 256) -> QuantDiff:
     """Per scored token: KL(reference || model) of the next-token distributions and whether both
     put the same token first. `reference` is typically the float model, `model` a quantized one."""
-    kl, agree = [], []
-    for start, end, first in _windows(len(ids), window, stride):
-        p = _log_probs(reference, ids, start, end)[first - 1 - start: end - 1 - start]
-        q = _log_probs(model, ids, start, end)[first - 1 - start: end - 1 - start].to(p.device)
-        kl += (p.exp() * (p - q)).sum(-1).clamp(min=0).tolist()
-        agree += (p.argmax(-1) == q.argmax(-1)).tolist()
-    n = max(len(kl), 1)
-    return QuantDiff(tuple(kl), tuple(bool(a) for a in agree), sum(kl) / n, sum(agree) / n)
+    return evaluate(model, ids, window, stride, reference)[1]

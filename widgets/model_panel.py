@@ -1,17 +1,26 @@
 """Opening a model and seeing what it is: a file/folder chooser, recent models, drag and drop,
-load options (device, dtype, RoPE scaling, KV budget and block size), progress, and the loaded
+load options (device, dtype, weight quantization, RoPE scaling, KV budget and block size), progress, and the loaded
 model's facts. Emits open requests; never loads anything itself."""
 from __future__ import annotations
 
 from pathlib import Path
 
-from PySide6.QtCore import Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel,
                                QListWidget, QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
 FACTS = [("name", "Model"), ("architecture", "Architecture"), ("parameters", "Parameters"), ("layers", "Layers"),
          ("heads", "Heads"), ("kv_heads", "KV heads"), ("experts", "Experts"), ("experts_per_token", "Experts/token"),
-         ("context", "Context"), ("dtype", "Dtype"), ("device", "Device"), ("rope", "RoPE scaling")]
+         ("context", "Context"), ("dtype", "Dtype"), ("weights", "Weights"), ("device", "Device"),
+         ("rope", "RoPE scaling")]
+
+# engine/quant's load modes, with what each means to someone choosing
+QUANT_MODES = [("auto", "GGUF Q8_0/Q4_0/Q4_1 weights stay packed on the CPU; float otherwise"),
+               ("none", "all weights in the chosen dtype (dequantizes a GGUF)"),
+               ("int8", "int8 per output channel: ~1/4 of fp32, near-lossless"),
+               ("int4-g32", "int4 in groups of 32: ~1/6 of fp32"),
+               ("int4-g64", "int4 in groups of 64"),
+               ("int4-g128", "int4 in groups of 128: smallest, least exact")]
 
 
 class ModelPanel(QWidget):
@@ -33,6 +42,11 @@ class ModelPanel(QWidget):
         self.device.addItems(["auto", "cpu", "cuda"])
         self.dtype = QComboBox()
         self.dtype.addItems(["auto", "float32", "bfloat16", "float16"])
+        self.quant = QComboBox()
+        for i, (mode, meaning) in enumerate(QUANT_MODES):
+            self.quant.addItem(mode)
+            self.quant.setItemData(i, meaning, Qt.ToolTipRole)
+        self.quant.setToolTip("How the weights are held in memory (engine/quant); applied when a model is opened")
         self.rope = QComboBox()
         self.rope.addItems(["from model", "linear", "dynamic", "yarn", "llama3"])
         self.rope_factor = QDoubleSpinBox(minimum=1.0, maximum=32.0, value=2.0, singleStep=0.5)
@@ -58,6 +72,7 @@ class ModelPanel(QWidget):
         options = QFormLayout()
         options.addRow("Device", self.device)
         options.addRow("Dtype", self.dtype)
+        options.addRow("Weights", self.quant)
         rope = QHBoxLayout()
         rope.addWidget(self.rope)
         rope.addWidget(self.rope_factor)
@@ -82,7 +97,7 @@ class ModelPanel(QWidget):
 
     # -- API ----------------------------------------------------------------------------------
     def options(self) -> dict:
-        opts = {"device": self.device.currentText(), "dtype": self.dtype.currentText(),
+        opts = {"device": self.device.currentText(), "dtype": self.dtype.currentText(), "quant": self.quant.currentText(),
                 "kv_budget_gib": self.kv_budget.value(), "kv_block_size": int(self.block_size.currentText()),
                 "context_length": self.context.value()}
         if self.rope.currentIndex() > 0:

@@ -24,11 +24,11 @@ def settings(tmp_path):
     return Settings("GlassboxTests", "app")
 
 
-def open_window(qtbot, settings, model=None) -> MainWindow:
+def open_window(qtbot, settings, model=None, **options) -> MainWindow:
     window = MainWindow(settings=settings, autoload=False)
     qtbot.addWidget(window)
     with qtbot.waitSignal(window.worker.loaded, timeout=TIMEOUT):
-        window.load_model(str(model) if model else None, {"device": "cpu"})
+        window.load_model(str(model) if model else None, {"device": "cpu", **options})
     # qtbot hears the worker's signal directly; the window's own queued slot enables Send just after
     qtbot.waitUntil(window.chat.send_button.isEnabled, timeout=10_000)
     return window
@@ -53,6 +53,8 @@ def test_default_model_chat_streams_and_sliders_rederive_without_forward_passes(
     window = open_window(qtbot, settings)
     try:
         assert window.facts["architecture"] == "llama" and window.facts["layers"] == 30
+        assert window.facts["weights"].startswith("int4")  # the GGUF's Q4_1 blocks stay packed
+        assert window.facts["parameters"] > 130_000_000  # packed weights count too
         chat(qtbot, window, "What is the capital of France?", max_new_tokens=12)
         assert "Paris" in window.chat.transcript_text()
         assert window.controller.messages[-1]["role"] == "assistant"
@@ -94,6 +96,17 @@ def test_stop_mid_stream_keeps_the_conversation(qtbot, settings, hf_checkpoint):
         assert [m["role"] for m in window.controller.messages] == ["user", "assistant"]
         chat(qtbot, window, "t4 t5")  # the app keeps working
         assert len(window.controller.messages) == 4
+    finally:
+        close_window(window)
+
+
+def test_a_quantization_chosen_in_the_model_panel_reaches_the_engine(qtbot, settings, hf_checkpoint):
+    moe_dir, _ = hf_checkpoint("qwen3_moe")
+    window = open_window(qtbot, settings, moe_dir, quant="int4-g32")
+    try:
+        assert "int4" in window.facts["weights"] and "int4" in window.model_panel.facts["weights"].text()
+        chat(qtbot, window, "t1 t2 t3", max_new_tokens=4)
+        assert window.routing.token_expert_matrix(0).sum() > 0  # quantized experts still route
     finally:
         close_window(window)
 
