@@ -27,6 +27,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="CPU: feed quantized matmuls fp32 activations (exact, slower) instead of bf16")
     p.add_argument("--no-quant-head", dest="quant_head", action="store_false",
                    help="keep the LM head and embedding in float")
+    p.add_argument("--expert-offload", action="store_true",
+                   help="MoE: keep experts in CPU memory, copy the used ones to the GPU per step")
 
 
 def _add_sampling_args(p: argparse.ArgumentParser, temperature: float) -> None:
@@ -100,7 +102,8 @@ def _load(args):
     options = LoadOptions(device=args.device, dtype=args.dtype, rope_scaling=args.rope_scaling,
                           kv_budget_gib=args.kv_budget, kv_gpu_fraction=min(args.kv_budget, 0.9),
                           kv_block_size=args.kv_block_size, context_length=args.context_length,
-                          quant=args.quant, quant_exact=args.quant_exact, quant_head=args.quant_head)
+                          quant=args.quant, quant_exact=args.quant_exact, quant_head=args.quant_head,
+                          expert_offload=args.expert_offload)
     return Engine.load(args.model, options)
 
 

@@ -39,6 +39,9 @@ class LoadOptions:
     quant: str = "auto"
     quant_head: bool = True  # quantize the LM head and embedding too
     quant_exact: bool = False  # CPU fp32: feed quantized matmuls fp32 (exact, slow) instead of bf16
+    # MoE on a GPU too small for every expert: experts stay in CPU memory, the used ones are copied
+    # per step (engine/moe_offload.py). Float weights only.
+    expert_offload: bool = False
 
 
 def with_rope_override(config: ModelConfig, spec: str) -> ModelConfig:
@@ -79,8 +82,14 @@ class Engine:
         config = with_rope_override(ckpt.config, options.rope_scaling) if options.rope_scaling else ckpt.config
         if options.context_length:
             config = config.replace(max_seq_len=options.context_length)
-        model = build_model(config, ckpt.tensors, device, dtype, options.quant, head=options.quant_head,
-                            exact=options.quant_exact)
+        if options.expert_offload and config.moe is not None:
+            from engine.moe_offload import offload_experts
+
+            model = build_model(config, ckpt.tensors, torch.device("cpu"), dtype, "none")
+            offload_experts(model, device)
+        else:
+            model = build_model(config, ckpt.tensors, device, dtype, options.quant, head=options.quant_head,
+                                exact=options.quant_exact)
         return cls(model, ckpt.tokenizer, ckpt.source, options)
 
     def quant_diff(self, ids: list[int]) -> QuantDiff:

@@ -44,6 +44,7 @@ class SparseMoE(nn.Module):
         self.w_down = nn.Parameter(torch.empty(E, dim, I))
         self.shared = SwiGLU(dim, moe.shared_expert_hidden_dim) if moe.shared_expert_hidden_dim else None
         self.shared_gate = nn.Linear(dim, 1, bias=False) if self.shared is not None and moe.shared_expert_gated else None
+        self.offloaded = False  # set by engine/moe_offload.py: experts live on another device
 
     def forward(self, x: torch.Tensor, layer_idx: int = 0, probe=None) -> torch.Tensor:
         B, T, D = x.shape
@@ -60,8 +61,13 @@ class SparseMoE(nn.Module):
         return out.view(B, T, D)
 
     def expert_mlp(self, e: int, h: torch.Tensor) -> torch.Tensor:
-        """Expert e's SwiGLU on its tokens h [n, D] -> [n, D] (quantization overrides this)."""
-        return (F.silu(h @ self.w_gate[e].T) * (h @ self.w_up[e].T)) @ self.w_down[e].T
+        """Expert e's SwiGLU on its tokens h [n, D] -> [n, D] (quantization overrides this).
+        Offloaded experts (engine/moe_offload.py) live elsewhere, usually in pinned CPU memory:
+        only the experts that received tokens are copied to h's device, one step at a time."""
+        gate, up, down = self.w_gate[e], self.w_up[e], self.w_down[e]
+        if self.offloaded:
+            gate, up, down = (w.to(h.device, non_blocking=True) for w in (gate, up, down))
+        return (F.silu(h @ gate.T) * (h @ up.T)) @ down.T
 
     def _experts(self, flat: torch.Tensor, expert_ids: torch.Tensor, gate_weights: torch.Tensor) -> torch.Tensor:
         N, A = expert_ids.shape
