@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import threading
 import traceback
+from pathlib import Path
 
 from PySide6.QtCore import QObject, Signal
 
 from engine.errors import EngineError
 from engine.records import InstrumentOptions, RequestDone, SamplingParams, SpeculativeOptions, StepRecord
+
+BUILTIN_MOE_PATH = "builtin:moe"  # the model panel's second built-in model (engine.moefy.BUILTIN_MOE)
+
 
 # What the panels need from every step: top tokens, stored logits for slider what-ifs, routing,
 # one layer's attention and the memory map.
@@ -65,6 +69,8 @@ class EngineWorker(QObject):
             self.load_progress.emit(done_bytes, total_bytes)
 
         try:
+            if path == BUILTIN_MOE_PATH:
+                path = str(self._builtin_moe())
             engine = Engine.load(path or None, options, progress=progress)
         except EngineError as e:
             self.load_failed.emit(str(e))
@@ -76,6 +82,21 @@ class EngineWorker(QObject):
         self.engine = engine
         self.loaded.emit(model_facts(engine))
 
+
+    def _builtin_moe(self):
+        """The MoEfied default model from the user's cache; built on first use (a few minutes on
+        2 cores) with progress per stage and the same cancel as loading."""
+        from PySide6.QtCore import QStandardPaths
+
+        from engine.moefy import ensure_builtin_moe
+
+        def progress(stage, done, total):
+            if self._cancel.is_set():
+                raise EngineError("building the MoE model was cancelled")
+            self.load_progress.emit(done, total)
+
+        cache = Path(QStandardPaths.writableLocation(QStandardPaths.CacheLocation) or Path.home() / ".cache" / "glassbox")
+        return ensure_builtin_moe(cache / "models", progress)
 
     def _do_generate(self, messages, params) -> None:
         engine = self.engine

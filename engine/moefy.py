@@ -216,3 +216,31 @@ def build(ckpt, ids: list[int], out, n_experts: int, top_k: int, max_tokens: int
               "router_top_k_recall": [round(s.top_k_recall, 4) for s in splits]}
     write_checkpoint(Path(out), moe, tensors, ckpt.tokenizer, source=ckpt.source.name, extra=report)
     return report
+
+
+# The MoE the app offers next to the default model: built from it on first use, then cached.
+BUILTIN_MOE = {"label": "SmolLM2-135M-MoE 8×top-2", "folder": "SmolLM2-135M-MoE-8x2", "experts": 8, "top_k": 2}
+
+
+def ensure_builtin_moe(cache_root, progress: MoefyProgress | None = None, build_fn=None) -> "Path":
+    """The built-in MoE's folder under `cache_root`, building it first if it is not there yet.
+    Built into a '.partial' folder and renamed when complete, so a cancelled or failed build
+    (progress may raise to cancel) never leaves a half-written model that looks finished."""
+    import shutil
+    from pathlib import Path
+
+    root = Path(cache_root)
+    final = root / BUILTIN_MOE["folder"]
+    if (final / "moefy.json").is_file():
+        return final
+    partial = root / (BUILTIN_MOE["folder"] + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        (build_fn or moefy)(None, partial, BUILTIN_MOE["experts"], BUILTIN_MOE["top_k"], progress=progress)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    shutil.rmtree(final, ignore_errors=True)
+    partial.rename(final)
+    return final

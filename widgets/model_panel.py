@@ -23,6 +23,9 @@ QUANT_MODES = [("auto", "GGUF Q8_0/Q4_0/Q4_1 weights stay packed on the CPU; flo
                ("int4-g128", "int4 in groups of 128: smallest, least exact")]
 
 
+BUILTIN_MOE_PATH = "builtin:moe"  # understood by app/engine_worker.py
+
+
 class ModelPanel(QWidget):
     open_requested = Signal(str, dict)  # path ("" = the default model), load options
     cancel_requested = Signal()
@@ -38,6 +41,11 @@ class ModelPanel(QWidget):
         self.open_button.clicked.connect(self.choose_model)
         self.default_button = QPushButton("Default model")
         self.default_button.clicked.connect(lambda: self.request_open(""))
+        # The default model split into 8 experts (engine/moefy.py): built and cached on first use.
+        self.moe_button = QPushButton("SmolLM2-135M-MoE 8×top-2")
+        self.moe_button.setToolTip("A mixture-of-experts made from the default model (MoEfication); "
+                                   "the first time it is built, which takes a few minutes")
+        self.moe_button.clicked.connect(lambda: self.request_open(BUILTIN_MOE_PATH))
         self.device = QComboBox()
         self.device.addItems(["auto", "cpu", "cuda"])
         self.dtype = QComboBox()
@@ -69,6 +77,7 @@ class ModelPanel(QWidget):
         buttons = QHBoxLayout()
         buttons.addWidget(self.open_button)
         buttons.addWidget(self.default_button)
+        buttons.addWidget(self.moe_button)
         options = QFormLayout()
         options.addRow("Device", self.device)
         options.addRow("Dtype", self.dtype)
