@@ -19,6 +19,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="self-test: offscreen window, load the model, generate 8 tokens, "
                              "print a summary, exit")
     parser.add_argument("--smoke-timeout", type=float, default=300.0, help=argparse.SUPPRESS)
+    parser.add_argument("--send-prompt", help=argparse.SUPPRESS)  # test hook: app/send_prompt.py
     args = parser.parse_args(argv)
     if args.smoke:
         os.environ["QT_QPA_PLATFORM"] = "offscreen"  # no screen needed, even where there is one
@@ -37,7 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     app.setApplicationName(name)
     settings = Settings(application=name)
     apply_theme(app, dark=settings.dark_theme())
-    window = MainWindow(settings=settings, model_path=args.model, autoload=not args.smoke)
+    window = MainWindow(settings=settings, model_path=args.model, autoload=not args.smoke,
+                        offer_restore=not args.smoke)  # the self-test never offers the user's conversations
+    if args.send_prompt:
+        from app.send_prompt import SendOnLoad
+
+        hook = SendOnLoad(window, args.send_prompt)  # noqa: F841 (parented to the window)
     window.resize(1400, 900)
     window.show()
     if args.smoke:

@@ -3,12 +3,13 @@ the panels from the latest records on a ~30 Hz timer (so fast decoding cannot fl
 from __future__ import annotations
 
 import dataclasses
+import os
+import time
 
-from pathlib import Path
-
-from PySide6.QtCore import QStandardPaths, Qt, QThread, QTimer
+from PySide6.QtCore import Qt, QThread, QTimer
 from PySide6.QtWidgets import QDockWidget, QFileDialog, QLabel, QMainWindow, QMessageBox
 
+from app.autosave import Autosave, default_folder
 from app.chat_controller import ChatController
 from app.engine_worker import EngineWorker
 from app.settings import Settings
@@ -24,10 +25,13 @@ from widgets.routing_panel import RoutingPanel
 from widgets.sampler_panel import SamplerPanel
 
 REDRAW_MS = 33
+# While a reply streams, its text so far is autosaved this often (a kill loses at most this much of it).
+AUTOSAVE_SECONDS = float(os.environ.get("GLASSBOX_AUTOSAVE_SECONDS", "3"))
 
 
 class MainWindow(QMainWindow):
-    def __init__(self, settings: Settings | None = None, model_path: str | None = None, autoload: bool = True):
+    def __init__(self, settings: Settings | None = None, model_path: str | None = None, autoload: bool = True,
+                 data_dir=None, offer_restore: bool = True):
         super().__init__()
         self.setWindowTitle("Glassbox")
         self.settings = settings or Settings()
@@ -40,6 +44,20 @@ class MainWindow(QMainWindow):
         self.settings.restore_window(self)
         self.redraw = QTimer(self, interval=REDRAW_MS, timeout=self._flush)
         self.redraw.start()
+        self.autosaver = Autosave(data_dir or default_folder())
+        self._saved_steps = 0  # steps of the streaming reply already in the autosave
+        self.autosave_timer = QTimer(self, interval=int(AUTOSAVE_SECONDS * 1000), timeout=self._autosave_partial)
+        self.autosave_timer.start()
+        self.chat.submitted.connect(lambda _text: self.autosave())  # runs after the controller took the message
+        self.notices = [self.settings.notice] if self.settings.notice else []
+        self.restore_offer = None
+        if offer_restore:
+            snapshot, notices = self.autosaver.take_unsaved()
+            self.notices += notices
+            if snapshot is not None:
+                self._offer_restore(snapshot)
+        if self.notices:
+            self._show_notices()
         if autoload:
             self.load_model(model_path, {})
 
@@ -129,12 +147,56 @@ class MainWindow(QMainWindow):
             except ValueError as e:
                 QMessageBox.warning(self, "Could not open the conversation", str(e))
 
+    # -- autosave and restore (app/autosave.py) ------------------------------------------------
     def autosave(self) -> None:
-        """After every turn: the conversation survives a crash or an accidental close."""
-        folder = QStandardPaths.writableLocation(QStandardPaths.AppDataLocation)
-        if folder:
-            Path(folder).mkdir(parents=True, exist_ok=True)
-            self.controller.save(Path(folder) / "autosave.json", False, getattr(self, "facts", {}).get("name", ""))
+        """After every turn (and the user's message): the conversation survives a crash or a kill."""
+        partial = ""
+        if self.controller.busy:  # the reply streaming now, as far as it has come
+            turn = self.controller.steps[self.controller.turn_start:]
+            partial = self.controller.branch_prefix + "".join(s.text for s in turn)
+            self._saved_steps = len(self.controller.steps)
+        self.autosaver.save(self.chat.system.text(), self.controller.messages, partial,
+                            getattr(self, "facts", {}).get("name", ""))
+        if self.autosaver.error:  # the previous write failed: a full or read-only disk
+            self.statusBar().showMessage(f"Autosave failed: {self.autosaver.error}", 10_000)
+
+    def _autosave_partial(self) -> None:
+        if self.controller.busy and len(self.controller.steps) > self._saved_steps:
+            self.autosave()
+
+    def _offer_restore(self, snapshot) -> None:
+        """Non-modal, so it neither blocks the start nor a self-test that watches for modal dialogs."""
+        turns = sum(m["role"] == "user" for m in snapshot.messages)
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(snapshot.saved_at))
+        cut = " Its last reply was cut short." if snapshot.partial else ""
+        box = QMessageBox(QMessageBox.Question, "Restore the last conversation?",
+                          f"Glassbox found a conversation of {turns} turn(s) that was not closed properly "
+                          f"(saved {when}).{cut} Restore it?", QMessageBox.NoButton, self)
+        box.restore_button = box.addButton("Restore", QMessageBox.AcceptRole)
+        box.discard_button = box.addButton("Discard", QMessageBox.RejectRole)
+        box.setModal(False)
+        box.buttonClicked.connect(lambda button: self._restore(snapshot, button is box.restore_button))
+        self.restore_offer = box
+        box.show()
+
+    def _restore(self, snapshot, accepted: bool) -> None:
+        self.restore_offer = None
+        if accepted and not self.controller.busy:
+            self.controller.open(snapshot.path)
+            if snapshot.partial:  # kept like a stopped reply: the user sees (and the model gets) what was there
+                self.controller.messages.append({"role": "assistant", "content": snapshot.partial})
+                self.chat.add_assistant_text(snapshot.partial + " … [interrupted]")
+            self.statusBar().showMessage("Conversation restored", 5000)
+            self.autosave()
+        self.autosaver.forget(snapshot)
+
+    def _show_notices(self) -> None:
+        self.statusBar().showMessage(self.notices[-1], 30_000)
+        box = QMessageBox(QMessageBox.Warning, "Glassbox started with defaults", "\n\n".join(self.notices),
+                          QMessageBox.Ok, self)
+        box.setModal(False)
+        self.notice_box = box
+        box.show()
 
     def _set_dark(self, dark: bool) -> None:
         from PySide6.QtWidgets import QApplication
@@ -238,4 +300,6 @@ class MainWindow(QMainWindow):
         self.worker.request_cancel()
         self.thread.quit()
         self.thread.wait(5000)
+        self.autosave_timer.stop()
+        self.autosaver.close()  # the queued saves reach the disk
         super().closeEvent(event)

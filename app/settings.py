@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
-from PySide6.QtCore import QSettings
+from PySide6.QtCore import QByteArray, QSettings
 
 from engine.records import SamplingParams
 
@@ -11,12 +12,24 @@ MAX_RECENT = 8
 
 
 class Settings:
-    def __init__(self, organization: str = "Glassbox", application: str = "Glassbox"):
-        self.q = QSettings(organization, application)
+    """`notice` is set when the settings file was unreadable: it was kept aside and defaults are used."""
+
+    def __init__(self, organization: str = "Glassbox", application: str = "Glassbox", path: str | None = None):
+        self.q = QSettings(path, QSettings.IniFormat) if path else QSettings(organization, application)
+        self.notice = ""
+        problem = _unreadable(self.q)
+        if problem:
+            from app.autosave import set_aside
+
+            kept = set_aside(Path(self.q.fileName()))
+            self.q = QSettings(path, QSettings.IniFormat) if path else QSettings(organization, application)
+            self.notice = (f"The settings file could not be read ({problem}). It was kept as {kept}; "
+                           "Glassbox starts with default settings.")
 
     def recent_models(self) -> list[str]:
         value = self.q.value("models/recent", [])
-        return [value] if isinstance(value, str) else list(value or [])
+        values = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+        return [v for v in values if isinstance(v, str)]
 
     def add_recent_model(self, path: str) -> None:
         recent = [p for p in self.recent_models() if p != path]
@@ -60,10 +73,29 @@ class Settings:
         self.q.setValue("window/state", window.saveState())
 
     def restore_window(self, window) -> None:
-        if self.q.contains("window/geometry"):
-            window.restoreGeometry(self.q.value("window/geometry"))
-        if self.q.contains("window/state"):
-            window.restoreState(self.q.value("window/state"))
+        for key, restore in (("window/geometry", window.restoreGeometry), ("window/state", window.restoreState)):
+            value = self.q.value(key)
+            if isinstance(value, (QByteArray, bytes)):  # anything else is a damaged entry: keep the default
+                restore(value)
 
     def sync(self) -> None:
         self.q.sync()
+
+
+def _unreadable(q: QSettings) -> str:
+    """Why the settings file cannot be trusted ("" if it can): Qt's INI reader skips what it cannot
+    parse without a word, so binary junk is looked for as well."""
+    if q.status() != QSettings.NoError:
+        return f"Qt reports {q.status().name}"
+    path = Path(q.fileName())
+    try:
+        data = path.read_bytes() if path.is_file() else b""
+    except OSError as e:
+        return str(e)
+    if b"\0" in data:
+        return "it holds binary data"
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return "it is not UTF-8 text"
+    return ""

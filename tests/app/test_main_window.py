@@ -222,6 +222,7 @@ def test_conversations_save_open_export_and_autosave(qtbot, settings, hf_checkpo
             window.controller.open(bad)
         assert window.controller.messages == messages  # a bad file changes nothing
         autosave = Path(QStandardPaths.writableLocation(QStandardPaths.AppDataLocation)) / "autosave.json"
+        window.autosaver.flush()  # saves are written on a background thread
         assert autosave.is_file()
     finally:
         close_window(window)

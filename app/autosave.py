@@ -1,0 +1,155 @@
+"""Autosave: the conversation is written atomically (temp file, fsync, rename, fsync of the folder)
+after every completed turn and every few seconds while a reply streams, so killing the app loses at
+most the tokens since the last write. At the next start the last session's file is moved out of the
+way (this session's autosaves must not overwrite it before the user decides) and offered back; a file
+that cannot be read is kept aside under a `.corrupt-<time>` name and reported, never overwritten.
+Plain JSON in conversation_io's format, plus the reply that was streaming (`partial`). The writes run on
+one background thread, in order: an fsync can take tens of milliseconds, too long for the GUI thread.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from app import conversation_io
+
+AUTOSAVE = "autosave.json"
+UNSAVED = "unsaved-*.json"  # earlier sessions' autosaves, waiting for the user's restore / discard
+KEEP_UNSAVED = 5
+DATA_DIR_ENV = "GLASSBOX_DATA_DIR"  # overrides Qt's per-user data folder (tests, portable installs)
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Replace `path` with `text` so that a crash at any moment leaves the old or the new file, whole."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:  # the rename itself survives a power cut once the folder is synced (POSIX; Windows has no dir fds)
+        folder = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(folder)
+    except OSError:
+        pass
+    finally:
+        os.close(folder)
+
+
+def set_aside(path: Path) -> Path:
+    """Rename a file that cannot be read to `<name>.corrupt-<time><suffix>` beside it, and return that."""
+    path = Path(path)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = path.with_name(f"{path.stem}.corrupt-{stamp}{path.suffix}")
+    n = 1
+    while target.exists():
+        target = path.with_name(f"{path.stem}.corrupt-{stamp}-{n}{path.suffix}")
+        n += 1
+    path.replace(target)
+    return target
+
+
+def default_folder() -> Path:
+    if os.environ.get(DATA_DIR_ENV):
+        return Path(os.environ[DATA_DIR_ENV])
+    from PySide6.QtCore import QStandardPaths
+
+    return Path(QStandardPaths.writableLocation(QStandardPaths.AppDataLocation))
+
+
+@dataclass
+class Snapshot:
+    """A conversation found on disk at start: what the user may restore."""
+
+    path: Path
+    system: str
+    messages: list[dict]
+    partial: str  # the reply that was streaming at the last write ("" if none)
+    saved_at: float
+
+
+class Autosave:
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.path = self.folder / AUTOSAVE
+        self.error = ""  # the last write's failure (a full or read-only disk), "" once a write succeeds
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="glassbox-autosave")
+
+    def save(self, system: str, messages: list[dict], partial: str = "", model: str = "") -> None:
+        """Queue one atomic write of the whole conversation (small: text only, no step records). The
+        text is built now, so later changes to `messages` cannot leak into this save."""
+        data = {"format": conversation_io.FORMAT, "model": model, "system": system, "messages": messages,
+                "partial": partial, "saved_at": time.time()}
+        text = json.dumps(data, ensure_ascii=False, indent=1)
+        try:
+            self._writer.submit(self._write, text)
+        except RuntimeError:  # closed (a reply that ended after the window closed): write it here
+            self._write(text)
+
+    def flush(self) -> None:
+        """Wait until every queued save is on disk."""
+        try:
+            self._writer.submit(lambda: None).result()
+        except RuntimeError:  # closed: close() already waited for them
+            pass
+
+    def close(self) -> None:
+        self._writer.shutdown(wait=True)
+
+    def _write(self, text: str) -> None:
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            atomic_write(self.path, text)
+            self.error = ""
+        except OSError as e:
+            self.error = str(e)
+
+    def take_unsaved(self) -> tuple[Snapshot | None, list[str]]:
+        """At start: (the newest earlier conversation worth offering, or None; notices for the user about
+        files that could not be read and were set aside)."""
+        notices: list[str] = []
+        self.flush()
+        if self.path.is_file():  # the last session's: make room for this session's autosaves
+            self.path.replace(self.folder / f"unsaved-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.json")
+        found = sorted(self.folder.glob(UNSAVED), key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in found[KEEP_UNSAVED:]:
+            old.unlink(missing_ok=True)
+        for path in found[:KEEP_UNSAVED]:
+            try:
+                snapshot = self._read(path)
+            except ValueError as e:
+                kept = set_aside(path)
+                notices.append(f"The autosaved conversation could not be read ({e}). It was kept as {kept}; "
+                               "Glassbox starts with an empty conversation.")
+                continue
+            if snapshot.messages or snapshot.partial:
+                return snapshot, notices
+            path.unlink(missing_ok=True)  # nothing in it worth offering
+        return None, notices
+
+    def forget(self, snapshot: Snapshot) -> None:
+        """The user restored or discarded it: it is no longer pending."""
+        snapshot.path.unlink(missing_ok=True)
+
+    @staticmethod
+    def _read(path: Path) -> Snapshot:
+        system, messages = conversation_io.load(path)  # validates, raises ValueError with the reason
+        data = json.loads(path.read_text(encoding="utf-8"))
+        partial = data.get("partial") or ""
+        saved_at = data.get("saved_at") or path.stat().st_mtime
+        if not isinstance(partial, str) or not isinstance(saved_at, (int, float)):
+            raise ValueError(f"{path}: 'partial' must be text and 'saved_at' a time")
+        return Snapshot(path, system, messages, partial, float(saved_at))
