@@ -5,8 +5,10 @@ quantization picks scale = (max - min) / 15 and zero = min + 8 * scale, so q = 0
 min and q = 15 its max. GGUF Q4_1 (w = q * d + m) maps onto this exactly (scale = d,
 zero = m + 8 d), and Q4_0 (w = (q - 8) * d) with zero = 0.
 
-On the CPU the weight lives in `_weight_int4pack_mm_for_cpu`'s packed layout; elsewhere as plain
-nibbles [N, K/2] with a dequantize-then-matmul path. The CPU kernel wants N divisible by 16 and
+On the CPU the weight lives in `_weight_int4pack_mm_for_cpu`'s packed layout; on CUDA with bf16
+activations in `_weight_int4pack_mm`'s tensor-core layout (checked against the dequantized weight
+when packed: a GPU without the kernel keeps the fallback); elsewhere as plain nibbles [N, K/2]
+with a dequantize-then-matmul path. The CPU kernel wants N divisible by 16 and
 K by g: we pad with zero rows / columns (and pad x to match), so every shape works.
 Shapes: N output features, K input features (Kp padded), G = Kp / g groups.
 """
@@ -16,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 GROUP_SIZES = (32, 64, 128)
-_N_MULTIPLE = 16  # the CPU packer's requirement
+_N_MULTIPLE = 16  # the CPU packer's requirement (the CUDA one wants 8)
 
 
 class Int4Weight:
@@ -31,7 +33,7 @@ class Int4Weight:
         self.shape = (N, self.in_features)
         self._scale_zero = torch.stack([scale, zero], dim=-1).transpose(0, 1).contiguous().float()  # [G, N, 2]
         self._nibbles = _pack_nibbles(q.to(torch.uint8))  # [N, Kp/2]
-        self._packed = None  # the CPU kernel's layout, made by to(device, dtype)
+        self._packed = None  # the CPU or CUDA kernel's layout, made by to(device, dtype)
         self._keep_rows = keep_rows
 
     @classmethod
@@ -65,7 +67,33 @@ class Int4Weight:
             self._packed_scale_zero = sz.contiguous()
             if not self._keep_rows:
                 self._nibbles = None  # the packed copy is the only one kept
+        elif device.type == "cuda" and dtype == torch.bfloat16:
+            self._pack_for_cuda()
         return self
+
+    def _pack_for_cuda(self) -> None:
+        """The tinygemm layout of `_weight_int4pack_mm` (sm80+). Its packer reads two values per
+        byte; which nibble comes first is checked, not assumed: both orders are tried against the
+        dequantized weight on a few input features, and a mismatch (or a GPU without the kernel)
+        keeps the dequantize path."""
+        N, Kp = self.out_features, self._scale_zero.shape[0] * self.group_size
+        inner_k_tiles = next(t for t in (8, 4, 2) if Kp % (t * 16) == 0)  # Kp is a multiple of 32
+        q = F.pad(_unpack_nibbles(self._nibbles), (0, 0, 0, -N % _N_MULTIPLE))
+        sz = F.pad(self._scale_zero, (0, 0, 0, -N % _N_MULTIPLE)).contiguous()
+        probe = torch.eye(Kp, device=q.device, dtype=torch.bfloat16)[: min(Kp, 64)]
+        expected = (self.dequantize().to(torch.bfloat16)[:, : probe.shape[0]]).t()  # [64, N]
+        for high_first in (True, False):
+            pairs = (q[:, 0::2] << 4 | q[:, 1::2]) if high_first else (q[:, 0::2] | q[:, 1::2] << 4)
+            try:
+                packed = torch.ops.aten._convert_weight_to_int4pack(pairs.to(torch.uint8).contiguous(), inner_k_tiles)
+                got = torch.ops.aten._weight_int4pack_mm(probe, packed, self.group_size, sz)[:, :N]
+            except RuntimeError:
+                return  # no kernel for this GPU / build: dequantize per call
+            if torch.allclose(got.float(), expected.float(), atol=1e-2, rtol=1e-2):
+                # the nibbles stay too (dequantize, rows, moves): recovering them from a bf16 kernel
+                # output would not be exact for every group
+                self._packed, self._packed_scale_zero = packed, sz
+                return
 
     @property
     def compute_dtype(self) -> torch.dtype:
@@ -118,8 +146,8 @@ class Int4Weight:
         if self._packed is not None and x2.dtype == self._packed_scale_zero.dtype:
             if Kp != K:
                 x2 = F.pad(x2, (0, Kp - K))
-            y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2.contiguous(), self._packed, self.group_size,
-                                                           self._packed_scale_zero)[:, : self.out_features]
+            kernel = (torch.ops.aten._weight_int4pack_mm if x2.is_cuda else torch.ops.aten._weight_int4pack_mm_for_cpu)
+            y = kernel(x2.contiguous(), self._packed, self.group_size, self._packed_scale_zero)[:, : self.out_features]
         else:
             y = x2 @ self.dequantize().to(x2.dtype).t()
         return y.reshape(*lead, self.out_features)
