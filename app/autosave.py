@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +23,7 @@ AUTOSAVE = "autosave.json"
 UNSAVED = "unsaved-*.json"  # earlier sessions' autosaves, waiting for the user's restore / discard
 KEEP_UNSAVED = 5
 DATA_DIR_ENV = "GLASSBOX_DATA_DIR"  # overrides Qt's per-user data folder (tests, portable installs)
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -47,6 +49,14 @@ def atomic_write(path: Path, text: str) -> None:
         pass
     finally:
         os.close(folder)
+
+
+def json_text(data) -> str:
+    """Readable JSON (UTF-8 as is), except where the text holds lone surrogates (undecodable bytes that
+    came in through a terminal or a paste): UTF-8 cannot spell them, so that file is written all-ASCII
+    with \\u escapes, which JSON reads back exactly."""
+    text = json.dumps(data, ensure_ascii=False, indent=1)
+    return json.dumps(data, indent=1) if _LONE_SURROGATE.search(text) else text
 
 
 def set_aside(path: Path) -> Path:
@@ -93,7 +103,7 @@ class Autosave:
         text is built now, so later changes to `messages` cannot leak into this save."""
         data = {"format": conversation_io.FORMAT, "model": model, "system": system, "messages": messages,
                 "partial": partial, "saved_at": time.time()}
-        text = json.dumps(data, ensure_ascii=False, indent=1)
+        text = json_text(data)
         try:
             self._writer.submit(self._write, text)
         except RuntimeError:  # closed (a reply that ended after the window closed): write it here
@@ -114,7 +124,7 @@ class Autosave:
             self.folder.mkdir(parents=True, exist_ok=True)
             atomic_write(self.path, text)
             self.error = ""
-        except OSError as e:
+        except (OSError, ValueError) as e:  # never silent: the window reports it at the next save
             self.error = str(e)
 
     def take_unsaved(self) -> tuple[Snapshot | None, list[str]]:

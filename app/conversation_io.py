@@ -24,9 +24,9 @@ def save(path, system: str, messages: list[dict], steps=(), model: str = "") -> 
     data = {"format": FORMAT, "model": model, "system": system, "messages": messages}
     if steps:
         data["steps"] = [_plain(s) for s in steps]
-    from app.autosave import atomic_write  # (autosave imports this module)
+    from app.autosave import atomic_write, json_text  # (autosave imports this module)
 
-    atomic_write(Path(path), json.dumps(data, ensure_ascii=False, indent=1))  # never a half-written conversation
+    atomic_write(Path(path), json_text(data))  # never a half-written conversation
 
 
 def load(path) -> tuple[str, list[dict]]:
