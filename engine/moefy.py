@@ -37,6 +37,7 @@ class LayerSplit:
     neurons: torch.Tensor
     router: torch.Tensor
     top_k_recall: float  # share of (token, true top-k expert) pairs the router also picks, on the fit data
+    shared: torch.Tensor  # neuron ids of the always-on shared expert [S] (may be empty)
 
 
 @torch.inference_mode()
@@ -131,22 +132,29 @@ def top_k_recall(pred: torch.Tensor, truth: torch.Tensor, k: int) -> float:
 
 
 def split_layer(h: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor,
-                n_experts: int, top_k: int, seed: int = 0) -> LayerSplit:
-    """Cluster one layer's neurons by co-activation on `h` and fit its router."""
+                n_experts: int, top_k: int, n_shared: int = 0, seed: int = 0) -> LayerSplit:
+    """Keep the n_shared neurons that contribute most on average as an always-on shared expert,
+    cluster the rest by co-activation on `h` into n_experts, and fit the router."""
     acts = neuron_activations(h, w_gate.float(), w_up.float())  # [N, F]
-    neurons = balanced_kmeans(acts.abs().T, n_experts, seed=seed)
+    contribution = acts.abs().mean(0) * w_down.float().norm(dim=0)  # mean |output| each neuron adds
+    shared = torch.sort(contribution.topk(n_shared).indices).values if n_shared else torch.zeros(0, dtype=torch.long)
+    keep = torch.ones(acts.shape[1], dtype=torch.bool)
+    keep[shared] = False
+    rest = torch.nonzero(keep).flatten()
+    neurons = rest[balanced_kmeans(acts[:, rest].abs().T, n_experts, seed=seed)]
     log_norms = torch.log(expert_output_norms(acts, w_down.float(), neurons) + 1e-6)
     router = fit_router(h, log_norms)
-    return LayerSplit(neurons, router, top_k_recall(h @ router.T, log_norms, top_k))
+    return LayerSplit(neurons, router, top_k_recall(h @ router.T, log_norms, top_k), shared)
 
 
 def split_model(config: ModelConfig, tensors: dict[str, torch.Tensor], inputs: list[torch.Tensor],
-                n_experts: int, top_k: int, progress: MoefyProgress | None = None) -> list[LayerSplit]:
+                n_experts: int, top_k: int, n_shared: int = 0,
+                progress: MoefyProgress | None = None) -> list[LayerSplit]:
     splits = []
     for i, h in enumerate(inputs):
         p = f"layers.{i}.mlp."
         splits.append(split_layer(h, tensors[p + "w_gate.weight"], tensors[p + "w_up.weight"],
-                                  tensors[p + "w_down.weight"], n_experts, top_k, seed=i))
+                                  tensors[p + "w_down.weight"], n_experts, top_k, n_shared, seed=i))
         if progress:
             progress("fit", i + 1, config.n_layers)
     return splits
@@ -166,20 +174,26 @@ def moefied_tensors(config: ModelConfig, tensors: dict[str, torch.Tensor], split
     convention of engine/moefy_checkpoint.py (down_proj × E, router × a tiny global scale)."""
     from engine.moefy_checkpoint import moe_config, router_scale
 
-    n_experts = splits[0].neurons.shape[0]
+    n_experts, n_shared = splits[0].neurons.shape[0], len(splits[0].shared)
     scale = min(router_scale([s.router for s in splits], inputs))  # one scale: the config holds one
-    moe = moe_config(config, n_experts, top_k, shared=0, scale=scale)
+    moe = moe_config(config, n_experts, top_k, shared=n_shared, scale=scale)
     out = {k: v for k, v in tensors.items() if ".mlp." not in k}
     for i, split in enumerate(splits):
+        p = f"layers.{i}.mlp."
         experts = expert_tensors(tensors, i, split.neurons)
-        experts[f"layers.{i}.mlp.w_down"] = experts[f"layers.{i}.mlp.w_down"] * n_experts
+        experts[p + "w_down"] = experts[p + "w_down"] * n_experts
         out.update(experts)
-        out[f"layers.{i}.mlp.router.weight"] = split.router * scale
+        out[p + "router.weight"] = split.router * scale
+        if n_shared:  # Qwen2-MoE gates it by sigmoid(shared_gate·x): a zero gate is exactly 1/2
+            out[p + "shared.w_gate.weight"] = tensors[p + "w_gate.weight"][split.shared]
+            out[p + "shared.w_up.weight"] = tensors[p + "w_up.weight"][split.shared]
+            out[p + "shared.w_down.weight"] = tensors[p + "w_down.weight"][:, split.shared] * 2
+            out[p + "shared_gate.weight"] = torch.zeros(1, config.dim, dtype=tensors[p + "w_gate.weight"].dtype)
     return moe, out
 
 
 def moefy(source, out, n_experts: int = 8, top_k: int = 2, max_tokens: int = 4096,
-          progress: MoefyProgress | None = None) -> dict:
+          progress: MoefyProgress | None = None, shared_fraction: float = 0.25) -> dict:
     """Build the MoEfied checkpoint of `source` (a dense SwiGLU model; None = the default model) in
     directory `out`, fitting the routers on the shipped text. Returns the build report (also written
     to out/moefy.json)."""
@@ -188,11 +202,14 @@ def moefy(source, out, n_experts: int = 8, top_k: int = 2, max_tokens: int = 409
 
     ckpt = load_checkpoint(source)
     ids = ckpt.tokenizer.encode(SHIPPED_TEXT.read_text(encoding="utf-8"))
-    return build(ckpt, ids, out, n_experts, top_k, max_tokens, progress, fit_text=SHIPPED_TEXT.name)
+    return build(ckpt, ids, out, n_experts, top_k, max_tokens, progress, fit_text=SHIPPED_TEXT.name,
+                 shared_fraction=shared_fraction)
 
 
 def build(ckpt, ids: list[int], out, n_experts: int, top_k: int, max_tokens: int = 4096,
-          progress: MoefyProgress | None = None, fit_text: str = "") -> dict:
+          progress: MoefyProgress | None = None, fit_text: str = "", shared_fraction: float = 0.0) -> dict:
+    """shared_fraction: share of each MLP's neurons kept always on (Qwen2-MoE's shared expert);
+    the rest is split into n_experts routed experts."""
     """moefy() on an already loaded checkpoint (engine.loaders.Checkpoint) and fit tokens."""
     from pathlib import Path
 
@@ -202,16 +219,19 @@ def build(ckpt, ids: list[int], out, n_experts: int, top_k: int, max_tokens: int
     config = ckpt.config
     if config.moe is not None or not config.hidden_dim:
         raise ValueError(f"{ckpt.source.name} is already a mixture of experts")
-    if config.hidden_dim % n_experts:
-        raise ValueError(f"the MLP width {config.hidden_dim} does not split into {n_experts} equal experts")
+    n_shared = round(config.hidden_dim * shared_fraction)
+    if not 0 <= n_shared < config.hidden_dim or (config.hidden_dim - n_shared) % n_experts:
+        raise ValueError(f"the MLP width {config.hidden_dim} minus {n_shared} shared neurons does not split "
+                         f"into {n_experts} equal experts")
     if not 0 < top_k <= n_experts:
         raise ValueError(f"top-k must be in 1..{n_experts}")
     model = Decoder.from_tensors(config, ckpt.tensors)
     inputs = collect_mlp_inputs(model, ids, max_tokens=max_tokens, progress=progress)
     del model
-    splits = split_model(config, ckpt.tensors, inputs, n_experts, top_k, progress=progress)
+    splits = split_model(config, ckpt.tensors, inputs, n_experts, top_k, n_shared, progress=progress)
     moe, tensors = moefied_tensors(config, ckpt.tensors, splits, inputs, top_k)
-    report = {"source": str(ckpt.source), "experts": n_experts, "top_k": top_k, "fit_tokens": len(inputs[0]),
+    report = {"source": str(ckpt.source), "experts": n_experts, "top_k": top_k, "shared_neurons": n_shared,
+              "expert_neurons": (config.hidden_dim - n_shared) // n_experts, "fit_tokens": len(inputs[0]),
               "fit_text": fit_text, "router_scale": moe.moe.router_scale,
               "router_top_k_recall": [round(s.top_k_recall, 4) for s in splits]}
     write_checkpoint(Path(out), moe, tensors, ckpt.tokenizer, source=ckpt.source.name, extra=report)
