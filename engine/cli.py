@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     mo.add_argument("--top-k", type=int, default=2, help="experts per token written to config.json")
     mo.add_argument("--out", required=True, help="output folder")
     mo.add_argument("--fit-tokens", type=int, default=4096, help="tokens of the shipped text the routers are fit on")
-    mo.add_argument("--shared-fraction", type=float, default=0.25,
+    mo.add_argument("--shared-fraction", type=float, default=0.5,
                     help="share of each MLP's neurons kept always on as a shared expert (0 = none)")
     mo.add_argument("--report", action="store_true",
                     help="then perplexity at top-k E, E/2, E/4 beside the dense model, and the load balance")

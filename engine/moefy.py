@@ -2,12 +2,17 @@
 fit a router per layer, so the dense model becomes a sparse mixture-of-experts.
 
 A SwiGLU MLP is a sum over its neurons, down[:, j] * silu(gate[j]·h) * (up[j]·h), so grouping the
-neurons into E disjoint sets splits it into E smaller SwiGLUs whose outputs add up to the dense
-output. Which neurons go together: balanced k-means over what each neuron does on real text (its
-activation over the collected tokens: neurons that fire together share an expert), each expert
-getting exactly F/E neurons. The router of a layer predicts, from the MLP's input, the log of each
-expert's output norm on that token (ridge least squares over hidden states collected by running the
-dense model over the shipped text); the top-k experts by that score run.
+neurons into disjoint sets splits it into smaller SwiGLUs whose outputs add up to the dense output.
+- A share of the neurons (shared_fraction) that contribute most on average stays always on, as a
+  shared expert: SwiGLU activations are dense, and without it even an oracle router at top-2 of 8
+  loses most of the model (perplexity ~2300 vs ~30 on the shipped text; see docs/benchmarks.md).
+- The rest is clustered by balanced k-means over what each neuron does on real text (its
+  activation over the collected tokens: neurons that fire together share an expert), each of the
+  E experts getting exactly the same number of neurons.
+- The router of a layer predicts, from the MLP's input, the log of each expert's output norm on
+  that token (ridge least squares over hidden states collected by running the dense model over the
+  shipped text); the top-k experts by that score run. A softmax of those scores is then each
+  expert's predicted share of the routed output, which is what the routing panel shows as Pᵢ.
 
 The routing convention that keeps top-k = E exact lives in engine/moefy_checkpoint.py (Qwen2-MoE
 with a pre-scaled router); this file only produces the split and the router scores.
@@ -16,6 +21,7 @@ Shape legend: N tokens, D model dim, F dense hidden dim, E experts, I = F/E expe
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -193,7 +199,7 @@ def moefied_tensors(config: ModelConfig, tensors: dict[str, torch.Tensor], split
 
 
 def moefy(source, out, n_experts: int = 8, top_k: int = 2, max_tokens: int = 4096,
-          progress: MoefyProgress | None = None, shared_fraction: float = 0.25) -> dict:
+          progress: MoefyProgress | None = None, shared_fraction: float = 0.5) -> dict:
     """Build the MoEfied checkpoint of `source` (a dense SwiGLU model; None = the default model) in
     directory `out`, fitting the routers on the shipped text. Returns the build report (also written
     to out/moefy.json)."""
@@ -225,6 +231,7 @@ def build(ckpt, ids: list[int], out, n_experts: int, top_k: int, max_tokens: int
                          f"into {n_experts} equal experts")
     if not 0 < top_k <= n_experts:
         raise ValueError(f"top-k must be in 1..{n_experts}")
+    started = time.perf_counter()
     model = Decoder.from_tensors(config, ckpt.tensors)
     inputs = collect_mlp_inputs(model, ids, max_tokens=max_tokens, progress=progress)
     del model
@@ -233,7 +240,8 @@ def build(ckpt, ids: list[int], out, n_experts: int, top_k: int, max_tokens: int
     report = {"source": str(ckpt.source), "experts": n_experts, "top_k": top_k, "shared_neurons": n_shared,
               "expert_neurons": (config.hidden_dim - n_shared) // n_experts, "fit_tokens": len(inputs[0]),
               "fit_text": fit_text, "router_scale": moe.moe.router_scale,
-              "router_top_k_recall": [round(s.top_k_recall, 4) for s in splits]}
+              "router_top_k_recall": [round(s.top_k_recall, 4) for s in splits],
+              "build_seconds": round(time.perf_counter() - started, 1)}
     write_checkpoint(Path(out), moe, tensors, ckpt.tokenizer, source=ckpt.source.name, extra=report)
     return report
 
