@@ -24,6 +24,7 @@ from engine.kv_pool import KVPool, blocks_for_budget
 from engine.records import GenerationRequest, RequestDone, SequenceResult, StepRecord
 from engine.sampling import sample
 from engine.speculative import speculative_request_step
+from engine.static_decode import StaticDecoder, graphable
 
 
 @dataclass
@@ -68,6 +69,8 @@ class GenerationEngine:
         self.tokens_computed = 0  # prompt + decode tokens run through the model (prefix hits excluded)
         self.forward_calls = 0  # model forward passes so far
         self.drafters: dict = {}  # speculative decoding: drafter spec -> drafter (built on first use)
+        # Batch-1 decode through CUDA graphs on a GPU (engine/static_decode.py); None: always the paged view.
+        self.static = StaticDecoder(model, self.pool) if device.type == "cuda" else None
 
     # -- API ----------------------------------------------------------------------------------
     def submit(self, spec: GenerationRequest) -> int:
@@ -216,6 +219,11 @@ class GenerationEngine:
             size = self.blocks.block_size
             slots = [t.block_ids[(t.num_tokens - 1) // size] * size + (t.num_tokens - 1) % size for t in tables]
             tokens, positions = [[t.tokens[-1]] for t in tables], [[t.num_tokens - 1] for t in tables]
+        if chunks is None and len(tables) == 1 and self.static is not None and graphable(self.model, probe):
+            self.tokens_computed += 1
+            self.forward_calls += 1
+            (table,) = tables
+            return self.static.decode(table.tokens[-1], table.num_tokens - 1, slots[0], table.block_ids)
         width = max(len(t.block_ids) for t in tables)
         block_tables = [t.block_ids + [0] * (width - len(t.block_ids)) for t in tables]
         view = self.pool.view(positions, slots, block_tables, [t.num_tokens for t in tables])
@@ -238,7 +246,8 @@ class GenerationEngine:
         self._push(request, seq, token, logits, probe, row, out)
 
     def _push(self, request: Request, seq: Sequence, token: int, logits, probe, row: int, out) -> None:
-        logprob = float(torch.log_softmax(logits.float(), dim=-1)[token])
+        logits = logits.float()
+        logprob = float(logits[token] - torch.logsumexp(logits, dim=-1))  # one reduction, not a log-softmax
         seq.generated.append(token)
         seq.logprobs.append(logprob)
         seq.pending = token

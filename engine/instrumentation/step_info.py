@@ -35,7 +35,7 @@ def step_record(engine, request, seq, token: int, logits: torch.Tensor, probe, r
     else:
         final = raw
     prob = float((raw if params.greedy else final)[token])
-    fields["entropy"] = float(-(final[final > 0] * final[final > 0].log()).sum())
+    fields["entropy"] = float(torch.special.entr(final).sum())  # -sum p log p, with 0 log 0 = 0
     if options.top_n:
         fields["top_before"] = _top(engine.tokenizer, raw, options.top_n)
         fields["top_after"] = _top(engine.tokenizer, final, options.top_n)

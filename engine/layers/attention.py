@@ -32,11 +32,42 @@ class Attention(nn.Module):
             self.q_norm, self.k_norm = RMSNorm(d, config.norm_eps), RMSNorm(d, config.norm_eps)
         elif config.qk_norm == "full":  # OLMoE: RMSNorm over all heads' concatenation
             self.q_norm, self.k_norm = RMSNorm(H * d, config.norm_eps), RMSNorm(K * d, config.norm_eps)
+        self.wqkv = None  # q, k, v stacked into one matmul by Decoder.fuse_projections; wq/wk/wv are then None
 
     def forward(self, x, cos, sin, kv, probe=None) -> torch.Tensor:
         B, T, _ = x.shape
         H, K, d = self.n_heads, self.n_kv_heads, self.head_dim
-        q, k, v = self.wq(x), self.wk(x), self.wv(x)  # [B, T, H*d], [B, T, K*d] x2
+        if self.wqkv is not None and self.qk_norm == "none" and self.clip_qkv is None:
+            q, k, v = self._fused_qkv_rope(x, cos, sin)
+        else:
+            q, k, v = self._qkv_rope(x, cos, sin)
+        k, v = kv.update(self.layer_idx, k, v)  # [B, K, S, d] each
+        mask = kv.mask(self.window)  # [B or 1, 1, T, S] or None
+
+        if probe is not None and probe.wants_attention(self.layer_idx):
+            out = self._explicit(q, k, v, mask, probe)
+        else:
+            # Fused kernel; GQA is handled inside SDPA without repeating K/V in memory.
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=H != K)  # [B, H, T, d]
+        return self.wo(out.transpose(1, 2).reshape(B, T, H * d))
+
+    def _fused_qkv_rope(self, x, cos, sin):
+        """The common case in few ops: one matmul for q, k and v, and one rotation for the q and k heads
+        together, in [B, T, heads, d] layout (the same numbers as rotating each on its own)."""
+        B, T, _ = x.shape
+        H, K, d = self.n_heads, self.n_kv_heads, self.head_dim
+        qkv = self.wqkv(x).view(B, T, H + 2 * K, d)
+        qk = apply_rope(qkv[:, :, :H + K], cos.unsqueeze(2), sin.unsqueeze(2))  # [B, T, H+K, d]
+        return qk[:, :, :H].transpose(1, 2), qk[:, :, H:].transpose(1, 2), qkv[:, :, H + K:].transpose(1, 2)
+
+    def _qkv_rope(self, x, cos, sin):
+        """q [B, H, T, d], k and v [B, K, T, d]: projections, optional q/k-norm and clipping, RoPE."""
+        B, T, _ = x.shape
+        H, K, d = self.n_heads, self.n_kv_heads, self.head_dim
+        if self.wqkv is not None:
+            q, k, v = self.wqkv(x).split((H * d, K * d, K * d), dim=-1)
+        else:
+            q, k, v = self.wq(x), self.wk(x), self.wv(x)  # [B, T, H*d], [B, T, K*d] x2
         if self.qk_norm == "full":
             q, k = self.q_norm(q), self.k_norm(k)
         if self.clip_qkv is not None:
@@ -48,16 +79,7 @@ class Attention(nn.Module):
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # [B, 1, T, d]: one table for every head
         q = apply_rope(q.transpose(1, 2), cos, sin)  # [B, H, T, d]
         k = apply_rope(k.transpose(1, 2), cos, sin)  # [B, K, T, d]
-        v = v.view(B, T, K, d).transpose(1, 2)  # [B, K, T, d]
-        k, v = kv.update(self.layer_idx, k, v)  # [B, K, S, d] each
-        mask = kv.mask(self.window)  # [B or 1, 1, T, S] or None
-
-        if probe is not None and probe.wants_attention(self.layer_idx):
-            out = self._explicit(q, k, v, mask, probe)
-        else:
-            # Fused kernel; GQA is handled inside SDPA without repeating K/V in memory.
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=H != K)  # [B, H, T, d]
-        return self.wo(out.transpose(1, 2).reshape(B, T, H * d))
+        return q, k, v.view(B, T, K, d).transpose(1, 2)  # v: [B, K, T, d]
 
     def _explicit(self, q, k, v, mask, probe) -> torch.Tensor:
         """The slow path that materialises the attention matrix so a probe can see it."""

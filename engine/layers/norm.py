@@ -1,5 +1,6 @@
 """RMSNorm, computed in fp32 whatever the weights' dtype (as the reference implementations do)."""
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -11,6 +12,9 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
+        if dtype == torch.float32 and self.weight.dtype == torch.float32:
+            # One fused op instead of eight; the same numbers in fp32 (checked in tests/engine/test_fast_paths.py).
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         # Cast back before scaling: bf16/fp16 results then round exactly like HF's.

@@ -71,15 +71,15 @@ def quantize_model(model: nn.Module, mode: str, head: bool = True, exact: bool =
     dtype, device = model.embed.weight.dtype, model.embed.weight.device
     compute = compute_dtype_for(device, dtype, exact)
     for block in model.layers:
-        _swap_linears(block.attn, ("wq", "wk", "wv", "wo"), mode, compute)
+        _swap_linears(block.attn, ("wq", "wk", "wv", "wqkv", "wo"), mode, compute)  # fused or not
         mlp = block.mlp
         if isinstance(mlp, SparseMoE) and not isinstance(mlp, QuantSparseMoE):
             block.mlp = QuantSparseMoE.from_float(mlp, lambda w: make_weight(w, mode, compute_dtype=compute))
             mlp = block.mlp
         if getattr(mlp, "shared", None) is not None:
-            _swap_linears(mlp.shared, ("w_gate", "w_up", "w_down"), mode, compute)
+            _swap_linears(mlp.shared, ("w_gate", "w_up", "w_gate_up", "w_down"), mode, compute)
         elif not isinstance(mlp, SparseMoE):
-            _swap_linears(mlp, ("w_gate", "w_up", "w_down"), mode, compute)
+            _swap_linears(mlp, ("w_gate", "w_up", "w_gate_up", "w_down"), mode, compute)
     if head:
         if model.lm_head is None and isinstance(model.embed, nn.Embedding):  # tied: one int8 table for both
             table = make_weight(model.embed.weight, "int8", compute_dtype=compute)
@@ -93,9 +93,11 @@ def quantize_model(model: nn.Module, mode: str, head: bool = True, exact: bool =
     return model
 
 
-def build_model(config, tensors: dict, device, dtype, mode: str = "auto", head: bool = True, exact: bool = False):
+def build_model(config, tensors: dict, device, dtype, mode: str = "auto", head: bool = True, exact: bool = False,
+                fuse: bool = True):
     """The Decoder for loaded tensors. Values that are PackedGGUF (mode 'auto' on a GGUF) become
-    quantized modules straight from their blocks; the rest is float, then quantized per `mode`."""
+    quantized modules straight from their blocks; the rest is float, then quantized per `mode`.
+    fuse: stack q/k/v and gate/up weights into one matmul each (same outputs, fewer calls)."""
     compute = compute_dtype_for(device, dtype, exact)
     from engine.model import Decoder
 
@@ -110,6 +112,8 @@ def build_model(config, tensors: dict, device, dtype, mode: str = "auto", head: 
         raise RuntimeError(f"no weights were installed for {missing[:3]}")
     if mode not in ("auto", "none"):
         quantize_model(model, mode, head=head, exact=exact)
+    if fuse:
+        model.fuse_projections()
     return model
 
 

@@ -1,0 +1,110 @@
+"""Stack linear layers that read the same input into one (fused QKV, fused gate/up projections).
+
+One wide matmul instead of two or three narrow ones: fewer kernel calls, casts and Python module
+calls per layer, and the input is converted to the kernels' dtype once. Every output row is computed
+from its own weight row only, so the fused layer's outputs are the parts' outputs side by side; the
+weights are concatenated as stored (float, int8, packed int4), never re-quantized.
+Returns None when the parts cannot share one weight (different kinds, group sizes, dtypes or devices):
+the caller then keeps them separate.
+Shapes: N_i output features of part i, K input features, G groups per row.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from engine.quant.int4 import Int4Weight
+from engine.quant.int8 import Int8Weight
+from engine.quant.modules import QuantLinear
+
+_PACKED_ROWS = 64
+
+
+def concat_linears(parts: list[nn.Module]) -> nn.Module | None:
+    """One module whose output is torch.cat([part(x) for part in parts], -1)."""
+    if all(type(p) is nn.Linear for p in parts):
+        return _concat_float(parts)
+    if all(type(p) is QuantLinear for p in parts):
+        weight = concat_weights([p.qweight for p in parts])
+        if weight is None:
+            return None
+        biases = [p.bias for p in parts]
+        if all(b is None for b in biases):
+            return QuantLinear(weight)
+        return QuantLinear(weight, torch.cat([_bias_or_zeros(b, p.out_features, p) for b, p in zip(biases, parts)]))
+    return None
+
+
+def _bias_or_zeros(bias, n: int, part: nn.Module) -> torch.Tensor:
+    if bias is not None:
+        return bias.detach()
+    ref = next((p for p in part.parameters()), None)
+    return torch.zeros(n, dtype=ref.dtype if ref is not None else torch.float32)
+
+
+def _concat_float(parts: list[nn.Linear]) -> nn.Linear | None:
+    w0 = parts[0].weight
+    if any(p.weight.dtype != w0.dtype or p.weight.device != w0.device or p.in_features != parts[0].in_features
+           for p in parts):
+        return None
+    has_bias = any(p.bias is not None for p in parts)
+    fused = nn.Linear(parts[0].in_features, sum(p.out_features for p in parts), bias=has_bias,
+                      device="meta")
+    fused.weight = nn.Parameter(torch.cat([p.weight.detach() for p in parts]), requires_grad=False)
+    if has_bias:
+        bias = [p.bias.detach() if p.bias is not None else torch.zeros(p.out_features, dtype=w0.dtype, device=w0.device)
+                for p in parts]
+        fused.bias = nn.Parameter(torch.cat(bias), requires_grad=False)
+    return fused
+
+
+def concat_weights(weights: list) -> Int8Weight | Int4Weight | None:
+    if all(type(w) is Int8Weight for w in weights):
+        return _concat_int8(weights)
+    if all(type(w) is Int4Weight for w in weights):
+        return _concat_int4(weights)
+    return None
+
+
+def _concat_int8(weights: list[Int8Weight]) -> Int8Weight | None:
+    first = weights[0]
+    same = all(w.group_size == first.group_size and w.shape[1] == first.shape[1] and w.q.device == first.q.device
+               and w.scale.dtype == first.scale.dtype for w in weights)
+    if not same:
+        return None
+    fused = Int8Weight.__new__(Int8Weight)
+    fused.group_size = first.group_size
+    fused.shape = (sum(w.shape[0] for w in weights), first.shape[1])
+    dim = 0 if first.group_size is None else 1  # per channel: q [N, K], scale [N]; grouped: q [G, N, g], scale [G, N]
+    fused.q = torch.cat([w.q for w in weights], dim=dim)
+    fused.scale = torch.cat([w.scale for w in weights], dim=-1 if dim else 0)
+    return fused
+
+
+def _concat_int4(weights: list[Int4Weight]) -> Int4Weight | None:
+    first = weights[0]
+    same = all(w.group_size == first.group_size and w.in_features == first.in_features
+               and w._scale_zero.shape[0] == first._scale_zero.shape[0] and w.device == first.device
+               and w.compute_dtype == first.compute_dtype and (w._packed is None) == (first._packed is None)
+               and (w._nibbles is None) == (first._nibbles is None) for w in weights)
+    # The CPU kernel's layout interleaves rows within blocks of up to 64 (depending on the CPU's vector
+    # width) and pads N to a multiple of 16: only whole 64-row blocks can be stacked as they are.
+    if not same or (first._packed is not None and any(w.out_features % _PACKED_ROWS for w in weights)):
+        return None
+    fused = Int4Weight.__new__(Int4Weight)
+    fused.group_size, fused.in_features = first.group_size, first.in_features
+    fused.out_features = sum(w.out_features for w in weights)
+    fused.shape = (fused.out_features, fused.in_features)
+    fused._keep_rows = False
+    fused._scale_zero = torch.cat([w._scale_zero for w in weights], dim=1)  # [G, N, 2]
+    fused._nibbles = None if first._nibbles is None else torch.cat([w._nibbles for w in weights])
+    fused._packed = None
+    if first._packed is not None:
+        fused._packed = torch.cat([w._packed for w in weights])
+        fused._packed_scale_zero = torch.cat([w._packed_scale_zero for w in weights], dim=1)
+        # The packed layout is PyTorch's private business: prove on one input that stacking kept it.
+        x = torch.randn(2, first._scale_zero.shape[0] * first.group_size, generator=torch.Generator().manual_seed(0))
+        x = x.to(first.compute_dtype)
+        if not torch.equal(fused.matmul(x), torch.cat([w.matmul(x) for w in weights], dim=-1)):
+            return None
+    return fused
