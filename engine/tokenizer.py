@@ -68,8 +68,8 @@ class _SentencePieceBackend:
     def token_to_id(self, token: str):
         if token in self.added:
             return self.added[token]
-        i = self.sp.PieceToId(token)
-        return i if self.sp.IdToPiece(i) == token else None
+        i = self.sp.PieceToId(token)  # the unknown id when absent: -1 in a model without one
+        return i if 0 <= i < self.pieces and self.sp.IdToPiece(i) == token else None
 
     def id_to_token(self, i: int):
         return self.added_text.get(i) or (self.sp.IdToPiece(i) if 0 <= i < self.pieces else None)

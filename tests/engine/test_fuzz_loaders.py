@@ -9,6 +9,7 @@ longer run). Inputs that once crashed a loader live in tests/engine/fuzz_corpus/
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import struct
@@ -334,9 +335,9 @@ def mutate_json(raw: bytes, edits) -> bytes:
         if op == "delete":
             del node[key]
         elif op == "append" and isinstance(node, list):
-            node.append(node[key])
+            node.append(copy.deepcopy(node[key]))
         else:
-            node[key] = value
+            node[key] = copy.deepcopy(value)  # JSON_VALUES' lists and dicts are shared between examples
     return json.dumps(obj).encode()
 
 
@@ -365,14 +366,18 @@ def test_hf_directory_mutations(target, as_json, ops, edits):
     must_load_or_refuse(lambda: load_checkpoint(folder))
 
 
-@FUZZ
-@given(ops=mutations, with_config=st.booleans())
-def test_sentencepiece_model_mutations(ops, with_config):
+def spm_case(folder, ops, with_config: bool) -> Path:
     files = {"tokenizer.model": mutate(SEEDS["spm"], ops, hot=len(SEEDS["spm"]))}
     if with_config:
         files["tokenizer_config.json"] = json.dumps({"added_tokens_decoder": {"300": {"content": "<x>", "special": True}},
                                                      "bos_token": "<s>"}).encode()
-    folder = write_dir(work() / "spm-case", files)
+    return write_dir(folder, files)
+
+
+@FUZZ
+@given(ops=mutations, with_config=st.booleans())
+def test_sentencepiece_model_mutations(ops, with_config):
+    folder = spm_case(work() / "spm-case", ops, with_config)
     must_load_or_refuse(lambda: Tokenizer.from_hf_dir(folder))
 
 
@@ -412,6 +417,9 @@ def test_crash_corpus(seeds, tmp_path, case):
         folder = write_dir(tmp_path / "case", {"tokenizer.model": bytes(data)})
         with pytest.raises(ModelFormatError, match="not a valid sentencepiece model"):
             Tokenizer.from_hf_dir(folder)
+    elif spec["loader"] == "sentencepiece-mutation":
+        folder = spm_case(tmp_path / "case", [tuple(op) for op in spec["ops"]], spec["with_config"])
+        must_load_or_refuse(lambda: Tokenizer.from_hf_dir(folder))
     else:
         raise AssertionError(f"unknown corpus loader {spec['loader']!r}")
 
