@@ -247,7 +247,10 @@ def build(ckpt, ids: list[int], out, n_experts: int, top_k: int, max_tokens: int
 
 
 # The MoE the app offers next to the default model: built from it on first use, then cached.
-BUILTIN_MOE = {"label": "SmolLM2-135M-MoE 8×top-2", "folder": "SmolLM2-135M-MoE-8x2", "experts": 8, "top_k": 2}
+# Top-4 of 8 (with the shared half: 3/4 of the neurons per token) because at top-2 the default
+# chat prompts get degenerate answers ("1. 1. 1. ..."), while top-4 still answers in sentences
+# (docs/benchmarks.md, "MoEfication"). `python -m engine moefy --top-k 2` builds the sparser one.
+BUILTIN_MOE = {"label": "SmolLM2-135M-MoE 8×top-4", "folder": "SmolLM2-135M-MoE-8x4", "experts": 8, "top_k": 4}
 
 
 def ensure_builtin_moe(cache_root, progress: MoefyProgress | None = None, build_fn=None) -> "Path":
