@@ -167,7 +167,16 @@ def main(argv=None) -> int:
     p.add_argument("--no-reference", action="store_true", help="skip HF transformers")
     p.add_argument("--json", action="store_true")
     p.add_argument("--worker", choices=["ours", "hf"], help=argparse.SUPPRESS)
+    p.add_argument("--compare", action="store_true",
+                   help="ours vs llama.cpp (Q4_1 as shipped, Q4_0) and HF transformers (fp32, bf16), each when "
+                        "installed: one ratio table (engine/bench_compare.py)")
     args = p.parse_args(argv)
+    if args.compare:
+        from engine.bench_compare import compare, print_table
+
+        result = compare(args.model, args.runs, args.threads, args.prompt_tokens, args.new_tokens)
+        print(json.dumps(result, indent=2)) if args.json else print_table(result)
+        return 0
     if args.worker:
         print(json.dumps((_worker_ours if args.worker == "ours" else _worker_hf)(args)))
         return 0

@@ -22,13 +22,26 @@ def blocks_for_budget(config: ModelConfig, block_size: int, budget_bytes: int, d
     return max(1, budget_bytes // (kv_bytes_per_token(config, dtype) * block_size))
 
 
+def _lazy_zeros(shape, device, dtype) -> torch.Tensor:
+    """Zeros whose memory the OS hands out only when a block is first written. torch.zeros writes every
+    byte of the CPU pool up front (0.5 GiB resident at the default budget); numpy's zeros come from
+    calloc, which maps fresh zero pages for large sizes. Zeros, not garbage: masked-out slots still go
+    through SDPA, and a NaN there would spread."""
+    if torch.device(device).type != "cpu":
+        return torch.zeros(shape, device=device, dtype=dtype)
+    import numpy as np
+
+    same_width = {2: np.int16, 4: np.int32, 8: np.int64}[torch.finfo(dtype).bits // 8]
+    return torch.from_numpy(np.zeros(shape, dtype=same_width)).view(dtype)
+
+
 class KVPool:
     def __init__(self, config: ModelConfig, num_blocks: int, block_size: int, device="cpu", dtype=torch.float32):
         self.num_blocks, self.block_size = num_blocks, block_size
         # Slots are stored flat ([N*P] rather than [N, P]) so a write is one index_copy_ by slot number.
         shape = (config.n_layers, num_blocks * block_size, config.n_kv_heads, config.head_dim)  # [L, N*P, K, d]
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.k = _lazy_zeros(shape, device, dtype)
+        self.v = _lazy_zeros(shape, device, dtype)
 
     @property
     def nbytes(self) -> int:

@@ -1,0 +1,203 @@
+"""`python -m engine bench --compare`: our engine beside llama.cpp and HF transformers, one ratio table.
+
+Every engine gets the same token ids (our tokenizer's, so no engine's tokenizer changes the workload),
+runs in its own subprocess (peak RSS is its own), and the engines alternate run by run so that
+machine noise hits them alike; figures are medians. Definitions shared by every engine:
+  prefill tok/s  prompt tokens / time of one forward over the whole prompt
+  decode tok/s   (new tokens - 1) / (time to generate them - time to the first one), greedy, EOS ignored
+llama-cpp-python and transformers are optional: an engine that is not installed is left out. The
+Q4_0 variant is the shipped GGUF requantized by llama.cpp itself (its fastest 4-bit format here).
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import psutil
+
+from engine.bench import _peak_rss_bytes, _prompt_ids
+
+# name -> (kind, detail); availability is checked before running
+ENGINES = {
+    "glassbox": ("ours", "auto"),
+    "glassbox-1thread": ("ours", "auto"),
+    "llama.cpp Q4_1": ("llama", "shipped"),
+    "llama.cpp Q4_0": ("llama", "q4_0"),
+    "hf fp32": ("hf", "float32"),
+    "hf bf16": ("hf", "bfloat16"),
+}
+
+
+def _available(kind: str) -> bool:
+    import importlib.util
+
+    return kind == "ours" or importlib.util.find_spec({"llama": "llama_cpp", "hf": "transformers"}[kind]) is not None
+
+
+def _timed_decode(first, rest) -> tuple[float, float]:
+    """(seconds to the first token, seconds for all of them) for two calls run back to back."""
+    t0 = time.perf_counter()
+    first()
+    ttft = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    rest()
+    return ttft, time.perf_counter() - t0
+
+
+def worker_ours(job: dict) -> dict:
+    import torch
+
+    from engine.engine import Engine, LoadOptions
+    from engine.records import GenerationDone, SamplingParams
+
+    torch.set_num_threads(job["threads"])
+    engine = Engine.load(job["model"], LoadOptions(device="cpu", quant=job["detail"]))
+    prompt, decode_prompt, n = job["prompt"], job["prompt"][:32], job["new_tokens"]
+    run = lambda ids, k: [x for x in engine.generate(ids, SamplingParams(temperature=0, max_new_tokens=k,  # noqa: E731
+                                                                         ignore_eos=True))
+                          if isinstance(x, GenerationDone)][0]
+    run(prompt[:32][::-1], 4)  # warm-up (first calls allocate); not a prefix of the prompt, so nothing is reused
+    prefill = run(prompt, 1)
+    done = run(decode_prompt, n)  # its prompt is a cached prefix now: only decode is timed
+    return {"prefill_tok_s": len(prompt) / (prefill.prefill_ms / 1000), "decode_tok_s": done.decode_tokens_per_s,
+            "tokens": list(done.token_ids)}
+
+
+def worker_llama(job: dict) -> dict:
+    import numpy as np
+    from llama_cpp import Llama
+
+    path = job["model"]
+    if job["detail"] == "q4_0":
+        path = _requantized_q4_0(path)
+    llm = Llama(model_path=path, n_ctx=2048, n_batch=512, n_threads=job["threads"], verbose=False)
+    prompt, decode_prompt, n = job["prompt"], job["prompt"][:32], job["new_tokens"]
+    eos = llm.token_eos()
+
+    def greedy(ids, k):
+        llm.reset()  # otherwise llama.cpp reuses a matching prefix of the last run
+        llm.eval(ids)
+        out = []
+        for _ in range(k):
+            scores = np.array(llm.scores[llm.n_tokens - 1], copy=True)
+            scores[eos] = -np.inf  # EOS ignored, as in the other engines
+            out.append(int(scores.argmax()))
+            if len(out) < k:
+                llm.eval([out[-1]])
+        return out
+
+    greedy(prompt[:32][::-1], 4)
+    t0 = time.perf_counter()
+    greedy(prompt, 1)
+    prefill_s = time.perf_counter() - t0
+    ttft, total = _timed_decode(lambda: greedy(decode_prompt, 1), lambda: greedy(decode_prompt, n))
+    tokens = greedy(decode_prompt, n)
+    return {"prefill_tok_s": len(prompt) / prefill_s, "decode_tok_s": (n - 1) / max(total - ttft, 1e-9),
+            "tokens": tokens}
+
+
+def _requantized_q4_0(path: str) -> str:
+    import llama_cpp
+
+    out = os.path.join(tempfile.gettempdir(), "glassbox-bench-" + os.path.basename(path).replace(".gguf", ".Q4_0.gguf"))
+    if not os.path.exists(out):
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0
+        params.allow_requantize = True
+        if llama_cpp.llama_model_quantize(path.encode(), out.encode(), params) != 0:
+            raise RuntimeError("llama.cpp could not requantize the model to Q4_0")
+    return out
+
+
+def worker_hf(job: dict) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(job["threads"])
+    path = job["model"]
+    kw = {"gguf_file": os.path.basename(path)} if path.endswith(".gguf") else {}
+    model = AutoModelForCausalLM.from_pretrained(os.path.dirname(path) if kw else path,
+                                                 dtype=getattr(torch, job["detail"]), **kw).eval()
+    prompt, n = torch.tensor([job["prompt"]]), job["new_tokens"]
+    ids = torch.tensor([job["prompt"][:32]])
+    gen = lambda k: model.generate(ids, max_new_tokens=k, min_new_tokens=k, do_sample=False,  # noqa: E731
+                                   pad_token_id=0, eos_token_id=None)
+    with torch.no_grad():
+        gen(4)  # warm-up
+        t0 = time.perf_counter()
+        model(prompt)
+        prefill_s = time.perf_counter() - t0
+        ttft, total = _timed_decode(lambda: gen(1), lambda: gen(n))
+        tokens = gen(n)[0, ids.shape[1]:].tolist()
+    return {"prefill_tok_s": len(job["prompt"]) / prefill_s, "decode_tok_s": (n - 1) / max(total - ttft, 1e-9),
+            "tokens": tokens}
+
+
+def run_worker(name: str, job: dict) -> dict:
+    kind, detail = ENGINES[name]
+    job = dict(job, kind=kind, detail=detail, threads=1 if name.endswith("1thread") else job["threads"])
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(job, f)
+    try:
+        out = subprocess.run([sys.executable, "-m", "engine.bench_compare", f.name], capture_output=True, text=True)
+    finally:
+        os.unlink(f.name)
+    if out.returncode != 0:
+        raise RuntimeError(f"{name} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def compare(model: str | None, runs: int, threads: int, prompt_tokens: int, new_tokens: int,
+            engines: list[str] | None = None) -> dict:
+    from engine.loaders import default_model_path, load_checkpoint
+
+    model = str(model or default_model_path())
+    prompt = _prompt_ids(load_checkpoint(model, keep_packed=True).tokenizer.encode, prompt_tokens)
+    names = [n for n in (engines or ENGINES) if _available(ENGINES[n][0])]
+    job = {"model": model, "prompt": prompt, "new_tokens": new_tokens, "threads": threads}
+    cpu_before = psutil.cpu_times()
+    results: dict[str, list[dict]] = {n: [] for n in names}
+    for _ in range(runs):
+        for n in names:  # alternate so drift affects every engine alike
+            results[n].append(run_worker(n, job))
+    cpu_after = psutil.cpu_times()
+    table = {}
+    for n, rs in results.items():
+        table[n] = {k: statistics.median(r[k] for r in rs) for k in ("prefill_tok_s", "decode_tok_s", "peak_rss")}
+        table[n]["tokens"] = rs[-1]["tokens"]
+    return {"config": {"model": model, "runs": runs, "threads": threads, "prompt_tokens": len(prompt),
+                       "new_tokens": new_tokens},
+            "machine_busy_s": round((cpu_after.user + cpu_after.system) - (cpu_before.user + cpu_before.system), 1),
+            "load_average": os.getloadavg(), "engines": table}
+
+
+def print_table(result: dict) -> None:
+    table = result["engines"]
+    ours = table["glassbox"]
+    cfg = result["config"]
+    print(f"default model, {cfg['threads']} threads, {cfg['prompt_tokens']}-token prefill, {cfg['new_tokens']} new "
+          f"tokens after a 32-token prompt, medians of {cfg['runs']}")
+    print(f"| engine | prefill tok/s | decode tok/s | peak RSS MB | glassbox prefill / it | glassbox decode / it "
+          f"| glassbox RSS / it | greedy tokens equal to glassbox |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, r in table.items():
+        same = sum(a == b for a, b in zip(r["tokens"], ours["tokens"]))
+        print(f"| {name} | {r['prefill_tok_s']:.0f} | {r['decode_tok_s']:.1f} | {r['peak_rss'] / 2**20:.0f} | "
+              f"{ours['prefill_tok_s'] / r['prefill_tok_s']:.2f}x | {ours['decode_tok_s'] / r['decode_tok_s']:.2f}x | "
+              f"{ours['peak_rss'] / r['peak_rss']:.2f}x | {same}/{len(ours['tokens'])} |")
+    print(f"(CPU seconds used on the machine meanwhile: {result['machine_busy_s']}; "
+          f"load average at the end {result['load_average'][0]:.1f})")
+
+
+if __name__ == "__main__":  # a worker: python -m engine.bench_compare JOB.json
+    with open(sys.argv[1]) as f:
+        job = json.load(f)
+    worker = {"ours": worker_ours, "llama": worker_llama, "hf": worker_hf}[job["kind"]]
+    result = worker(job)
+    result["peak_rss"] = _peak_rss_bytes()
+    print(json.dumps(result))
