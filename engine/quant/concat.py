@@ -102,9 +102,13 @@ def _concat_int4(weights: list[Int4Weight]) -> Int4Weight | None:
     if first._packed is not None:
         fused._packed = torch.cat([w._packed for w in weights])
         fused._packed_scale_zero = torch.cat([w._packed_scale_zero for w in weights], dim=1)
-        # The packed layout is PyTorch's private business: prove on one input that stacking kept it.
+        # The packed layouts (CPU, or CUDA's tinygemm) are PyTorch's private business: prove on one
+        # input that stacking kept them, and keep the parts separate otherwise.
         x = torch.randn(2, first._scale_zero.shape[0] * first.group_size, generator=torch.Generator().manual_seed(0))
-        x = x.to(first.compute_dtype)
-        if not torch.equal(fused.matmul(x), torch.cat([w.matmul(x) for w in weights], dim=-1)):
+        x = x.to(device=first.device, dtype=first.compute_dtype)
+        try:
+            if not torch.equal(fused.matmul(x), torch.cat([w.matmul(x) for w in weights], dim=-1)):
+                return None
+        except RuntimeError:
             return None
     return fused
