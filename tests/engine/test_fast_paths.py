@@ -10,7 +10,7 @@ from engine.layers.norm import RMSNorm
 from engine.loaders import load_checkpoint
 from engine.model import Decoder
 from engine.quant import build_model, quantize_model
-from engine.records import GenerationDone, GenerationRequest, RequestDone, SamplingParams, StepRecord
+from engine.records import GenerationRequest, RequestDone, SamplingParams, StepRecord
 from engine.static_decode import StaticDecoder
 
 
@@ -71,12 +71,11 @@ def test_fused_rms_norm_equals_the_formula():
 
 def _greedy(engine, prompt, n, **kw):
     rid = engine.submit(GenerationRequest(tuple(prompt), SamplingParams(temperature=0, max_new_tokens=n), **kw))
-    tokens, logits = [], []
+    tokens = []
     while engine.has_work():
         for item in engine.step():
             if isinstance(item, StepRecord) and item.request_id == rid:
                 tokens.append(item.token_id)
-                logits.append(torch.tensor(item.logit_values) if item.logit_values else None)
             elif isinstance(item, RequestDone):
                 assert item.error is None
     return tokens
@@ -97,7 +96,7 @@ def test_static_decode_step_equals_the_paged_view(hf_checkpoint, arch, overrides
     steps = []
     real = static.static.decode
     static.static.decode = lambda *a: steps.append(a) or real(*a)
-    # compare logits step by step: both engines see the same tokens
+    # logits step by step (both engines see the same tokens while they agree)
     ref_logits, got_logits = [], []
     for engine, sink in ((plain, ref_logits), (static, got_logits)):
         forward = engine._forward
