@@ -246,8 +246,8 @@ class GenerationEngine:
         self._push(request, seq, token, logits, probe, row, out)
 
     def _push(self, request: Request, seq: Sequence, token: int, logits, probe, row: int, out) -> None:
-        logits = logits.float()
-        logprob = float(logits[token] - torch.logsumexp(logits, dim=-1))  # one reduction, not a log-softmax
+        # One fused log-softmax kernel: cheaper on the CPU than logsumexp's five ops (measured).
+        logprob = float(torch.log_softmax(logits.float(), dim=-1)[token])
         seq.generated.append(token)
         seq.logprobs.append(logprob)
         seq.pending = token
