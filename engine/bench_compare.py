@@ -158,7 +158,8 @@ def compare(model: str | None, runs: int, threads: int, prompt_tokens: int, new_
 
     model = str(model or default_model_path())
     prompt = _prompt_ids(load_checkpoint(model, keep_packed=True).tokenizer.encode, prompt_tokens)
-    names = [n for n in (engines or ENGINES) if _available(ENGINES[n][0])]
+    names = [n for n in (engines or ENGINES) if _available(ENGINES[n][0])
+             and not (n.endswith("1thread") and threads == 1)]
     job = {"model": model, "prompt": prompt, "new_tokens": new_tokens, "threads": threads}
     cpu_before = psutil.cpu_times()
     results: dict[str, list[dict]] = {n: [] for n in names}
