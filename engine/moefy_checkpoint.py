@@ -66,7 +66,7 @@ def hf_config(config: ModelConfig, tokenizer, source: str) -> dict:
         "rope_theta": config.rope_theta,
         "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
         "qkv_bias": False, "use_sliding_window": False,
-        "intermediate_size": config.dim,  # dense-layer width; unused (every layer is MoE)
+        "intermediate_size": config.hidden_dim,  # the dense source's width; unused here (every layer is MoE)
         "moe_intermediate_size": moe.expert_hidden_dim, "num_experts": moe.n_experts,
         "num_experts_per_tok": moe.n_experts_per_tok, "norm_topk_prob": False,
         "shared_expert_intermediate_size": moe.shared_expert_hidden_dim,
