@@ -76,7 +76,7 @@ def main(argv=None) -> int:
             samples[f"top-{k}"].append(decode_tok_s(moe, prompt, args.new_tokens))
     other = (other_cpu_seconds() - cpu0) / (time.perf_counter() - wall0)
     E = moe_ckpt.config.moe.n_experts
-    rows = [{"variant": name, "experts_run": E if name == "dense" else int(name[4:]),
+    rows = [{"variant": name, "experts_run": "dense MLP" if name == "dense" else f"{name[4:]} of {E}",
              "decode_tok_s": round(statistics.median(v), 2), "runs": [round(x, 2) for x in v]}
             for name, v in samples.items()]
     if args.json:
