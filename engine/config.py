@@ -146,7 +146,7 @@ class ModelConfig:
             raise UnsupportedArchitecture(path, str(arch or hf.get("architectures")), SUPPORTED_ARCHITECTURES)
         try:
             return _from_hf(arch, hf)
-        except (KeyError, TypeError, ValueError, AssertionError) as e:
+        except (KeyError, TypeError, ValueError, AssertionError, ArithmeticError) as e:  # e.g. n_kv_heads = 0
             raise ModelFormatError(path, f"invalid {arch} config: {type(e).__name__}: {e}") from None
 
 
@@ -154,6 +154,9 @@ def _from_hf(arch: str, hf: dict) -> ModelConfig:
     n_layers = int(hf["num_hidden_layers"])
     n_heads = int(hf["num_attention_heads"])
     dim = int(hf["hidden_size"])
+    # checked before anything below divides by them or sizes a tuple with them
+    if min(n_layers, n_heads, dim) <= 0:
+        raise ValueError(f"layers, heads and hidden size must be positive, got {n_layers}, {n_heads}, {dim}")
     # v5 keeps rope_theta inside rope_parameters; v4 had it at the top level next to rope_scaling.
     rope_params = dict(hf.get("rope_parameters") or {})
     rope_theta = float(rope_params.get("rope_theta", hf.get("rope_theta", 10000.0)))
