@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from engine.config import ModelConfig
 from engine.layers.attention import Attention
@@ -65,7 +66,7 @@ class Decoder(nn.Module):
         """Build the model around already-loaded canonical tensors (docs/weights.md) without copying twice.
         `packed` names weights the caller installs itself as quantized modules (engine/quant); they
         stay on the meta device here."""
-        with torch.device("meta"):
+        with torch.device("meta"), _SkipInit():
             model = cls(config)
         state = {name: t.to(device=device, dtype=dtype) for name, t in tensors.items()}
         result = model.load_state_dict(state, strict=not packed, assign=True)
@@ -108,3 +109,15 @@ class Decoder(nn.Module):
                     seen.add(id(w))
                     out[w.kind] = out.get(w.kind, 0) + w.nbytes
         return out
+
+
+class _SkipInit(TorchFunctionMode):
+    """Skips torch.nn.init while a model is built on the meta device: its weights are replaced by
+    loaded ones anyway, and random init of a meta tensor runs PyTorch's Python reference kernels,
+    whose first use imports torch._dynamo and sympy (~1.5 s of imports in the loading thread, holding
+    the GIL in stretches of 0.3 s: the GUI thread stalled)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__module__", "") == "torch.nn.init":
+            return args[0] if args else kwargs.get("tensor")
+        return func(*args, **(kwargs or {}))
