@@ -25,18 +25,7 @@ from engine.engine import Engine, LoadOptions  # noqa: E402
 from engine.loaders import default_model_path, load_checkpoint  # noqa: E402
 from engine.model import Decoder  # noqa: E402
 from engine.quality import SHIPPED_TEXT, evaluate  # noqa: E402
-from engine.quant import Int4Weight, Int8Weight  # noqa: E402
-
-
-def round_trip(tensors: dict, mode: str) -> dict:
-    """quantize_model's choices as float tensors: every 2-D weight by `mode`, the tied embedding /
-    LM head table by int8."""
-    def deq(w, how):
-        if how == "int8":
-            return Int8Weight.quantize(w).dequantize().float()
-        return Int4Weight.quantize(w, int(how.removeprefix("int4-g")), keep_rows=True).dequantize().float()
-
-    return {n: deq(t, "int8" if n == "embed.weight" else mode) if t.dim() == 2 else t for n, t in tensors.items()}
+from engine.quant import dequantized_tensors  # noqa: E402
 
 
 def main() -> int:
@@ -52,7 +41,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     path = args.model or default_model_path()
     ckpt = load_checkpoint(path)
-    assert ckpt.config.tie_embeddings, "round_trip assumes a tied embedding / LM head"
+    assert ckpt.config.tie_embeddings, "dequantized_tensors treats embed.weight as the tied embedding / LM head"
     ids = ckpt.tokenizer.encode(SHIPPED_TEXT.read_text(encoding="utf-8"), add_special_tokens=True)
     ids = ids[: args.tokens] if args.tokens else ids
     reference = Decoder.from_tensors(ckpt.config, ckpt.tensors)
@@ -62,7 +51,7 @@ def main() -> int:
     base, _ = evaluate(reference, ids, args.window, args.stride)
     rows.append(("none (fp32)", base.perplexity, 0.0, 1.0, "weights"))
     for mode in modes:
-        model = Decoder.from_tensors(ckpt.config, round_trip(ckpt.tensors, mode))
+        model = Decoder.from_tensors(ckpt.config, dequantized_tensors(ckpt.tensors, mode))
         ppl, diff = evaluate(model, ids, args.window, args.stride, reference)
         rows.append((mode, ppl.perplexity, diff.mean_kl, diff.agreement, "weights"))
         print(f"  {mode}: {ppl.perplexity:.3f} ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)

@@ -144,3 +144,19 @@ def _install_packed(model, name: str, blocks: PackedGGUF, device, dtype, compute
     old = getattr(parent, leaf)
     bias = old.bias if isinstance(old, nn.Linear) and old.bias is not None and not old.bias.is_meta else None
     setattr(parent, leaf, QuantLinear(blocks.to_weight().to(device, compute), bias))
+
+
+def dequantized_tensors(tensors: dict, mode: str) -> dict:
+    """Float tensors as quantize_model would leave them, dequantized: every 2-D weight by `mode`,
+    a tied embedding / LM head table (`embed.weight`) by int8. A float model built from them
+    computes what the exact quantized path computes, with fast fp32 matmuls (quality figures)."""
+    def round_trip(w, how):
+        if how == "int8":
+            return Int8Weight.quantize(w).dequantize().float()
+        return Int4Weight.quantize(w, int(how.removeprefix("int4-g")), keep_rows=True).dequantize().float()
+
+    check_mode(mode, MODES)
+    if mode == "none":
+        return dict(tensors)
+    return {n: round_trip(t, "int8" if n == "embed.weight" else mode) if t.dim() == 2 else t
+            for n, t in tensors.items()}

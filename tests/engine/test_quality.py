@@ -16,7 +16,7 @@ from engine.kv_cache import ContiguousKVCache
 from engine.loaders import load_checkpoint
 from engine.model import Decoder
 from engine.quality import SHIPPED_TEXT, _windows, compare, perplexity
-from engine.quant import quantize_model
+from engine.quant import dequantized_tensors, quantize_model
 
 
 @pytest.mark.parametrize("n,window,stride", [(2, 2, 1), (10, 4, 2), (100, 16, 5), (37, 64, 32), (64, 8, 7)])
@@ -91,20 +91,6 @@ def test_cli_perplexity_prints_one_json_row_per_quantization(tiny, tmp_path, cap
     assert rows[1]["weight_bytes"] < rows[0]["weight_bytes"]
 
 
-def _round_trip(tensors: dict, mode: str) -> dict:
-    """The float tensors with every weight quantize_model swaps replaced by its dequantized value:
-    linears by `mode`, the (tied) embedding table by int8, as quantize_model does."""
-    from engine.quant import Int4Weight, Int8Weight
-
-    def deq(w, how):
-        if how == "int8":
-            return Int8Weight.quantize(w).dequantize().float()
-        return Int4Weight.quantize(w, int(how.removeprefix("int4-g")), keep_rows=True).dequantize().float()
-
-    return {name: deq(t, "int8" if name == "embed.weight" else mode) if t.dim() == 2 else t
-            for name, t in tensors.items()}
-
-
 @pytest.mark.slow
 def test_default_model_perplexity_survives_quantization(default_gguf):
     """The issue's bounds on the first 1,024 tokens of the shipped text (full-text figures with the
@@ -116,7 +102,7 @@ def test_default_model_perplexity_survives_quantization(default_gguf):
     ids = ckpt.tokenizer.encode(SHIPPED_TEXT.read_text(encoding="utf-8"), add_special_tokens=True)[:1024]
     results = {}
     for mode in ("none", "int8", "int4-g32"):
-        tensors = ckpt.tensors if mode == "none" else _round_trip(ckpt.tensors, mode)
+        tensors = dequantized_tensors(ckpt.tensors, mode)
         results[mode] = perplexity(Decoder.from_tensors(ckpt.config, tensors), ids, window=512, stride=256).perplexity
     assert 5 < results["none"] < 60, results  # a real model on real English
     assert abs(results["int8"] / results["none"] - 1) <= 0.01, results
