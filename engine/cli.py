@@ -88,8 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     mo.add_argument("--top-k", type=int, default=2, help="experts per token written to config.json")
     mo.add_argument("--out", required=True, help="output folder")
     mo.add_argument("--fit-tokens", type=int, default=4096, help="tokens of the shipped text the routers are fit on")
-    mo.add_argument("--shared-fraction", type=float, default=0.5,
+    mo.add_argument("--shared-fraction", type=float, default=0.75,
                     help="share of each MLP's neurons kept always on as a shared expert (0 = none)")
+    mo.add_argument("--dense-layers", type=int, default=1, help="leading layers that keep their dense MLP")
     mo.add_argument("--report", action="store_true",
                     help="then perplexity at top-k E, E/2, E/4 beside the dense model, and the load balance")
     mo.add_argument("--threads", type=int, default=0)
@@ -248,7 +249,8 @@ def cmd_moefy(args) -> int:
 
     set_threads(args.threads)
     progress = lambda stage, done, total: print(f"\r{stage} {done}/{total}", end="", file=sys.stderr, flush=True)  # noqa: E731
-    built = moefy(args.model, args.out, args.experts, args.top_k, args.fit_tokens, progress, args.shared_fraction)
+    built = moefy(args.model, args.out, args.experts, args.top_k, args.fit_tokens, progress, args.shared_fraction,
+                  args.dense_layers)
     print(file=sys.stderr)
     print(json.dumps(built))
     if args.report:

@@ -6,12 +6,16 @@ neurons into disjoint sets splits it into smaller SwiGLUs whose outputs add up t
 - A share of the neurons (shared_fraction) that contribute most on average stays always on, as a
   shared expert: SwiGLU activations are dense, and without it even an oracle router at top-2 of 8
   loses most of the model (perplexity ~2300 vs ~30 on the shipped text; see docs/benchmarks.md).
+- The first `dense_layers` layers keep their dense MLP (as DeepSeek-MoE does; Qwen2-MoE's
+  `mlp_only_layers`): on the default model, splitting layer 0 alone costs +12% perplexity, four
+  times any other layer.
 - The rest is clustered by balanced k-means over what each neuron does on real text (its
   activation over the collected tokens: neurons that fire together share an expert), each of the
   E experts getting exactly the same number of neurons.
 - The router of a layer predicts, from the MLP's input, the log of each expert's output norm on
   that token (ridge least squares over hidden states collected by running the dense model over the
-  shipped text); the top-k experts by that score run. A softmax of those scores is then each
+  shipped text and on chat transcripts, so that chat-formatted hidden states are seen too); the
+  top-k experts by that score run. A softmax of those scores is then each
   expert's predicted share of the routed output, which is what the routing panel shows as Pᵢ.
 
 The routing convention that keeps top-k = E exact lives in engine/moefy_checkpoint.py (Qwen2-MoE
@@ -47,24 +51,25 @@ class LayerSplit:
 
 
 @torch.inference_mode()
-def collect_mlp_inputs(model, ids: list[int], window: int = 512, max_tokens: int = 8192,
+def collect_mlp_inputs(model, ids: list[int] | list[list[int]], window: int = 512, max_tokens: int = 8192,
                        progress: MoefyProgress | None = None) -> list[torch.Tensor]:
-    """Run the dense model over `ids` in independent windows and keep every layer's MLP input
-    (the post-attention-norm hidden state) -> per layer [N, D] fp32, N = min(len(ids), max_tokens)."""
-    ids = ids[:max_tokens]
+    """Run the dense model over `ids` (one token list, or several sequences, each on its own) in
+    independent windows and keep every layer's MLP input (the post-attention-norm hidden state)
+    -> per layer [N, D] fp32, N = the first max_tokens tokens of the first sequence + all the others."""
+    sequences = [ids] if not ids or isinstance(ids[0], int) else ids
+    sequences = [sequences[0][:max_tokens], *sequences[1:]]
     captured: list[list[torch.Tensor]] = [[] for _ in model.layers]
     hooks = [layer.mlp.register_forward_hook(
         lambda module, args, out, i=i: captured[i].append(args[0].reshape(-1, args[0].shape[-1]).float().cpu()))
         for i, layer in enumerate(model.layers)]
     device, dtype = model.embed.weight.device, model.embed.weight.dtype
-    starts = list(range(0, len(ids), window))
+    chunks = [seq[start:start + window] for seq in sequences for start in range(0, len(seq), window)]
     try:
-        for n, start in enumerate(starts):
-            chunk = ids[start:start + window]
+        for n, chunk in enumerate(chunks):
             cache = ContiguousKVCache(model.config, len(chunk), device=device, dtype=dtype)
             model(torch.tensor([chunk], device=device), cache.view(0, len(chunk)))
             if progress:
-                progress("collect", n + 1, len(starts))
+                progress("collect", n + 1, len(chunks))
     finally:
         for h in hooks:
             h.remove()
@@ -154,10 +159,14 @@ def split_layer(h: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_dow
 
 
 def split_model(config: ModelConfig, tensors: dict[str, torch.Tensor], inputs: list[torch.Tensor],
-                n_experts: int, top_k: int, n_shared: int = 0,
-                progress: MoefyProgress | None = None) -> list[LayerSplit]:
-    splits = []
+                n_experts: int, top_k: int, n_shared: int = 0, dense_layers: int = 0,
+                progress: MoefyProgress | None = None) -> list[LayerSplit | None]:
+    """One split per layer; None for the first `dense_layers` layers, which stay dense."""
+    splits: list[LayerSplit | None] = []
     for i, h in enumerate(inputs):
+        if i < dense_layers:
+            splits.append(None)
+            continue
         p = f"layers.{i}.mlp."
         splits.append(split_layer(h, tensors[p + "w_gate.weight"], tensors[p + "w_up.weight"],
                                   tensors[p + "w_down.weight"], n_experts, top_k, n_shared, seed=i))
@@ -174,18 +183,25 @@ def expert_tensors(tensors: dict[str, torch.Tensor], layer: int, neurons: torch.
             p + "w_down": torch.stack([down[:, idx] for idx in neurons])}
 
 
-def moefied_tensors(config: ModelConfig, tensors: dict[str, torch.Tensor], splits: list[LayerSplit],
+def moefied_tensors(config: ModelConfig, tensors: dict[str, torch.Tensor], splits: list[LayerSplit | None],
                     inputs: list[torch.Tensor], top_k: int) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    """The dense checkpoint's tensors with every MLP replaced by its experts and router, in the
-    convention of engine/moefy_checkpoint.py (down_proj × E, router × a tiny global scale)."""
+    """The dense checkpoint's tensors with every split MLP replaced by its experts and router, in the
+    convention of engine/moefy_checkpoint.py (down_proj × E, router × a tiny global scale); layers
+    without a split keep their dense MLP tensors."""
     from engine.moefy_checkpoint import moe_config, router_scale
 
-    n_experts, n_shared = splits[0].neurons.shape[0], len(splits[0].shared)
-    scale = min(router_scale([s.router for s in splits], inputs))  # one scale: the config holds one
-    moe = moe_config(config, n_experts, top_k, shared=n_shared, scale=scale)
+    routed = [(s, h) for s, h in zip(splits, inputs) if s is not None]
+    n_experts, n_shared = routed[0][0].neurons.shape[0], len(routed[0][0].shared)
+    # one scale: the config holds one
+    scale = min(router_scale([s.router for s, _ in routed], [h for _, h in routed]))
+    moe = moe_config(config, n_experts, top_k, shared=n_shared, scale=scale,
+                     moe_layers=tuple(s is not None for s in splits))
     out = {k: v for k, v in tensors.items() if ".mlp." not in k}
     for i, split in enumerate(splits):
         p = f"layers.{i}.mlp."
+        if split is None:
+            out.update({k: v for k, v in tensors.items() if k.startswith(p)})
+            continue
         experts = expert_tensors(tensors, i, split.neurons)
         experts[p + "w_down"] = experts[p + "w_down"] * n_experts
         out.update(experts)
@@ -198,25 +214,56 @@ def moefied_tensors(config: ModelConfig, tensors: dict[str, torch.Tensor], split
     return moe, out
 
 
+# The recipe's defaults, measured on the default model (docs/benchmarks.md, "MoEfication"): at top-2
+# of 8, with the first layer dense and routers that have seen chat text, a shared half gives
+# perplexity ~54 and broken chat answers, five eighths ~46 and still broken ones ("a state of a
+# state of ..."), three quarters ~39 and answers in sentences ("The capital of France is Paris").
+SHARED_FRACTION = 0.75
+DENSE_LAYERS = 1
+
+
+def chat_fit_sequences(ckpt) -> list[list[int]]:
+    """The shipped chat transcripts, each rendered with the model's own chat template -> token ids."""
+    import json
+
+    from engine.chat_template import ChatTemplate
+    from engine.quality import SHIPPED_TEXT
+
+    tokenizer = ckpt.tokenizer
+    if not tokenizer.chat_template:
+        return []
+    template = ChatTemplate(tokenizer.chat_template, tokenizer.bos_token or "", tokenizer.eos_token or "")
+    turns = json.loads((SHIPPED_TEXT.parent / "chat_transcripts.json").read_text(encoding="utf-8"))
+    return [tokenizer.encode(template.render([{"role": "user", "content": t["user"]},
+                                              {"role": "assistant", "content": t["assistant"]}],
+                                             add_generation_prompt=False))
+            for t in turns]
+
+
 def moefy(source, out, n_experts: int = 8, top_k: int = 2, max_tokens: int = 4096,
-          progress: MoefyProgress | None = None, shared_fraction: float = 0.5) -> dict:
+          progress: MoefyProgress | None = None, shared_fraction: float = SHARED_FRACTION,
+          dense_layers: int = DENSE_LAYERS) -> dict:
     """Build the MoEfied checkpoint of `source` (a dense SwiGLU model; None = the default model) in
-    directory `out`, fitting the routers on the shipped text. Returns the build report (also written
-    to out/moefy.json)."""
+    directory `out`, fitting the routers on the shipped text (its first max_tokens tokens) and the
+    shipped chat transcripts. Returns the build report (also written to out/moefy.json)."""
     from engine.loaders import load_checkpoint
     from engine.quality import SHIPPED_TEXT
 
     ckpt = load_checkpoint(source)
-    ids = ckpt.tokenizer.encode(SHIPPED_TEXT.read_text(encoding="utf-8"))
-    return build(ckpt, ids, out, n_experts, top_k, max_tokens, progress, fit_text=SHIPPED_TEXT.name,
-                 shared_fraction=shared_fraction)
+    prose = ckpt.tokenizer.encode(SHIPPED_TEXT.read_text(encoding="utf-8"))
+    chats = chat_fit_sequences(ckpt)
+    return build(ckpt, [prose, *chats], out, n_experts, top_k, max_tokens, progress,
+                 fit_text=SHIPPED_TEXT.name + (" + chat_transcripts.json" if chats else ""),
+                 shared_fraction=shared_fraction, dense_layers=dense_layers)
 
 
-def build(ckpt, ids: list[int], out, n_experts: int, top_k: int, max_tokens: int = 4096,
-          progress: MoefyProgress | None = None, fit_text: str = "", shared_fraction: float = 0.0) -> dict:
-    """shared_fraction: share of each MLP's neurons kept always on (Qwen2-MoE's shared expert);
-    the rest is split into n_experts routed experts."""
-    """moefy() on an already loaded checkpoint (engine.loaders.Checkpoint) and fit tokens."""
+def build(ckpt, ids: list[int] | list[list[int]], out, n_experts: int, top_k: int, max_tokens: int = 4096,
+          progress: MoefyProgress | None = None, fit_text: str = "", shared_fraction: float = 0.0,
+          dense_layers: int = 0) -> dict:
+    """moefy() on an already loaded checkpoint (engine.loaders.Checkpoint) and fit tokens (one list,
+    or several sequences; max_tokens caps the first). shared_fraction: share of each MLP's neurons kept
+    always on (Qwen2-MoE's shared expert); the rest is split into n_experts routed experts.
+    dense_layers: how many leading layers keep their dense MLP."""
     from pathlib import Path
 
     from engine.model import Decoder
@@ -231,26 +278,29 @@ def build(ckpt, ids: list[int], out, n_experts: int, top_k: int, max_tokens: int
                          f"into {n_experts} equal experts")
     if not 0 < top_k <= n_experts:
         raise ValueError(f"top-k must be in 1..{n_experts}")
+    if not 0 <= dense_layers < config.n_layers:
+        raise ValueError(f"dense layers must be in 0..{config.n_layers - 1}")
     started = time.perf_counter()
     model = Decoder.from_tensors(config, ckpt.tensors)
     inputs = collect_mlp_inputs(model, ids, max_tokens=max_tokens, progress=progress)
     del model
-    splits = split_model(config, ckpt.tensors, inputs, n_experts, top_k, n_shared, progress=progress)
+    splits = split_model(config, ckpt.tensors, inputs, n_experts, top_k, n_shared, dense_layers, progress=progress)
     moe, tensors = moefied_tensors(config, ckpt.tensors, splits, inputs, top_k)
     report = {"source": str(ckpt.source), "experts": n_experts, "top_k": top_k, "shared_neurons": n_shared,
-              "expert_neurons": (config.hidden_dim - n_shared) // n_experts, "fit_tokens": len(inputs[0]),
+              "expert_neurons": (config.hidden_dim - n_shared) // n_experts, "dense_layers": dense_layers,
+              "fit_tokens": len(inputs[0]),
               "fit_text": fit_text, "router_scale": moe.moe.router_scale,
-              "router_top_k_recall": [round(s.top_k_recall, 4) for s in splits],
+              "router_top_k_recall": [round(s.top_k_recall, 4) for s in splits if s is not None],
               "build_seconds": round(time.perf_counter() - started, 1)}
     write_checkpoint(Path(out), moe, tensors, ckpt.tokenizer, source=ckpt.source.name, extra=report)
     return report
 
 
 # The MoE the app offers next to the default model: built from it on first use, then cached.
-# Top-4 of 8 (with the shared half: 3/4 of the neurons per token) because at top-2 the default
-# chat prompts get degenerate answers ("1. 1. 1. ..."), while top-4 still answers in sentences
-# (docs/benchmarks.md, "MoEfication"). `python -m engine moefy --top-k 2` builds the sparser one.
-BUILTIN_MOE = {"label": "SmolLM2-135M-MoE 8×top-4", "folder": "SmolLM2-135M-MoE-8x4", "experts": 8, "top_k": 4}
+# Top-2 of 8 routed experts (48 neurons each) next to the always-on shared three quarters: 1248 of
+# 1536 neurons per token in layers 1-29 (docs/benchmarks.md, "MoEfication"). The folder name carries the recipe's version,
+# so a cache built by an older recipe is not mistaken for this one.
+BUILTIN_MOE = {"label": "SmolLM2-135M-MoE 8×top-2", "folder": "SmolLM2-135M-MoE-8x2-v2", "experts": 8, "top_k": 2}
 
 
 def ensure_builtin_moe(cache_root, progress: MoefyProgress | None = None, build_fn=None) -> "Path":

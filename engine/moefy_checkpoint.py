@@ -45,11 +45,13 @@ def router_scale(routers: list[torch.Tensor], inputs: list[torch.Tensor]) -> lis
     return [ROUTER_SPREAD / max(float((h @ r.T).abs().max()), 1e-30) for r, h in zip(routers, inputs)]
 
 
-def moe_config(dense: ModelConfig, n_experts: int, top_k: int, shared: int, scale: float) -> ModelConfig:
+def moe_config(dense: ModelConfig, n_experts: int, top_k: int, shared: int, scale: float,
+               moe_layers: tuple[bool, ...] | None = None) -> ModelConfig:
+    """moe_layers: which layers are MoE (default all); the others keep the dense MLP."""
     moe = MoeConfig(n_experts, top_k, (dense.hidden_dim - shared) // n_experts, router="softmax_topk",
                     norm_topk_prob=False, shared_expert_hidden_dim=shared, shared_expert_gated=True,
                     router_scale=scale)
-    return dense.replace(arch="qwen2_moe", moe=moe, moe_layers=(True,) * dense.n_layers)
+    return dense.replace(arch="qwen2_moe", moe=moe, moe_layers=moe_layers or (True,) * dense.n_layers)
 
 
 def hf_config(config: ModelConfig, tokenizer, source: str) -> dict:
@@ -66,11 +68,11 @@ def hf_config(config: ModelConfig, tokenizer, source: str) -> dict:
         "rope_theta": config.rope_theta,
         "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
         "qkv_bias": False, "use_sliding_window": False,
-        "intermediate_size": config.hidden_dim,  # the dense source's width; unused here (every layer is MoE)
+        "intermediate_size": config.hidden_dim,  # the dense source's width: the mlp_only_layers' MLP
         "moe_intermediate_size": moe.expert_hidden_dim, "num_experts": moe.n_experts,
         "num_experts_per_tok": moe.n_experts_per_tok, "norm_topk_prob": False,
         "shared_expert_intermediate_size": moe.shared_expert_hidden_dim,
-        "decoder_sparse_step": 1, "mlp_only_layers": [],
+        "decoder_sparse_step": 1, "mlp_only_layers": [i for i, m in enumerate(config.moe_layers) if not m],
         "bos_token_id": tokenizer.bos_id, "eos_token_id": list(tokenizer.eos_ids)[0] if tokenizer.eos_ids else None,
         "glassbox_router_scale": moe.router_scale,
         "glassbox_moefied_from": source,
@@ -88,6 +90,10 @@ def hf_state(config: ModelConfig, tensors: dict[str, torch.Tensor]) -> dict[str,
         out[h + "post_attention_layernorm.weight"] = tensors[c + "mlp_norm.weight"]
         for x in "qkvo":
             out[f"{h}self_attn.{x}_proj.weight"] = tensors[f"{c}attn.w{x}.weight"]
+        if not config.moe_layers[i]:  # a dense layer: Qwen2-MoE's plain MLP names
+            for ours, theirs in (("w_gate", "gate_proj"), ("w_up", "up_proj"), ("w_down", "down_proj")):
+                out[f"{h}mlp.{theirs}.weight"] = tensors[f"{c}mlp.{ours}.weight"]
+            continue
         out[h + "mlp.gate.weight"] = tensors[c + "mlp.router.weight"]
         for e in range(config.moe.n_experts):
             for ours, theirs in (("w_gate", "gate_proj"), ("w_up", "up_proj"), ("w_down", "down_proj")):

@@ -42,7 +42,7 @@ class ModelPanel(QWidget):
         self.default_button = QPushButton("Default model")
         self.default_button.clicked.connect(lambda: self.request_open(""))
         # The default model split into 8 experts (engine/moefy.py): built and cached on first use.
-        self.moe_button = QPushButton("SmolLM2-135M-MoE 8×top-4")
+        self.moe_button = QPushButton("SmolLM2-135M-MoE 8×top-2")
         self.moe_button.setToolTip("A mixture-of-experts made from the default model (MoEfication); "
                                    "the first time it is built, which takes a few minutes")
         self.moe_button.clicked.connect(lambda: self.request_open(BUILTIN_MOE_PATH))

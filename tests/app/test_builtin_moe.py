@@ -34,7 +34,7 @@ def test_built_once_then_taken_from_the_cache(tmp_path):
     first = ensure_builtin_moe(tmp_path, lambda *a: seen.append(a), build_fn=fake_build)
     again = ensure_builtin_moe(tmp_path, build_fn=fake_build)
     assert first == again == tmp_path / BUILTIN_MOE["folder"] and (first / "moefy.json").is_file()
-    assert calls == [(None, 8, 4)] and seen == [("collect", 1, 1)]
+    assert calls == [(None, 8, 2)] and seen == [("collect", 1, 1)]
 
 
 def test_a_cancelled_build_leaves_nothing(tmp_path):

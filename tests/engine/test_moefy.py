@@ -35,9 +35,9 @@ SHARED = 1 / 6  # 16 of the 96 neurons always on, 4 routed experts of 20 (transf
 # expert matmuls want rows of a multiple of 16 bytes)
 
 
-def build(dense, out, top_k: int, shared_fraction: float = SHARED) -> dict:
+def build(dense, out, top_k: int, shared_fraction: float = SHARED, dense_layers: int = 0) -> dict:
     return moefy.build(dense, fit_ids(dense.config.vocab_size), out, n_experts=E, top_k=top_k, max_tokens=384,
-                       shared_fraction=shared_fraction)
+                       shared_fraction=shared_fraction, dense_layers=dense_layers)
 
 
 def logits(model, tokens: list[int]) -> torch.Tensor:
@@ -65,10 +65,11 @@ def test_split_experts_sum_to_the_dense_mlp(dense):
     assert torch.allclose(parts, whole, atol=1e-5)
 
 
-@pytest.mark.parametrize("shared_fraction", [0.0, SHARED])
-def test_top_k_equal_to_experts_reproduces_the_dense_model(dense, tmp_path, shared_fraction):
-    report = build(dense, tmp_path / "moe", top_k=E, shared_fraction=shared_fraction)
+@pytest.mark.parametrize("shared_fraction,dense_layers", [(0.0, 0), (SHARED, 0), (SHARED, 1)])
+def test_top_k_equal_to_experts_reproduces_the_dense_model(dense, tmp_path, shared_fraction, dense_layers):
+    report = build(dense, tmp_path / "moe", top_k=E, shared_fraction=shared_fraction, dense_layers=dense_layers)
     config, tensors, _ = load_hf_dir(tmp_path / "moe")
+    assert config.moe_layers == tuple(i >= dense_layers for i in range(config.n_layers)) and report["dense_layers"] == dense_layers
     assert config.moe.shared_expert_hidden_dim == report["shared_neurons"] == round(96 * shared_fraction)
     assert config.arch == "qwen2_moe" and config.moe.n_experts == E and config.moe.n_experts_per_tok == E
     assert config.moe.router_scale == report["router_scale"] < 1e-3
@@ -78,11 +79,11 @@ def test_top_k_equal_to_experts_reproduces_the_dense_model(dense, tmp_path, shar
     assert (ours_dense - ours_moe).abs().max().item() <= TOL
 
 
-@pytest.mark.parametrize("top_k,shared_fraction", [(E, SHARED), (2, SHARED), (1, 0.0)])
-def test_transformers_reads_the_checkpoint_and_agrees(dense, tmp_path, top_k, shared_fraction):
+@pytest.mark.parametrize("top_k,shared_fraction,dense_layers", [(E, SHARED, 0), (2, SHARED, 0), (1, 0.0, 0), (2, SHARED, 1)])
+def test_transformers_reads_the_checkpoint_and_agrees(dense, tmp_path, top_k, shared_fraction, dense_layers):
     from transformers import AutoModelForCausalLM
 
-    build(dense, tmp_path / "moe", top_k=top_k, shared_fraction=shared_fraction)
+    build(dense, tmp_path / "moe", top_k=top_k, shared_fraction=shared_fraction, dense_layers=dense_layers)
     hf = AutoModelForCausalLM.from_pretrained(tmp_path / "moe", dtype=torch.float32).eval()
     assert type(hf).__name__ == "Qwen2MoeForCausalLM"
     assert run_both(tmp_path / "moe", hf) <= TOL
