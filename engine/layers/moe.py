@@ -71,6 +71,14 @@ class SparseMoE(nn.Module):
 
     def _experts(self, flat: torch.Tensor, expert_ids: torch.Tensor, gate_weights: torch.Tensor) -> torch.Tensor:
         N, A = expert_ids.shape
+        if N == 1:
+            # One decoding token: no sort, scatter or zero buffer, only its k experts. Summed in expert
+            # order, which is what the general path's index_add into zeros computes, bit for bit.
+            out = None
+            for e, w in sorted(zip(expert_ids[0].tolist(), gate_weights[0])):
+                y = self.expert_mlp(e, flat) * w
+                out = y if out is None else out + y
+            return out
         # Sort the N*A (token, expert) assignments by expert so each expert sees one contiguous slice.
         flat_ids = expert_ids.reshape(-1)  # [N*A]
         order = torch.argsort(flat_ids, stable=True)  # [N*A]
