@@ -1,6 +1,8 @@
 """Expert routing of an MoE model: tokens × experts for one layer, layers × experts for the
-selected token, and each expert's load with the balance figure N·Σ fᵢ·Pᵢ (1.0 = balanced; a
-routing collapse shows as one hot column and a figure near N). Draws StepRecords' routing."""
+selected token, and each expert's load over the conversation: fᵢ (share of routing slots) beside
+Pᵢ (mean router probability), with the balance figure N·Σ fᵢ·Pᵢ (1.0 = balanced; a routing
+collapse shows as one tall pair of bars and a figure near N). Draws StepRecords' routing. Layers
+that keep a dense MLP (a MoEfied model's first layer, Qwen2-MoE's mlp_only_layers) say so."""
 from __future__ import annotations
 
 import numpy as np
@@ -11,12 +13,13 @@ from PySide6.QtWidgets import QHBoxLayout, QLabel, QSpinBox, QStackedLayout, QVB
 from engine.records import StepRecord
 
 
-def load_balance(probs: np.ndarray, chosen: np.ndarray, n_experts: int) -> tuple[np.ndarray, float]:
-    """Per-expert token fraction f (share of routing slots) and N·Σ fᵢ·Pᵢ, Pᵢ = mean router probability."""
+def load_balance(probs: np.ndarray, chosen: np.ndarray, n_experts: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """Per-expert token fraction f (share of routing slots), mean router probability P, and N·Σ fᵢ·Pᵢ."""
     if len(probs) == 0:
-        return np.zeros(n_experts), 0.0
+        return np.zeros(n_experts), np.zeros(n_experts), 0.0
     f = np.bincount(chosen.ravel(), minlength=n_experts) / chosen.size
-    return f, float(n_experts * np.sum(f * probs.mean(axis=0)))
+    p = probs.mean(axis=0)
+    return f, p, float(n_experts * np.sum(f * p))
 
 
 class RoutingPanel(QWidget):
@@ -46,8 +49,10 @@ class RoutingPanel(QWidget):
         self.layers_plot.setLabel("left", "layer")
         self.layers_image = pg.ImageItem()
         self.layers_plot.addItem(self.layers_image)
-        self.load_plot = pg.PlotWidget(title="expert load over the conversation (share of routing slots)")
+        self.load_plot = pg.PlotWidget(title="expert load over the conversation: f = share of routing slots, "
+                                             "P = mean router probability")
         self.load_plot.setLabel("bottom", "expert")
+        self.load_plot.addLegend(offset=(-10, 10))
         for image in (self.tokens_image, self.layers_image):
             image.setColorMap(pg.colormap.get("viridis"))
 
@@ -81,6 +86,9 @@ class RoutingPanel(QWidget):
     def add_step(self, record: StepRecord) -> None:
         if not record.routing:
             return
+        routed = {r.layer for r in record.routing}
+        if not self._probs and self.layer.value() not in routed:
+            self.layer.setValue(min(routed))  # e.g. a MoEfied model, whose layer 0 is dense
         self._probs.append({r.layer: np.array(r.router_probs) for r in record.routing})
         self._chosen.append({r.layer: np.array(r.expert_ids) for r in record.routing})
         self._gates.append({r.layer: (r.expert_ids, r.gate_weights) for r in record.routing})
@@ -99,7 +107,12 @@ class RoutingPanel(QWidget):
 
     def load_balance(self, layer: int) -> float:
         chosen = np.array([c[layer] for c in self._chosen if layer in c])
-        return load_balance(self.token_expert_matrix(layer), chosen, self.n_experts)[1]
+        return load_balance(self.token_expert_matrix(layer), chosen, self.n_experts)[2]
+
+    def expert_load(self, layer: int) -> tuple[np.ndarray, np.ndarray]:
+        """(fᵢ, Pᵢ) of `layer` over the steps so far, as drawn in the load plot."""
+        chosen = np.array([c[layer] for c in self._chosen if layer in c])
+        return load_balance(self.token_expert_matrix(layer), chosen, self.n_experts)[:2]
 
     def is_dense_message_shown(self) -> bool:
         return self.stack.currentIndex() == 1
@@ -125,8 +138,13 @@ class RoutingPanel(QWidget):
         step = max(1, self.n_layers // 12)
         self.layers_plot.getAxis("left").setTicks([[(i, str(i)) for i in range(0, self.n_layers, step)]])
         chosen = np.array([c[layer] for c in self._chosen if layer in c])
-        f, balance = load_balance(matrix, chosen, self.n_experts)
+        f, p, balance = load_balance(matrix, chosen, self.n_experts)
         self.load_plot.clear()
-        self.load_plot.addItem(pg.BarGraphItem(x=np.arange(self.n_experts), height=f, width=0.7, brush="#2e86de"))
-        self.balance.setText(f"layer {layer}: {len(matrix)} tokens · load balance N·Σf·P = {balance:.2f} "
-                             f"(1.00 = even; {self.n_experts} = all on one expert)")
+        x = np.arange(self.n_experts)
+        self.load_plot.addItem(pg.BarGraphItem(x=x - 0.18, height=f, width=0.34, brush="#2e86de", name="f"))
+        self.load_plot.addItem(pg.BarGraphItem(x=x + 0.18, height=p, width=0.34, brush="#f39c12", name="P"))
+        if self._probs and not len(matrix):
+            self.balance.setText(f"layer {layer} has a dense MLP: no experts, nothing routed")
+        else:
+            self.balance.setText(f"layer {layer}: {len(matrix)} tokens · load balance N·Σf·P = {balance:.2f} "
+                                 f"(1.00 = even; {self.n_experts} = all on one expert)")

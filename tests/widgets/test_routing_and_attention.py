@@ -31,6 +31,31 @@ def test_routing_matrix_layer_switch_and_balance(qtbot):
     assert panel.load_balance(0) > 1.5 and not panel.is_dense_message_shown()
 
 
+def test_load_plot_has_token_fractions_and_mean_probabilities(qtbot):
+    panel = RoutingPanel()
+    qtbot.addWidget(panel)
+    panel.set_model_info(2, 4, 2)
+    for i in range(4):
+        panel.add_step(routed(i, 2))
+    f, p = panel.expert_load(0)
+    assert f.tolist() == pytest.approx([0, 0, 0.5, 0.5]) and f.sum() == pytest.approx(1)  # 2 slots per token
+    assert p[2] == pytest.approx(0.9) and p.sum() == pytest.approx(1)
+    assert panel.load_balance(0) == pytest.approx(4 * (0.5 * 0.9 + 0.5 * 0.1 / 3))
+
+
+def test_a_dense_layer_of_an_moe_model_says_so(qtbot):
+    """A MoEfied model routes in layers 1.. only: the panel starts on the first routed layer, and
+    choosing the dense layer 0 says it has no experts instead of drawing an empty load."""
+    panel = RoutingPanel()
+    qtbot.addWidget(panel)
+    panel.set_model_info(3, 4, 2)
+    step = routed(0, 1, layers=3)
+    panel.add_step(StepRecord(0, 0, token_id=0, text="t", prob=0.5, routing=step.routing[1:]))
+    assert panel.layer.value() == 1 and panel.token_expert_matrix(1).shape == (1, 4)
+    panel.layer.setValue(0)
+    assert "dense MLP" in panel.balance.text()
+
+
 def test_dense_model_says_so(qtbot):
     panel = RoutingPanel()
     qtbot.addWidget(panel)
