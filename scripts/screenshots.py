@@ -2,8 +2,9 @@
 
 Run under a real X server (Xvfb), not offscreen, so what is saved is what a person sees:
     xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python scripts/screenshots.py
-The routing panel is also shown on a tiny random MoE (built with transformers, a test dependency),
-since the default model is dense.
+The routing panel is also shown on an MoE, since the default model is dense: the MoEfied default
+model when a folder is given (`--moe DIR`, from `python -m engine moefy --out DIR`), otherwise a tiny
+random MoE (built with transformers, a test dependency).
 """
 from __future__ import annotations
 
@@ -70,6 +71,18 @@ def main() -> int:
         dock.raise_()
         settle(150)
         dock.widget().grab().save(str(OUT / f"panel_{name.lower().replace(' ', '_')}.png"))
+    if "--moe" in sys.argv:
+        window.load_model(sys.argv[sys.argv.index("--moe") + 1], {"device": "cpu"})
+        wait_for(window.worker.loaded)
+        window.sampler.set_params(SamplingParams(temperature=0.7, top_p=0.9, seed=4, max_new_tokens=60))
+        chat(window, "Give me three tips for staying healthy.")
+        window.docks["Expert routing"].raise_()
+        window.routing.layer.setValue(15)
+        settle(300)
+        window.routing.grab().save(str(OUT / "panel_expert_routing_moe.png"))
+        window.close()
+        print(f"screenshots in {OUT}")
+        return 0
     try:
         from tests.tiny_models import build_hf_model, write_tiny_tokenizer
 

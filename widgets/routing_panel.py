@@ -49,10 +49,8 @@ class RoutingPanel(QWidget):
         self.layers_plot.setLabel("left", "layer")
         self.layers_image = pg.ImageItem()
         self.layers_plot.addItem(self.layers_image)
-        self.load_plot = pg.PlotWidget(title="expert load over the conversation: f = share of routing slots, "
-                                             "P = mean router probability")
+        self.load_plot = pg.PlotWidget(title="load: f share of slots (blue) · P mean probability (orange)")
         self.load_plot.setLabel("bottom", "expert")
-        self.load_plot.addLegend(offset=(-10, 10))
         for image in (self.tokens_image, self.layers_image):
             image.setColorMap(pg.colormap.get("viridis"))
 
@@ -123,14 +121,17 @@ class RoutingPanel(QWidget):
             return
         layer = self.layer.value()
         matrix = self.token_expert_matrix(layer)
-        self.tokens_image.setImage(matrix.T if len(matrix) else np.zeros((self.n_experts, 1)), levels=(0, 1))
+        # Colour scale 0..largest value shown: a MoEfied router's probabilities (and its gate weights,
+        # all ~1/E) sit far below 1 and would be one dark colour on a 0..1 scale.
+        top = float(matrix.max()) if len(matrix) else 1.0
+        self.tokens_image.setImage(matrix.T if len(matrix) else np.zeros((self.n_experts, 1)), levels=(0, max(top, 1e-6)))
         # centre cell i on coordinate i, so integer ticks name experts and tokens
         self.tokens_image.setRect(QRectF(-0.5, -0.5, self.n_experts, max(len(matrix), 1)))
         gates = np.zeros((self.n_experts, max(self.n_layers, 1)))
         if self._selected >= 0:
             for l, (ids, weights) in self._gates[self._selected].items():
                 gates[list(ids), l] = weights
-        self.layers_image.setImage(gates, levels=(0, 1))
+        self.layers_image.setImage(gates, levels=(0, max(float(gates.max()), 1e-6)))
         self.layers_image.setRect(QRectF(-0.5, -0.5, self.n_experts, max(self.n_layers, 1)))
         expert_ticks = [[(i, str(i)) for i in range(self.n_experts)]]
         for plot in (self.tokens_plot, self.layers_plot, self.load_plot):
@@ -141,8 +142,9 @@ class RoutingPanel(QWidget):
         f, p, balance = load_balance(matrix, chosen, self.n_experts)
         self.load_plot.clear()
         x = np.arange(self.n_experts)
-        self.load_plot.addItem(pg.BarGraphItem(x=x - 0.18, height=f, width=0.34, brush="#2e86de", name="f"))
-        self.load_plot.addItem(pg.BarGraphItem(x=x + 0.18, height=p, width=0.34, brush="#f39c12", name="P"))
+        self.load_plot.addItem(pg.BarGraphItem(x=x - 0.18, height=f, width=0.34, brush="#2e86de"))
+        self.load_plot.addItem(pg.BarGraphItem(x=x + 0.18, height=p, width=0.34, brush="#f39c12"))
+        self.load_plot.setXRange(-0.6, self.n_experts - 0.4, padding=0)
         if self._probs and not len(matrix):
             self.balance.setText(f"layer {layer} has a dense MLP: no experts, nothing routed")
         else:
