@@ -142,17 +142,21 @@ def _packable(t: _TensorInfo, name: str) -> bool:
 
 
 def load_gguf(path, dtype: torch.dtype = torch.float32,
-              progress: Callable[[int, int, int, int], None] | None = None, keep_packed: bool = False
+              progress: Callable[[int, int, int, int], None] | None = None, keep_packed: bool = False,
+              on_metadata: Callable[[dict[str, Any]], None] | None = None
               ) -> tuple[ModelConfig, dict[str, torch.Tensor], dict[str, Any]]:
     """-> (config, canonical tensors, metadata). progress(done_tensors, total, done_bytes, total_bytes)
     is called once with zeros, then after each tensor. Raises ModelFormatError for anything wrong.
     keep_packed: 2-D Q8_0 / Q4_0 / Q4_1 weights come back as engine.quant.PackedGGUF (their raw
-    blocks) instead of float tensors, for engine.quant.build_model."""
+    blocks) instead of float tensors, for engine.quant.build_model. on_metadata(meta) runs once the
+    config is known, before any tensor is converted."""
     path = Path(path)
     meta, infos, data = _open(path)
     gguf_architecture(meta, path)  # refuse an unknown architecture before converting anything
     freqs = _to_tensor(infos[ROPE_FREQS], data, path) if ROPE_FREQS in infos else None
     config = build_config(meta, {t.name: t.shape for t in infos.values()}, path, freqs)
+    if on_metadata is not None:
+        on_metadata(meta)
     tensors: dict[str, torch.Tensor] = {}
     old_experts: dict[tuple[str, str], dict[int, torch.Tensor]] = {}
     total, total_bytes, done_bytes = len(infos), sum(t.nbytes for t in infos.values()), 0
