@@ -50,6 +50,13 @@ class ChatTemplate:
     def default(cls) -> "ChatTemplate":
         return cls(CHATML)
 
+    @classmethod
+    def of(cls, tokenizer) -> "ChatTemplate":
+        """The template a model's tokenizer ships (engine.tokenizer.Tokenizer), or ChatML without one."""
+        if not tokenizer.chat_template:
+            return cls.default()
+        return cls(tokenizer.chat_template, tokenizer.bos_token or "", tokenizer.eos_token or "")
+
     def render(self, messages: list[dict], add_generation_prompt: bool = True, **extra) -> str:
         """The prompt text for `messages`; `extra` (tools, documents, enable_thinking, ...) is passed
         to the template as variables, as transformers passes its template kwargs."""

@@ -59,9 +59,7 @@ class Engine:
         self.config = model.config
         self.source = source
         self.device = model.embed.weight.device
-        template = tokenizer.chat_template
-        self.chat_template = (ChatTemplate(template, tokenizer.bos_token or "", tokenizer.eos_token or "")
-                              if template else ChatTemplate.default())
+        self.chat_template = ChatTemplate.of(tokenizer)
         if self.device.type == "cuda":
             budget = int(torch.cuda.mem_get_info(self.device)[0] * options.kv_gpu_fraction)
         else:

@@ -223,21 +223,18 @@ DENSE_LAYERS = 1
 
 
 def chat_fit_sequences(ckpt) -> list[list[int]]:
-    """The shipped chat transcripts, each rendered with the model's own chat template -> token ids."""
+    """The shipped chat transcripts, each rendered with the model's chat template (as the engine
+    renders chats) -> token ids."""
     import json
 
     from engine.chat_template import ChatTemplate
     from engine.quality import SHIPPED_TEXT
 
-    tokenizer = ckpt.tokenizer
-    if not tokenizer.chat_template:
-        return []
-    template = ChatTemplate(tokenizer.chat_template, tokenizer.bos_token or "", tokenizer.eos_token or "")
+    template = ChatTemplate.of(ckpt.tokenizer)
     turns = json.loads((SHIPPED_TEXT.parent / "chat_transcripts.json").read_text(encoding="utf-8"))
-    return [tokenizer.encode(template.render([{"role": "user", "content": t["user"]},
-                                              {"role": "assistant", "content": t["assistant"]}],
-                                             add_generation_prompt=False))
-            for t in turns]
+    chats = [[{"role": "user", "content": t["user"]}, {"role": "assistant", "content": t["assistant"]}]
+             for t in turns]
+    return [ckpt.tokenizer.encode(template.render(chat, add_generation_prompt=False)) for chat in chats]
 
 
 def moefy(source, out, n_experts: int = 8, top_k: int = 2, max_tokens: int = 4096,
@@ -253,7 +250,7 @@ def moefy(source, out, n_experts: int = 8, top_k: int = 2, max_tokens: int = 409
     prose = ckpt.tokenizer.encode(SHIPPED_TEXT.read_text(encoding="utf-8"))
     chats = chat_fit_sequences(ckpt)
     return build(ckpt, [prose, *chats], out, n_experts, top_k, max_tokens, progress,
-                 fit_text=SHIPPED_TEXT.name + (" + chat_transcripts.json" if chats else ""),
+                 fit_text=SHIPPED_TEXT.name + " + chat_transcripts.json",
                  shared_fraction=shared_fraction, dense_layers=dense_layers)
 
 
@@ -298,8 +295,8 @@ def build(ckpt, ids: list[int] | list[list[int]], out, n_experts: int, top_k: in
 
 # The MoE the app offers next to the default model: built from it on first use, then cached.
 # Top-2 of 8 routed experts (48 neurons each) next to the always-on shared three quarters: 1248 of
-# 1536 neurons per token in layers 1-29 (docs/benchmarks.md, "MoEfication"). The folder name carries the recipe's version,
-# so a cache built by an older recipe is not mistaken for this one.
+# 1536 neurons per token in layers 1-29 (docs/benchmarks.md, "MoEfication"). The folder name carries
+# the recipe's version, so a cache built by an older recipe is not mistaken for this one.
 BUILTIN_MOE = {"label": "SmolLM2-135M-MoE 8×top-2", "folder": "SmolLM2-135M-MoE-8x2-v2", "experts": 8, "top_k": 2}
 
 

@@ -72,17 +72,31 @@ def main() -> int:
         settle(150)
         dock.widget().grab().save(str(OUT / f"panel_{name.lower().replace(' ', '_')}.png"))
     if "--moe" in sys.argv:
-        window.load_model(sys.argv[sys.argv.index("--moe") + 1], {"device": "cpu"})
-        wait_for(window.worker.loaded)
-        window.sampler.set_params(SamplingParams(temperature=0.7, top_p=0.9, seed=4, max_new_tokens=60))
-        chat(window, "Give me three tips for staying healthy.")
-        window.docks["Expert routing"].raise_()
-        window.routing.layer.setValue(15)
-        settle(300)
-        window.routing.grab().save(str(OUT / "panel_expert_routing_moe.png"))
-        window.close()
-        print(f"screenshots in {OUT}")
-        return 0
+        shoot_moe(window, sys.argv[sys.argv.index("--moe") + 1])
+    else:
+        shoot_tiny_moe(window)
+    window.close()
+    print(f"screenshots in {OUT}")
+    return 0
+
+
+def shoot_moe(window, folder: str):
+    """The routing panel on a MoEfied default model, after a real chat."""
+    from engine.records import SamplingParams
+
+    window.load_model(folder, {"device": "cpu"})
+    wait_for(window.worker.loaded)
+    window.sampler.set_params(SamplingParams(temperature=0.7, top_p=0.9, seed=4, max_new_tokens=60))
+    chat(window, "Give me three tips for staying healthy.")
+    window.docks["Expert routing"].raise_()
+    window.routing.layer.setValue(15)
+    settle(300)
+    window.routing.grab().save(str(OUT / "panel_expert_routing_moe.png"))
+
+
+def shoot_tiny_moe(window):
+    from engine.records import SamplingParams
+
     try:
         from tests.tiny_models import build_hf_model, write_tiny_tokenizer
 
@@ -99,9 +113,6 @@ def main() -> int:
             window.routing.grab().save(str(OUT / "panel_expert_routing_moe.png"))
     except ImportError:
         print("transformers not installed: skipping the MoE routing screenshot")
-    window.close()
-    print(f"screenshots in {OUT}")
-    return 0
 
 
 if __name__ == "__main__":
