@@ -10,54 +10,19 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import tempfile
+
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from app import conversation_io
+from app.files import atomic_write, json_text
 
 AUTOSAVE = "autosave.json"
 UNSAVED = "unsaved-*.json"  # earlier sessions' autosaves, waiting for the user's restore / discard
 KEEP_UNSAVED = 5
 DATA_DIR_ENV = "GLASSBOX_DATA_DIR"  # overrides Qt's per-user data folder (tests, portable installs)
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Replace `path` with `text` so that a crash at any moment leaves the old or the new file, whole."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # the rename itself survives a power cut once the folder is synced (POSIX; Windows has no dir fds)
-        folder = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(folder)
-    except OSError:
-        pass
-    finally:
-        os.close(folder)
-
-
-def json_text(data) -> str:
-    """Readable JSON (UTF-8 as is), except where the text holds lone surrogates (undecodable bytes that
-    came in through a terminal or a paste): UTF-8 cannot spell them, so that file is written all-ASCII
-    with \\u escapes, which JSON reads back exactly."""
-    text = json.dumps(data, ensure_ascii=False, indent=1)
-    return json.dumps(data, indent=1) if _LONE_SURROGATE.search(text) else text
-
 
 def set_aside(path: Path) -> Path:
     """Rename a file that cannot be read to `<name>.corrupt-<time><suffix>` beside it, and return that."""
@@ -71,14 +36,12 @@ def set_aside(path: Path) -> Path:
     path.replace(target)
     return target
 
-
 def default_folder() -> Path:
     if os.environ.get(DATA_DIR_ENV):
         return Path(os.environ[DATA_DIR_ENV])
     from PySide6.QtCore import QStandardPaths
 
     return Path(QStandardPaths.writableLocation(QStandardPaths.AppDataLocation))
-
 
 @dataclass
 class Snapshot:
@@ -89,7 +52,6 @@ class Snapshot:
     messages: list[dict]
     partial: str  # the reply that was streaming at the last write ("" if none)
     saved_at: float
-
 
 class Autosave:
     def __init__(self, folder: Path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from PySide6.QtCore import QObject, Signal
 
 from engine.records import RequestDone, StepRecord
-from engine.tools import (BUILTIN_TOOLS, parse_tool_calls, run_builtin, template_supports_tools, tool_call_params,
+from engine.text.tools import (BUILTIN_TOOLS, parse_tool_calls, run_builtin, template_supports_tools, tool_call_params,
                           tool_result_message)
 from widgets.chat_panel import spec_marks
 
@@ -23,7 +23,7 @@ class ChatController(QObject):
         self.busy = False
         self.turn_start = 0  # index in self.steps of the current reply's first step
         self.branch_prefix = ""  # text kept before a "continue with this token" branch
-        self.tools: list = []  # engine.tools.Tool offered to the model (templates that read `tools` only)
+        self.tools: list = []  # engine.text.tools.Tool offered to the model (templates that read `tools` only)
         self.tool_choice = "auto"  # "auto": a call or prose; "required": the turn's first reply must be a call
         self.pending_call = None  # a call the user answers: their next message is its result
         self.tool_rounds = 0

@@ -7,6 +7,8 @@ import dataclasses
 import json
 from pathlib import Path
 
+from app.files import atomic_write, json_text
+
 FORMAT = "glassbox-conversation/1"
 
 
@@ -24,7 +26,6 @@ def save(path, system: str, messages: list[dict], steps=(), model: str = "") -> 
     data = {"format": FORMAT, "model": model, "system": system, "messages": messages}
     if steps:
         data["steps"] = [_plain(s) for s in steps]
-    from app.autosave import atomic_write, json_text  # (autosave imports this module)
 
     atomic_write(Path(path), json_text(data))  # never a half-written conversation
 

@@ -12,9 +12,10 @@ from pathlib import Path
 from PySide6.QtCore import QObject, Signal
 
 from engine.errors import EngineError
-from engine.records import InstrumentOptions, RequestDone, SamplingParams, SpeculativeOptions, StepRecord
+from engine.records import (InstrumentOptions, PromptRecord, RequestDone, SamplingParams, SpeculativeOptions,
+                            StepRecord)
 
-BUILTIN_MOE_PATH = "builtin:moe"  # the model panel's second built-in model (engine.moefy.BUILTIN_MOE)
+BUILTIN_MOE_PATH = "builtin:moe"  # the model panel's second built-in model (engine.moefy.build.BUILTIN_MOE)
 
 
 # What the panels need from every step: top tokens, stored logits for slider what-ifs, routing,
@@ -88,7 +89,7 @@ class EngineWorker(QObject):
         2 cores) with progress per stage and the same cancel as loading."""
         from PySide6.QtCore import QStandardPaths
 
-        from engine.moefy import ensure_builtin_moe
+        from engine.moefy.build import ensure_builtin_moe
 
         def progress(stage, done, total):
             if self._cancel.is_set():
@@ -110,18 +111,14 @@ class EngineWorker(QObject):
             self.failed.emit(str(e))
             return
         self.last_prompt_ids = list(request.prompt_ids)  # read by the GUI after the turn (for forks)
-        self.prompt_tokens.emit([engine.tokenizer.token_text(t) for t in request.prompt_ids])
-        runner = engine.runner
-        rid = runner.submit(request)
         try:
-            while runner.has_work():
-                if self._cancel.is_set():
-                    runner.cancel(rid)
-                for item in runner.step():
-                    if isinstance(item, StepRecord):
-                        self.step.emit(item)
-                    elif isinstance(item, RequestDone):
-                        self.finished.emit(item)
+            for item in engine.stream(request, self._cancel):
+                if isinstance(item, PromptRecord):
+                    self.prompt_tokens.emit(list(item.token_texts))
+                elif isinstance(item, StepRecord):
+                    self.step.emit(item)
+                elif isinstance(item, RequestDone):
+                    self.finished.emit(item)
         except Exception as e:  # the engine cleans up its own blocks on errors it knows; report the rest
             self.failed.emit(f"{type(e).__name__}: {e}")
             traceback.print_exc()

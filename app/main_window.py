@@ -15,7 +15,7 @@ from app.engine_worker import EngineWorker
 from app.settings import Settings
 from engine.engine import LoadOptions
 from engine.records import RequestDone, StepRecord
-from engine.sampling_view import distribution_view
+from engine.instrumentation.distribution import distribution_view
 from widgets.attention_panel import AttentionPanel
 from widgets.chat_panel import ChatPanel
 from widgets.memory_panel import MemoryPanel

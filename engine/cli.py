@@ -99,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _load(args):
     from engine.device import set_threads
-    from engine.engine import Engine, LoadOptions
+    from engine.engine import Engine
+    from engine.records import LoadOptions
 
     set_threads(args.threads)
     options = LoadOptions(device=args.device, dtype=args.dtype, rope_scaling=args.rope_scaling,
@@ -191,11 +192,7 @@ def _many(engine, prompt_ids, args) -> int:
 
     spec = GenerationRequest(tuple(prompt_ids), _params(args), n=args.n, best_of=args.best_of, beams=args.beams,
                              speculative=_spec(args))
-    runner = engine.runner
-    rid = runner.submit(spec)
-    done = None
-    while done is None:
-        done = next((x for x in runner.step() if isinstance(x, RequestDone) and x.request_id == rid), None)
+    done = next(x for x in engine.stream(spec) if isinstance(x, RequestDone))
     if done.error:
         raise EngineError(done.error)
     if args.json:
@@ -212,7 +209,7 @@ def _many(engine, prompt_ids, args) -> int:
 def cmd_perplexity(args) -> int:
     import time
 
-    from engine.quality import SHIPPED_TEXT, evaluate
+    from engine.instrumentation.quality import SHIPPED_TEXT, evaluate
 
     text_path = args.text or SHIPPED_TEXT
     with open(text_path, encoding="utf-8") as f:
@@ -244,8 +241,8 @@ def cmd_perplexity(args) -> int:
 
 def cmd_moefy(args) -> int:
     from engine.device import set_threads
-    from engine.moefy import moefy
-    from engine.moefy_report import report
+    from engine.moefy.build import moefy
+    from engine.moefy.report import report
 
     set_threads(args.threads)
     progress = lambda stage, done, total: print(f"\r{stage} {done}/{total}", end="", file=sys.stderr, flush=True)  # noqa: E731
@@ -295,7 +292,7 @@ def cmd_chat(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:  # its own parser: it re-invokes itself as worker subprocesses
-        from engine.bench import main as bench_main
+        from engine.bench.speed import main as bench_main
 
         return bench_main(argv[1:])
     args = build_parser().parse_args(argv)

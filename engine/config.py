@@ -81,7 +81,7 @@ class MoeConfig:
     norm_topk_prob: bool = False
     shared_expert_hidden_dim: int = 0  # Qwen2-MoE's always-on expert; 0 = none
     shared_expert_gated: bool = True  # Qwen2-MoE scales the shared expert by sigmoid(gate(x))
-    # MoEfied checkpoints (engine/moefy_checkpoint.py) store their router multiplied by this tiny
+    # MoEfied checkpoints (engine/moefy/checkpoint.py) store their router multiplied by this tiny
     # factor so that every selected expert's weight is E·softmax = 1; the probabilities shown and
     # counted in router statistics are softmax(logits / router_scale). Routing itself ignores it.
     router_scale: float = 1.0
@@ -129,11 +129,6 @@ class ModelConfig:
         assert len(self.sliding_windows) == self.n_layers and len(self.moe_layers) == self.n_layers
         if any(self.moe_layers) and self.moe is None:
             raise ValueError("moe_layers set but no MoeConfig")
-
-    @property
-    def n_rep(self) -> int:
-        """Query heads per KV head (GQA group size)."""
-        return self.n_heads // self.n_kv_heads
 
     def replace(self, **changes) -> "ModelConfig":
         return dataclasses.replace(self, **changes)

@@ -1,47 +1,35 @@
-"""The Engine facade: load a checkpoint, turn a prompt or chat into tokens, stream generated tokens.
+"""The Engine facade: load a checkpoint, turn a prompt or chat into tokens, and own the generation
+loop (submit / step / cancel / stream) over the paged runner (engine/runtime/runner.py).
 
-This is what the CLI, the GUI worker and tests call. No threads here: cancellation is a
-threading.Event the caller sets, checked between tokens.
+This is what the CLI, the window's worker thread and scripts call; the runner stays private. Drafters
+for speculative decoding are built here when a request is submitted, never inside a step. No threads
+here: cancellation is a threading.Event the caller sets, checked between steps.
 """
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import torch
 
-from engine.chat_template import ChatTemplate
 from engine.config import ModelConfig, RopeScaling
 from engine.device import pick_device, pick_dtype
 from engine.errors import ContextOverflow, EngineError
-from engine.generation import GenerationEngine
+from engine.instrumentation.distribution import distribution_view
+from engine.instrumentation.quality import compare
 from engine.loaders import ProgressCallback, load_checkpoint
 from engine.model import Decoder
-from engine.quality import compare
 from engine.quant import build_model, check_mode
-from engine.records import GenerationDone, GenerationRequest, QuantDiff, RequestDone, SamplingParams, StepRecord, TokenStep
-from engine.records import SpeculativeOptions
+from engine.records import (DistributionView, GenerationDone, GenerationRequest, LoadOptions, MemorySnapshot,
+                            ModelFacts, PromptRecord, QuantDiff, RequestDone, SamplingParams, SpeculativeOptions,
+                            StepRecord, TokenStep)
+from engine.runtime.drafters import build_drafter
+from engine.runtime.runner import Runner
+from engine.text.chat_template import ChatTemplate
+from engine.text.tools import template_supports_tools
 
-
-@dataclass
-class LoadOptions:
-    device: str = "auto"
-    dtype: str = "auto"
-    rope_scaling: str | None = None  # e.g. "yarn:4": stretch the trained context 4x
-    kv_budget_gib: float = 0.5  # CPU: the KV pool's size; CUDA: ignored in favour of kv_gpu_fraction
-    kv_gpu_fraction: float = 0.3  # CUDA: share of free GPU memory the KV pool takes after loading
-    kv_block_size: int = 16
-    context_length: int = 0  # 0 = the model's own (times the RoPE override's factor); else this many tokens
-    # engine/quant: auto keeps a GGUF's Q8_0/Q4_0/Q4_1 weights packed on the CPU (float elsewhere);
-    # none = all float; int8 / int4-gN quantize every linear at load time.
-    quant: str = "auto"
-    quant_head: bool = True  # quantize the LM head and embedding too
-    quant_exact: bool = False  # CPU fp32: feed quantized matmuls fp32 (exact, slow) instead of bf16
-    # MoE on a GPU too small for every expert: experts stay in CPU memory, the used ones are copied
-    # per step (engine/moe_offload.py). Float weights only.
-    expert_offload: bool = False
+Record = StepRecord | RequestDone
 
 
 def with_rope_override(config: ModelConfig, spec: str) -> ModelConfig:
@@ -52,19 +40,21 @@ def with_rope_override(config: ModelConfig, spec: str) -> ModelConfig:
 
 
 class Engine:
-    def __init__(self, model: Decoder, tokenizer, source: Path, options: LoadOptions | None = None):
+    def __init__(self, model: Decoder, tokenizer, source: Path, options: LoadOptions | None = None,
+                 num_blocks: int | None = None):
         options = options or LoadOptions()
         self.model = model
         self.tokenizer = tokenizer
         self.config = model.config
-        self.source = source
+        self.source = Path(source)
         self.device = model.embed.weight.device
         self.chat_template = ChatTemplate.of(tokenizer)
         if self.device.type == "cuda":
             budget = int(torch.cuda.mem_get_info(self.device)[0] * options.kv_gpu_fraction)
         else:
             budget = int(options.kv_budget_gib * (1 << 30))
-        self.runner = GenerationEngine(model, tokenizer, budget, options.kv_block_size)
+        self._runner = Runner(model, tokenizer, budget, options.kv_block_size, num_blocks=num_blocks)
+        self._drafters: dict = {}  # speculative decoding: drafter name -> drafter, built on first use and kept
         self._float_reference = None  # loaded by quant_diff on first use
 
     @classmethod
@@ -81,7 +71,7 @@ class Engine:
         if options.context_length:
             config = config.replace(max_seq_len=options.context_length)
         if options.expert_offload and config.moe is not None:
-            from engine.moe_offload import offload_experts
+            from engine.runtime.moe_offload import offload_experts
 
             model = build_model(config, ckpt.tensors, torch.device("cpu"), dtype, "none")
             offload_experts(model, device)
@@ -89,6 +79,155 @@ class Engine:
             model = build_model(config, ckpt.tensors, device, dtype, options.quant, head=options.quant_head,
                                 exact=options.quant_exact)
         return cls(model, ckpt.tokenizer, ckpt.source, options)
+
+    # -- what was loaded ----------------------------------------------------------------------
+    def facts(self) -> ModelFacts:
+        c = self.config
+        quantized = {id(w): w for m in self.model.modules() for w in getattr(m, "quant_weights", lambda: [])()}
+        parameters = sum(p.numel() for p in self.model.parameters()) + sum(
+            w.shape[0] * w.shape[1] for w in quantized.values())  # packed weights are not Parameters
+        weights = sorted(self.model.weight_bytes().items(), key=lambda kv: -kv[1])
+        dense = tuple(i for i, moe in enumerate(c.moe_layers) if not moe) if c.moe else ()
+        return ModelFacts(
+            name=self.source.name, path=str(self.source), architecture=c.arch, parameters=parameters,
+            layers=c.n_layers, heads=c.n_heads, kv_heads=c.n_kv_heads, head_dim=c.head_dim,
+            experts=c.moe.n_experts if c.moe else 0, experts_per_token=c.moe.n_experts_per_tok if c.moe else 0,
+            dense_layers=dense, context=c.max_seq_len, vocab=c.vocab_size,
+            dtype=str(self.model.embed.weight.dtype).removeprefix("torch."), device=str(self.device),
+            rope=c.rope_scaling.rope_type, weight_bytes=tuple(weights),
+            supports_tools=template_supports_tools(self.chat_template.source))
+
+    def memory(self) -> MemorySnapshot:
+        return self._runner.memory()
+
+    @property
+    def kv_blocks_in_use(self) -> int:
+        """KV blocks held by live sequences (0 when nothing runs: every request released its blocks)."""
+        return self._runner.blocks.stats().used
+
+    @property
+    def counters(self) -> tuple[int, int]:
+        """(tokens run through the model, forward passes) so far: prefix-cache hits are not run."""
+        return self._runner.tokens_computed, self._runner.forward_calls
+
+    # -- text ---------------------------------------------------------------------------------
+    def chat_prompt_ids(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
+        """Render the model's own chat template; the template already writes BOS-like tokens. `tools`
+        (JSON-schema function specs, engine/text/tools.py) reach templates that offer them to the model."""
+        extra = {"tools": tools} if tools else {}
+        return self.tokenizer.encode(self.chat_template.render(messages, add_generation_prompt=True, **extra))
+
+    def prompt_ids(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=True)
+
+    def token_texts(self, ids) -> tuple[str, ...]:
+        """Each token's display text (what the panels label tokens with)."""
+        return tuple(self.tokenizer.token_text(int(t)) for t in ids)
+
+    def decode(self, ids) -> str:
+        return self.tokenizer.decode(list(ids))
+
+    def make_request(self, prompt: str | list[dict] | list[int], params: SamplingParams, **options) -> GenerationRequest:
+        """A request from raw text (continued as is), chat messages (templated) or token ids.
+        `options` are GenerationRequest's: n, best_of, beams, instrument, speculative."""
+        if isinstance(prompt, str):
+            ids = self.prompt_ids(prompt)
+        elif prompt and isinstance(prompt[0], dict):
+            ids = self.chat_prompt_ids(prompt)
+        else:
+            ids = list(prompt)
+        return GenerationRequest(tuple(ids), params, **options)
+
+    # -- the generation loop ------------------------------------------------------------------
+    def submit(self, request: GenerationRequest) -> int:
+        """Queue a request; its records come out of step(). A drafter it names is built now (a bad
+        drafter fails this request at its first step, with the reason)."""
+        drafter, problem = None, None
+        if request.speculative.enabled:
+            try:
+                drafter = self._drafter(request.speculative.drafter)
+            except (ValueError, OSError, NotImplementedError, EngineError) as e:
+                problem = f"speculative decoding: {e}"
+        return self._runner.submit(request, drafter=drafter, rejection=problem)
+
+    def step(self) -> list[Record]:
+        """One scheduling step over every request in flight: StepRecords and RequestDones, in order."""
+        return self._runner.step()
+
+    def cancel(self, request_id: int) -> None:
+        """Stop a request at the next step; its blocks are freed and a RequestDone says 'cancelled'."""
+        self._runner.cancel(request_id)
+
+    def has_work(self) -> bool:
+        return self._runner.has_work()
+
+    def stream(self, request: GenerationRequest, cancel: threading.Event | None = None
+               ) -> Iterator[PromptRecord | StepRecord | RequestDone]:
+        """Submit `request` and step until it is done: a PromptRecord first, then its StepRecords, then its
+        RequestDone. The one loop the CLI, the window's worker and generate() share. Other requests in
+        flight advance too; only this request's records are yielded."""
+        rid = self.submit(request)
+        yield PromptRecord(rid, tuple(request.prompt_ids), self.token_texts(request.prompt_ids))
+        while True:
+            if cancel is not None and cancel.is_set():
+                self.cancel(rid)
+            for item in self.step():
+                if item.request_id != rid:
+                    continue
+                yield item
+                if isinstance(item, RequestDone):
+                    return
+
+    def generate(self, prompt_ids: list[int], params: SamplingParams, cancel: threading.Event | None = None,
+                 speculative: SpeculativeOptions | None = None) -> Iterator[TokenStep | GenerationDone]:
+        """Yield a TokenStep per generated token, then one GenerationDone (single request, one sample).
+        With speculative decoding, GenerationDone.stats["speculative"] is the last step's SpecStep."""
+        max_len = self.config.max_seq_len
+        if not prompt_ids:
+            raise ContextOverflow("the prompt is empty: nothing to continue from")
+        if len(prompt_ids) >= max_len:
+            raise ContextOverflow(f"the prompt has {len(prompt_ids)} tokens; the model's context holds {max_len}")
+        request = GenerationRequest(tuple(prompt_ids), params, speculative=speculative or SpeculativeOptions())
+        stats: dict = {}
+        for item in self.stream(request, cancel):
+            if isinstance(item, StepRecord):
+                if item.spec is not None:
+                    stats["speculative"] = item.spec
+                yield TokenStep(item.index, item.token_id, item.text, item.prob)
+            elif isinstance(item, RequestDone):
+                if item.error:
+                    raise EngineError(item.error)
+                result = item.results[0]
+                text = result.text
+                if result.finish_reason == "stop":  # the answer ends before the stop string
+                    text = text[: min(text.find(s) for s in params.stop if s in text)]
+                yield GenerationDone(text, result.token_ids, item.prompt_tokens, result.finish_reason,
+                                     item.prefill_ms, item.decode_ms, stats)
+
+    def prepare_drafter(self, name: str) -> None:
+        """Build the drafter `name` now (a draft model loads, self-int4 quantizes a copy) rather than at the
+        first request that names it; raises ValueError / OSError for a drafter that cannot be built."""
+        self._drafter(name)
+
+    def register_drafter(self, name: str, drafter) -> None:
+        """Use `drafter` (propose / rollback / release, engine/runtime/drafters.py) for requests naming `name`."""
+        self._drafters[name] = drafter
+
+    def draft_blocks_in_use(self) -> int:
+        """KV blocks the drafters' own caches hold (0 when no speculative request runs)."""
+        return sum(d.blocks.stats().used for d in self._drafters.values() if getattr(d, "blocks", None) is not None)
+
+    def _drafter(self, name: str):
+        if name not in self._drafters:
+            pool = self._runner.blocks
+            self._drafters[name] = build_drafter(name, self.model, self.tokenizer, pool.block_size, pool.num_blocks)
+        return self._drafters[name]
+
+    # -- inspection, computed when someone looks ----------------------------------------------
+    def distribution(self, record: StepRecord, params: SamplingParams, top_n: int = 12) -> DistributionView:
+        """The step's next-token distribution through the sampler chain under `params`, re-derived from
+        the logits the record stored: no forward pass."""
+        return distribution_view(record, params, self.tokenizer.token_text, top_n=top_n)
 
     def quant_diff(self, ids: list[int]) -> QuantDiff:
         """What this engine's quantization changed on `ids` (e.g. the conversation so far): per-token
@@ -102,54 +241,3 @@ class Engine:
             return QuantDiff((), (), 0.0, 1.0)  # nothing is predicted from fewer than two tokens
         window = min(len(ids), self.config.max_seq_len, 1024)
         return compare(self._float_reference, self.model, list(ids), window=window, stride=max(1, window // 2))
-
-    def chat_prompt_ids(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
-        """Render the model's own chat template; the template already writes BOS-like tokens. `tools`
-        (JSON-schema function specs, engine/tools.py) reach templates that offer them to the model."""
-        extra = {"tools": tools} if tools else {}
-        return self.tokenizer.encode(self.chat_template.render(messages, add_generation_prompt=True, **extra))
-
-    def prompt_ids(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=True)
-
-    def make_request(self, prompt: str | list[dict] | list[int], params: SamplingParams, **options) -> GenerationRequest:
-        """A request from raw text (continued as is), chat messages (templated) or token ids.
-        `options` are GenerationRequest's: n, best_of, beams, instrument. Submit it to `self.runner`."""
-        if isinstance(prompt, str):
-            ids = self.prompt_ids(prompt)
-        elif prompt and isinstance(prompt[0], dict):
-            ids = self.chat_prompt_ids(prompt)
-        else:
-            ids = list(prompt)
-        return GenerationRequest(tuple(ids), params, **options)
-
-    def generate(self, prompt_ids: list[int], params: SamplingParams, cancel: threading.Event | None = None,
-                 speculative: SpeculativeOptions | None = None) -> Iterator[TokenStep | GenerationDone]:
-        """Yield a TokenStep per generated token, then one GenerationDone (single request, one sample).
-        With speculative decoding, GenerationDone.stats["speculative"] is the last step's SpecStep."""
-        max_len = self.config.max_seq_len
-        if not prompt_ids:
-            raise ContextOverflow("the prompt is empty: nothing to continue from")
-        if len(prompt_ids) >= max_len:
-            raise ContextOverflow(f"the prompt has {len(prompt_ids)} tokens; the model's context holds {max_len}")
-        rid = self.runner.submit(GenerationRequest(tuple(prompt_ids), params,
-                                                   speculative=speculative or SpeculativeOptions()))
-        stats: dict = {}
-        while True:
-            if cancel is not None and cancel.is_set():
-                self.runner.cancel(rid)
-            for item in self.runner.step():
-                if isinstance(item, StepRecord) and item.request_id == rid:
-                    if item.spec is not None:
-                        stats["speculative"] = item.spec
-                    yield TokenStep(item.index, item.token_id, item.text, item.prob)
-                elif isinstance(item, RequestDone) and item.request_id == rid:
-                    if item.error:
-                        raise EngineError(item.error)
-                    result = item.results[0]
-                    text = result.text
-                    if result.finish_reason == "stop":  # the answer ends before the stop string
-                        text = text[: min(text.find(s) for s in params.stop if s in text)]
-                    yield GenerationDone(text, result.token_ids, item.prompt_tokens, result.finish_reason,
-                                         item.prefill_ms, item.decode_ms, stats)
-                    return

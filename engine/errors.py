@@ -37,7 +37,3 @@ class TemplateError(EngineError):
 
 class ContextOverflow(EngineError):
     """The prompt (plus what is asked to generate) does not fit in the model's context."""
-
-
-class Cancelled(EngineError):
-    """A generation was cancelled by its caller."""

@@ -76,26 +76,6 @@ class Decoder(nn.Module):
         model.rope = RopeTable(config, device=device)
         return model.eval()
 
-    def fuse_projections(self) -> int:
-        """Stack each attention's q/k/v and each SwiGLU's gate/up weights into one linear (as stored:
-        float, int8 or packed int4; engine/quant/concat.py), so a layer runs 4 matmuls instead of 7.
-        The outputs are the same numbers. Layers whose weights differ in kind stay separate.
-        Returns how many projections were fused."""
-        from engine.quant.concat import concat_linears
-
-        fused = 0
-        for block in self.layers:
-            attn = block.attn
-            if attn.wqkv is None and (qkv := concat_linears([attn.wq, attn.wk, attn.wv])) is not None:
-                attn.wqkv, attn.wq, attn.wk, attn.wv = qkv, None, None, None
-                fused += 1
-            mlp = getattr(block.mlp, "shared", None) if block.is_moe else block.mlp
-            if isinstance(mlp, SwiGLU) and mlp.w_gate_up is None:
-                if (gate_up := concat_linears([mlp.w_gate, mlp.w_up])) is not None:
-                    mlp.w_gate_up, mlp.w_gate, mlp.w_up = gate_up, None, None
-                    fused += 1
-        return fused
-
     def weight_bytes(self) -> dict[str, int]:
         """Bytes of parameters by dtype name (the memory panel's 'weights' bar)."""
         out: dict[str, int] = {}

@@ -21,7 +21,7 @@ NEG_INF = float("-inf")
 # Presence/frequency penalties are not in HF; like vLLM and llama.cpp we apply them right after the repetition
 # penalty. "raw" is the model's own distribution, traced so a panel can show what the chain changed.
 STAGES = ("raw", "penalties", "temperature", "top_k", "top_p", "min_p", "typical_p")
-# Structured output (engine/constraints.py) adds one stage right after "raw", only when a constraint is on:
+# Structured output (engine/text/constraints.py) adds one stage right after "raw", only when a constraint is on:
 # the grammar's mask goes first so every later filter works on valid tokens only (top-k/top-p applied
 # before it could leave no valid token at all), as llama.cpp's grammar sampler and vLLM's do.
 CONSTRAINT = "constraint"

@@ -20,8 +20,9 @@ import sys
 
 WORKER = r"""
 import json, sys, time, torch
-from engine.engine import Engine, LoadOptions
-from engine.block_manager import BlockTable
+from engine.engine import Engine
+from engine.records import LoadOptions
+from engine.runtime.block_manager import BlockTable
 from engine.records import GenerationDone, SamplingParams
 threads, n, quant = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 torch.set_num_threads(threads)
@@ -31,7 +32,7 @@ params = SamplingParams(temperature=0, max_new_tokens=n + 1, ignore_eos=True)
 def engine_run():
     return [x for x in engine.generate(prompt, params) if isinstance(x, GenerationDone)][0].token_ids
 def bare_run(steps):
-    runner, table = engine.runner, BlockTable()
+    runner, table = engine._runner, BlockTable()
     logits = runner._forward([table], [prompt], None)[0, -1]
     out = []
     for _ in range(steps):

@@ -5,7 +5,7 @@
 One process, the default model, greedy, 32-token prompt; the three variants alternate run by run and the
 medians of ms per token (CPU time of this process, and wall) are compared:
   bare   forward passes through the paged cache + argmax, no records (the floor)
-  off    GenerationEngine.step() with instrumentation off: sampler, StepRecord, detokenizer, stop checks
+  off    Runner.step() with instrumentation off: sampler, StepRecord, detokenizer, stop checks
   on     the same with the probabilities panel (top 10 before/after the sampler, 256 stored logits), routing
          and one attention head of one layer (the explicit attention path for that layer)
 """
@@ -17,8 +17,9 @@ import time
 
 import torch
 
-from engine.block_manager import BlockTable
-from engine.engine import Engine, LoadOptions
+from engine.runtime.block_manager import BlockTable
+from engine.engine import Engine
+from engine.records import LoadOptions
 from engine.records import GenerationRequest, InstrumentOptions, RequestDone, SamplingParams
 
 ON = InstrumentOptions(top_n=10, stored_logits=256, routing=True, attention_layers=(15,), attention_heads=(0,))
@@ -30,7 +31,7 @@ def _clock() -> tuple[float, float]:
 
 def bare(engine, prompt, n) -> tuple[float, float]:
     """Seconds (wall, CPU) of n decode steps after the prefill."""
-    runner, table = engine.runner, BlockTable()
+    runner, table = engine._runner, BlockTable()
     logits = runner._forward([table], [prompt], None)[0, -1]
     w, c = _clock()
     for _ in range(n):
@@ -44,7 +45,7 @@ def bare(engine, prompt, n) -> tuple[float, float]:
 
 def stepped(engine, prompt, n, options: InstrumentOptions) -> tuple[float, float]:
     """Seconds (wall, CPU) of n engine steps after the one that admits the request (prefill + first token)."""
-    runner = engine.runner
+    runner = engine._runner
     rid = runner.submit(GenerationRequest(tuple(prompt), SamplingParams(temperature=0, max_new_tokens=n + 1,
                                                                         ignore_eos=True), instrument=options))
     runner.step()

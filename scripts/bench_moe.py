@@ -24,7 +24,7 @@ import torch  # noqa: E402
 from engine.kv_cache import ContiguousKVCache  # noqa: E402
 from engine.loaders import load_checkpoint  # noqa: E402
 from engine.model import Decoder  # noqa: E402
-from engine.moefy_report import set_top_k  # noqa: E402
+from engine.moefy.report import set_top_k  # noqa: E402
 
 PROMPT = "The old lighthouse keeper climbed the spiral stairs every evening at dusk. He"
 

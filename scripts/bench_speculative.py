@@ -42,12 +42,11 @@ def run_once(engine, prompt_ids, new_tokens, drafter, k) -> dict:
 
     params = SamplingParams(temperature=0, max_new_tokens=new_tokens, ignore_eos=True)
     spec = SpeculativeOptions(drafter, k) if drafter else SpeculativeOptions()
-    runner = engine.runner
-    rid = runner.submit(GenerationRequest(tuple(prompt_ids), params, speculative=spec))
-    forwards0 = runner.forward_calls
+    rid = engine.submit(GenerationRequest(tuple(prompt_ids), params, speculative=spec))
+    forwards0 = engine.counters[1]
     last, done = None, None
     while done is None:
-        for item in runner.step():
+        for item in engine.step():
             if isinstance(item, StepRecord) and item.spec is not None:
                 last = item.spec
             elif isinstance(item, RequestDone) and item.request_id == rid:
@@ -56,7 +55,7 @@ def run_once(engine, prompt_ids, new_tokens, drafter, k) -> dict:
         raise RuntimeError(done.error)
     n = len(done.results[0].token_ids)
     out = {"tok_s": (n - 1) / (done.decode_ms / 1000), "ids": list(done.results[0].token_ids),
-           "tokens_per_forward": (n - 1) / max(runner.forward_calls - forwards0 - 1, 1)}
+           "tokens_per_forward": (n - 1) / max(engine.counters[1] - forwards0 - 1, 1)}
     if last is not None:
         out |= {"acceptance": last.acceptance_rate, "mean_accepted": last.mean_accepted,
                 "engine_speedup": last.speedup}
@@ -80,19 +79,18 @@ def main(argv=None) -> int:
 
     import torch
 
-    from engine.engine import Engine, LoadOptions
+    from engine.engine import Engine
+    from engine.records import LoadOptions
     from engine.loaders import default_model_path
 
     torch.set_num_threads(args.threads)
     engine = Engine.load(args.model, LoadOptions(device=args.device, dtype=args.dtype, quant=args.quant))
     path = str(args.model or default_model_path())
-    from engine.speculative import get_drafter
-
     variants, skipped = [("plain", None)], {}
     for name in filter(None, args.drafters.split(",")):  # build every drafter before timing anything
         drafter = path if name == "path" else name
         try:
-            get_drafter(engine.runner, drafter)
+            engine.prepare_drafter(drafter)
             variants.append((name, drafter))
         except Exception as e:  # e.g. a kernel this device lacks: report it, measure the rest
             skipped[name] = f"{type(e).__name__}: {e}"

@@ -30,7 +30,7 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from engine.constraints import TokenConstraint
+    from engine.text.constraints import TokenConstraint
     from engine.engine import Engine
     from engine.records import GenerationDone, SamplingParams
 

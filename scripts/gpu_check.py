@@ -18,7 +18,7 @@ from engine.kv_cache import ContiguousKVCache
 from engine.loaders.validate import expected_shapes
 from engine.model import Decoder
 from engine.records import GenerationDone, SamplingParams
-from engine.tokenizer import Tokenizer
+from engine.text.tokenizer import Tokenizer
 
 SMOLLM2_135M = ModelConfig(arch="llama", vocab_size=49152, dim=576, n_layers=30, n_heads=9, n_kv_heads=3,
                            head_dim=64, hidden_dim=1536, norm_eps=1e-5, rope_theta=100000.0, max_seq_len=8192,

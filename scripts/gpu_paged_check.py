@@ -10,7 +10,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.generation import GenerationEngine  # noqa: E402
+from engine.runtime.runner import Runner  # noqa: E402
 from engine.kv_cache import ContiguousKVCache  # noqa: E402
 from engine.loaders import load_checkpoint  # noqa: E402
 from engine.model import Decoder  # noqa: E402
@@ -27,7 +27,7 @@ def main():
             write_tiny_tokenizer(Path(d), hf.config.vocab_size)
             ckpt = load_checkpoint(d)
         model = Decoder.from_tensors(ckpt.config, ckpt.tensors, device="cuda")
-        engine = GenerationEngine(model, ckpt.tokenizer, num_blocks=64, block_size=8)
+        engine = Runner(model, ckpt.tokenizer, num_blocks=64, block_size=8)
         prompt = tuple(range(3, 22))
         specs = [GenerationRequest(prompt, SamplingParams(temperature=1.2, seed=5, max_new_tokens=20, ignore_eos=True),
                                    n=3, instrument=InstrumentOptions(stored_logits=-1)),

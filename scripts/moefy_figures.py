@@ -17,9 +17,9 @@ import torch  # noqa: E402
 
 from engine.loaders import load_checkpoint  # noqa: E402
 from engine.model import Decoder  # noqa: E402
-from engine.moefy_report import set_top_k  # noqa: E402
-from engine.quality import SHIPPED_TEXT, perplexity  # noqa: E402
-from engine.router_stats import router_stats  # noqa: E402
+from engine.moefy.report import set_top_k  # noqa: E402
+from engine.instrumentation.quality import SHIPPED_TEXT, perplexity  # noqa: E402
+from engine.moefy.router_stats import router_stats  # noqa: E402
 
 
 def main() -> None:

@@ -27,9 +27,9 @@ KV = ("aten::index", "index_copy", "aten::index_put")
 
 def _bare_decode(engine, prompt: list[int], n: int):
     """Prefill, then n one-token steps: reserve a slot, forward through the paged cache, argmax."""
-    from engine.block_manager import BlockTable
+    from engine.runtime.block_manager import BlockTable
 
-    runner = engine.runner
+    runner = engine._runner
     table = BlockTable()
     logits = runner._forward([table], [prompt], None)[0, -1]
     for _ in range(n):
@@ -92,7 +92,8 @@ def main(argv=None) -> int:
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
-    from engine.engine import Engine, LoadOptions
+    from engine.engine import Engine
+    from engine.records import LoadOptions
 
     engine = Engine.load(args.model, LoadOptions(device="cpu", quant=args.quant))
     weights = sum(engine.model.weight_bytes().values())

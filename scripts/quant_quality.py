@@ -21,10 +21,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from engine.engine import Engine, LoadOptions  # noqa: E402
+from engine.engine import Engine  # noqa: E402
+from engine.records import LoadOptions
 from engine.loaders import default_model_path, load_checkpoint  # noqa: E402
 from engine.model import Decoder  # noqa: E402
-from engine.quality import SHIPPED_TEXT, evaluate  # noqa: E402
+from engine.instrumentation.quality import SHIPPED_TEXT, evaluate  # noqa: E402
 from engine.quant import dequantized_tensors  # noqa: E402
 
 

@@ -44,12 +44,6 @@ class Probe:
                                      tuple(probs[n].tolist())))
         return tuple(out)
 
-    def routing_matrix(self, layer: int, row: int = 0):
-        """All tokens of one row at one layer: (router probs [T, E], expert ids [T, A]) as numpy."""
-        probs, ids, _ = self.routing[layer]
-        T = probs.shape[0] // self.batch_size
-        return probs[row * T:(row + 1) * T].numpy(), ids[row * T:(row + 1) * T].numpy()
-
     def attention_for(self, row: int, context_len: int, token: int = -1) -> tuple[AttentionRecord, ...]:
         """The attention rows of one token over its `context_len` visible positions."""
         heads = self.options.attention_heads

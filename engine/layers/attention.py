@@ -32,7 +32,7 @@ class Attention(nn.Module):
             self.q_norm, self.k_norm = RMSNorm(d, config.norm_eps), RMSNorm(d, config.norm_eps)
         elif config.qk_norm == "full":  # OLMoE: RMSNorm over all heads' concatenation
             self.q_norm, self.k_norm = RMSNorm(H * d, config.norm_eps), RMSNorm(K * d, config.norm_eps)
-        self.wqkv = None  # q, k, v stacked into one matmul by Decoder.fuse_projections; wq/wk/wv are then None
+        self.wqkv = None  # q, k, v stacked into one matmul by engine.quant.concat.fuse_projections; wq/wk/wv are then None
 
     def forward(self, x, cos, sin, kv, probe=None) -> torch.Tensor:
         B, T, _ = x.shape

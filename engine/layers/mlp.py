@@ -10,7 +10,7 @@ class SwiGLU(nn.Module):
         self.w_gate = nn.Linear(dim, hidden_dim, bias=False)
         self.w_up = nn.Linear(dim, hidden_dim, bias=False)
         self.w_down = nn.Linear(hidden_dim, dim, bias=False)
-        self.w_gate_up = None  # gate and up stacked by Decoder.fuse_projections; w_gate/w_up are then None
+        self.w_gate_up = None  # gate and up stacked by engine.quant.concat.fuse_projections; w_gate/w_up are then None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.w_gate_up is not None:

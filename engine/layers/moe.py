@@ -44,7 +44,7 @@ class SparseMoE(nn.Module):
         self.w_down = nn.Parameter(torch.empty(E, dim, I))
         self.shared = SwiGLU(dim, moe.shared_expert_hidden_dim) if moe.shared_expert_hidden_dim else None
         self.shared_gate = nn.Linear(dim, 1, bias=False) if self.shared is not None and moe.shared_expert_gated else None
-        self.offloaded = False  # set by engine/moe_offload.py: experts live on another device
+        self.offloaded = False  # set by engine/runtime/moe_offload.py: experts live on another device
 
     def forward(self, x: torch.Tensor, layer_idx: int = 0, probe=None) -> torch.Tensor:
         B, T, D = x.shape
@@ -62,7 +62,7 @@ class SparseMoE(nn.Module):
 
     def expert_mlp(self, e: int, h: torch.Tensor) -> torch.Tensor:
         """Expert e's SwiGLU on its tokens h [n, D] -> [n, D] (quantization overrides this).
-        Offloaded experts (engine/moe_offload.py) live elsewhere, usually in pinned CPU memory:
+        Offloaded experts (engine/runtime/moe_offload.py) live elsewhere, usually in pinned CPU memory:
         only the experts that received tokens are copied to h's device, one step at a time."""
         gate, up, down = self.w_gate[e], self.w_up[e], self.w_down[e]
         if self.offloaded:

@@ -27,7 +27,7 @@ DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 class Checkpoint:
     config: ModelConfig
     tensors: dict[str, torch.Tensor]  # canonical names, docs/weights.md
-    tokenizer: "object"  # engine.tokenizer.Tokenizer (imported lazily: keeps this module light)
+    tokenizer: "object"  # engine.text.tokenizer.Tokenizer (imported lazily: keeps this module light)
     source: Path
     kind: str  # "gguf" | "hf"
 
@@ -56,7 +56,7 @@ def default_model_path() -> Path:
 def load_checkpoint(path: str | Path | None = None, dtype: torch.dtype = torch.float32,
                     progress: ProgressCallback | None = None, keep_packed: bool = False) -> Checkpoint:
     """keep_packed: a GGUF's Q8_0/Q4_0/Q4_1 weights stay as raw blocks (engine.quant.PackedGGUF)."""
-    from engine.tokenizer import Tokenizer
+    from engine.text.tokenizer import Tokenizer
 
     path = Path(path) if path is not None else default_model_path()
     if not path.exists():

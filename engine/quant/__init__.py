@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from engine.layers.moe import SparseMoE
+from engine.quant.concat import fuse_projections
 from engine.quant.gguf_blocks import PACKED_KINDS, PackedGGUF
 from engine.quant.int4 import GROUP_SIZES, Int4Weight
 from engine.quant.int8 import Int8Weight
@@ -113,7 +114,7 @@ def build_model(config, tensors: dict, device, dtype, mode: str = "auto", head: 
     if mode not in ("auto", "none"):
         quantize_model(model, mode, head=head, exact=exact)
     if fuse:
-        model.fuse_projections()
+        fuse_projections(model)
     _return_freed_memory()
     return model
 

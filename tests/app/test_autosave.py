@@ -11,7 +11,9 @@ import pytest
 from PySide6.QtCore import QByteArray
 
 from app import autosave as autosave_module
-from app.autosave import Autosave, atomic_write
+from app.autosave import Autosave
+from app import files as files_module
+from app.files import atomic_write
 from app.main_window import MainWindow
 from app.settings import Settings
 from engine.records import SamplingParams
@@ -27,7 +29,7 @@ def test_atomic_write_keeps_the_old_file_when_the_write_fails(tmp_path, monkeypa
     def crash(*args):
         raise OSError("disk full")
 
-    monkeypatch.setattr(autosave_module.os, "replace", crash)
+    monkeypatch.setattr(files_module.os, "replace", crash)
     with pytest.raises(OSError):
         atomic_write(path, "new")
     assert path.read_text() == "old" and list(tmp_path.iterdir()) == [path]  # no temp file left behind
@@ -39,7 +41,7 @@ def test_atomic_write_keeps_the_old_file_when_the_write_fails(tmp_path, monkeypa
 def test_atomic_write_syncs_file_and_folder(tmp_path, monkeypatch):
     synced = []
     real = os.fsync
-    monkeypatch.setattr(autosave_module.os, "fsync", lambda fd: synced.append(fd) or real(fd))
+    monkeypatch.setattr(files_module.os, "fsync", lambda fd: synced.append(fd) or real(fd))
     atomic_write(tmp_path / "b.json", "x")
     assert len(synced) == 2  # the data, then the folder entry that names it
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from app.engine_worker import BUILTIN_MOE_PATH
-from engine.moefy import BUILTIN_MOE, ensure_builtin_moe
+from engine.moefy.build import BUILTIN_MOE, ensure_builtin_moe
 from widgets.model_panel import BUILTIN_MOE_PATH as PANEL_PATH
 from widgets.model_panel import ModelPanel
 

@@ -58,7 +58,7 @@ def test_default_model_chat_streams_and_sliders_rederive_without_forward_passes(
         chat(qtbot, window, "What is the capital of France?", max_new_tokens=12)
         assert "Paris" in window.chat.transcript_text()
         assert window.controller.messages[-1]["role"] == "assistant"
-        runner = window.worker.engine.runner
+        runner = window.worker.engine._runner
         calls = runner.forward_calls
         before = window.probabilities.bar_heights()
         params = window.sampler.params()
@@ -237,7 +237,7 @@ def test_continue_from_a_step_with_another_token(qtbot, settings, hf_checkpoint)
         prompt_len = len(window.worker.last_prompt_ids)
         window.controller.select(2)  # the third generated token
         alternative = next(t for t in window.selected.top_before if t.token_id != steps[2].token_id).token_id
-        computed = window.worker.engine.runner.tokens_computed
+        computed = window.worker.engine._runner.tokens_computed
         with qtbot.waitSignal(window.worker.finished, timeout=TIMEOUT):
             window.probabilities.alternative.setCurrentIndex(
                 window.probabilities.alternative.findData(alternative))
@@ -250,6 +250,6 @@ def test_continue_from_a_step_with_another_token(qtbot, settings, hf_checkpoint)
         assert reply.startswith(window.worker.engine.tokenizer.decode([steps[0].token_id, steps[1].token_id, alternative]))
         assert len([m for m in window.controller.messages if m["role"] == "assistant"]) == 1
         # the prompt's blocks came from the prefix cache: far fewer tokens computed than prompt + reply
-        assert window.worker.engine.runner.tokens_computed - computed < prompt_len - 16
+        assert window.worker.engine._runner.tokens_computed - computed < prompt_len - 16
     finally:
         close_window(window)

@@ -11,7 +11,7 @@ def test_drafter_chosen_in_the_sampler_panel_speculates_and_marks_tokens(qtbot, 
     try:
         chat(qtbot, window, "t1 t2 t3 t1 t2 t3 t1 t2", max_new_tokens=16)
         plain = window.controller.messages[-1]["content"]
-        assert all(r.spec is None for r in window.controller.steps)
+        assert window.controller.steps and all(r.spec is None for r in window.controller.steps)
         window.sampler.drafter.setCurrentText("self-layers:1")
         window.sampler.spec_k.setValue(3)
         window.controller.clear()  # the same conversation again, now speculative

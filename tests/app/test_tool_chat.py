@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from engine.records import SamplingParams
-from engine.tools import calculate
+from engine.text.tools import calculate
 from tests.app.test_main_window import TIMEOUT, close_window, open_window, settings  # noqa: F401 - fixture
 from tests.engine.test_tool_calling import write_byte_tokenizer
 

@@ -1,5 +1,5 @@
 """bench --compare's table from a synthetic result (the benchmark itself is never run in tests)."""
-from engine.bench_compare import ENGINES, _available, print_table
+from engine.bench.compare import ENGINES, _available, print_table
 
 
 def test_ratio_table_divides_ours_by_each_engine(capsys):

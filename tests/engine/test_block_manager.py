@@ -4,7 +4,7 @@ import pytest
 from hypothesis import settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from engine.block_manager import BlockManager, BlockTable, OutOfKVBlocks
+from engine.runtime.block_manager import BlockManager, BlockTable, OutOfKVBlocks
 
 
 def new_sequence(bm: BlockManager, prompt):

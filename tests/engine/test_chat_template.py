@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from engine.chat_template import ChatTemplate
+from engine.text.chat_template import ChatTemplate
 from engine.errors import TemplateError
 from engine.loaders.gguf_file import read_metadata
 
@@ -136,7 +136,7 @@ def test_runaway_templates_stop_quickly(source):
 def test_budget_is_per_render(monkeypatch):
     """The step budget resets for every render. (The time limit is lifted here: this test is about
     steps, and ~600k steps take 1-3 s of CPU depending on the machine.)"""
-    from engine import template_sandbox
+    from engine.text import template_sandbox
 
     monkeypatch.setattr(template_sandbox, "MAX_SECONDS", 60.0)
     template = ChatTemplate("{% for i in range(99999) %}{% for j in range(6) %}{% endfor %}{% endfor %}ok")

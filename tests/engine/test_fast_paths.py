@@ -4,14 +4,14 @@ int8, packed int4), the fused fp32 RMSNorm, and the static-shape decode step tha
 import pytest
 import torch
 
-from engine.generation import GenerationEngine
+from engine.runtime.runner import Runner
 from engine.kv_cache import ContiguousKVCache
 from engine.layers.norm import RMSNorm
 from engine.loaders import load_checkpoint
 from engine.model import Decoder
-from engine.quant import build_model, quantize_model
+from engine.quant import build_model, fuse_projections, quantize_model
 from engine.records import GenerationRequest, RequestDone, SamplingParams, StepRecord
-from engine.static_decode import StaticDecoder
+from engine.runtime.static_decode import StaticDecoder
 
 
 def _logits(model, tokens):
@@ -33,14 +33,16 @@ def test_fused_projections_give_the_same_numbers(hf_checkpoint, arch, overrides,
     ckpt = load_checkpoint(path)
     plain = quantize_model(Decoder.from_tensors(ckpt.config, ckpt.tensors), mode)
     fused = quantize_model(Decoder.from_tensors(ckpt.config, ckpt.tensors), mode)
-    n = fused.fuse_projections()
+    n = fuse_projections(fused)
     dense_mlps = sum(not m for m in ckpt.config.moe_layers)
     shared = sum(1 for b in fused.layers if b.is_moe and b.mlp.shared is not None)
     if mode != "int4-g32" or overrides:  # every attention, every dense or shared SwiGLU
         assert n == ckpt.config.n_layers + dense_mlps + shared
     tokens = torch.randint(0, ckpt.config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(1))
+    # Not bit for bit: the fused layer is a wider matmul (the BLAS / int kernel picks its blocking by shape
+    # and CPU) and SiLU then runs on a strided half of it (a different vector loop on AVX-512: 1 ulp apart).
     for a, b in zip(_logits(plain, tokens), _logits(fused, tokens)):
-        assert torch.equal(a, b)
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
 
 
 def test_fusing_then_quantizing_equals_quantizing_then_fusing(hf_checkpoint):
@@ -48,14 +50,16 @@ def test_fusing_then_quantizing_equals_quantizing_then_fusing(hf_checkpoint):
     path, _ = hf_checkpoint("llama")
     ckpt = load_checkpoint(path)
     late = quantize_model(Decoder.from_tensors(ckpt.config, ckpt.tensors), "int4-g32")
-    late.fuse_projections()
+    fuse_projections(late)
     early = Decoder.from_tensors(ckpt.config, ckpt.tensors)
-    early.fuse_projections()
+    fuse_projections(early)
     early = quantize_model(early, "int4-g32")
     assert not any(isinstance(m, torch.nn.Linear) and m.out_features > 2 for m in early.modules())
     tokens = torch.randint(0, ckpt.config.vocab_size, (1, 7))
+    # The same int4 values, but not the same shapes: the packed layout stacks only whole 64-row blocks, so
+    # `late` keeps this tiny model's q/k/v and gate/up apart while `early` runs them as one wide kernel call.
     for a, b in zip(_logits(late, tokens), _logits(early, tokens)):
-        assert torch.equal(a, b)
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
 
 
 def test_fused_rms_norm_equals_the_formula():
@@ -90,8 +94,8 @@ def test_static_decode_step_equals_the_paged_view(hf_checkpoint, arch, overrides
     ckpt = load_checkpoint(path)
     model = Decoder.from_tensors(ckpt.config, ckpt.tensors)
     prompt = torch.randint(0, ckpt.config.vocab_size, (50,), generator=torch.Generator().manual_seed(3)).tolist()
-    plain = GenerationEngine(model, ckpt.tokenizer, num_blocks=64, block_size=8)
-    static = GenerationEngine(model, ckpt.tokenizer, num_blocks=64, block_size=8)
+    plain = Runner(model, ckpt.tokenizer, num_blocks=64, block_size=8)
+    static = Runner(model, ckpt.tokenizer, num_blocks=64, block_size=8)
     static.static = StaticDecoder(model, static.pool, use_graphs=False)
     steps = []
     real = static.static.decode
@@ -103,6 +107,7 @@ def test_static_decode_step_equals_the_paged_view(hf_checkpoint, arch, overrides
         engine._forward = lambda tables, chunks, probe, f=forward, s=sink: s.append(f(tables, chunks, probe)) or s[-1]
         _greedy(engine, prompt, 40)
     assert len(steps) == 39 and {static.static.bucket_for(a[1] + 1) for a in steps} == {64, 128}
+    assert len(ref_logits) == len(got_logits) == 40  # the prefill and 39 decode steps, all compared below
     for a, b in zip(ref_logits, got_logits):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     assert [x.argmax() for x in ref_logits] == [x.argmax() for x in got_logits]
@@ -110,7 +115,8 @@ def test_static_decode_step_equals_the_paged_view(hf_checkpoint, arch, overrides
 
 @pytest.mark.slow
 def test_default_model_fused_packed_equals_unfused(default_gguf):
-    """The shipped Q4_1 file kept packed: fused and unfused layers give bit-identical logits and tokens."""
+    """The shipped Q4_1 file kept packed: fused and unfused layers give the same logits (up to the int4
+    kernel's blocking for a wider N) and the same tokens."""
     ckpt = load_checkpoint(default_gguf, keep_packed=True)
     fused = build_model(ckpt.config, ckpt.tensors, torch.device("cpu"), torch.float32, "auto")
     ckpt = load_checkpoint(default_gguf, keep_packed=True)
@@ -118,9 +124,9 @@ def test_default_model_fused_packed_equals_unfused(default_gguf):
     assert fused.layers[0].attn.wqkv is not None and plain.layers[0].attn.wqkv is None
     tokens = torch.tensor([ckpt.tokenizer.encode("The capital of France is Paris, and the capital of Italy is")])
     for a, b in zip(_logits(plain, tokens), _logits(fused, tokens)):
-        assert torch.equal(a, b)
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
     outs = []
     for model in (plain, fused):
-        engine = GenerationEngine(model, ckpt.tokenizer, num_blocks=64, block_size=16)
+        engine = Runner(model, ckpt.tokenizer, num_blocks=64, block_size=16)
         outs.append(_greedy(engine, tokens[0].tolist(), 24))
     assert outs[0] == outs[1]

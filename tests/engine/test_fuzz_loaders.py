@@ -30,7 +30,7 @@ from engine.loaders import load_checkpoint
 from engine.loaders.gguf_config import build_config
 from engine.loaders.gguf_file import _open
 from engine.loaders.gguf_header import read_header
-from engine.tokenizer import Tokenizer
+from engine.text.tokenizer import Tokenizer
 from tests.engine.test_gguf_loader import write_tiny
 
 EXAMPLES = int(os.environ.get("GLASSBOX_FUZZ_EXAMPLES", "600"))

@@ -3,7 +3,7 @@ KV waste, instrumentation records, cancellation and running out of blocks."""
 import pytest
 import torch
 
-from engine.generation import GenerationEngine
+from engine.runtime.runner import Runner
 from engine.kv_cache import ContiguousKVCache
 from engine.loaders import load_checkpoint
 from engine.model import Decoder
@@ -15,7 +15,7 @@ FULL_LOGITS = InstrumentOptions(stored_logits=-1)
 def make_engine(directory, **kw):
     ckpt = load_checkpoint(directory)
     model = Decoder.from_tensors(ckpt.config, ckpt.tensors)
-    return GenerationEngine(model, ckpt.tokenizer, **{"num_blocks": 64, "block_size": 8, **kw})
+    return Runner(model, ckpt.tokenizer, **{"num_blocks": 64, "block_size": 8, **kw})
 
 
 def run(engine, *specs):
@@ -57,6 +57,7 @@ def test_prefix_cache_computes_only_the_suffix_with_identical_logits(hf_checkpoi
     assert engine.tokens_computed - before == len(b) - 200 + 2  # suffix prefill + 2 decode steps
     fresh = make_engine(directory)
     (fresh_recs, _), = run(fresh, GenerationRequest(tuple(b), greedy, instrument=FULL_LOGITS))
+    assert len(recs[0]) == len(fresh_recs[0]) == 3  # every step compared, none dropped by zip
     for x, y in zip(recs[0], fresh_recs[0]):
         torch.testing.assert_close(stored(x), stored(y), atol=1e-5, rtol=0)
 
@@ -70,6 +71,7 @@ def test_forked_samples_diverge_without_corrupting_each_other(hf_checkpoint):
     (recs, done), = run(engine, spec)
     samples = [r.token_ids for r in done.results]
     assert len(set(samples)) > 1, "the samples should differ at temperature 1.5"
+    assert sorted(recs) == [0, 1, 2] and all(recs.values())  # every sample's steps are checked below
     for seq_index, steps in recs.items():
         tokens = list(prompt)
         for rec in steps:
@@ -130,6 +132,7 @@ def test_records_carry_routing_and_attention_equal_to_the_reference(hf_checkpoin
     (recs, _), = run(engine, GenerationRequest(tuple(prompt), SamplingParams(temperature=0, max_new_tokens=3),
                                                instrument=options))
     steps = recs[0]
+    assert steps  # the loop below checks each step
     tokens = prompt + [r.token_id for r in steps]
     hf_model.config._attn_implementation = "eager"  # the plain reference: softmax(QK^T/sqrt(d)) materialised
     with torch.no_grad():

@@ -59,7 +59,7 @@ def test_empty_and_overlong_prompts_are_clear_errors_and_the_engine_goes_on(tiny
     with pytest.raises(ContextOverflow, match=f"context holds {CONTEXT}"):
         run(engine, engine.prompt_ids("t1 " * 500))
     assert len(run(engine, engine.prompt_ids("t1 t2")).token_ids) == 3
-    assert engine.runner.blocks.stats().used == 0
+    assert engine.kv_blocks_in_use == 0
 
 
 def test_cli_generate(tiny_dir, capsys):

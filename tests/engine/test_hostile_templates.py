@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.chat_template import ChatTemplate
+from engine.text.chat_template import ChatTemplate
 from engine.errors import TemplateError
 
 CONVERSATION = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hi"}]

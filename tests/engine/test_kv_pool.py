@@ -5,7 +5,7 @@ import torch
 
 from engine.config import ModelConfig
 from engine.kv_cache import ContiguousKVCache
-from engine.kv_pool import KVPool, blocks_for_budget, kv_bytes_per_token
+from engine.runtime.kv_pool import KVPool, blocks_for_budget, kv_bytes_per_token
 from engine.model import Decoder
 from tests.tiny_models import build_hf_model
 

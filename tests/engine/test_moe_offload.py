@@ -1,14 +1,15 @@
-"""Expert offload (engine/moe_offload.py) on the CPU: the experts are marked as living elsewhere,
+"""Expert offload (engine/runtime/moe_offload.py) on the CPU: the experts are marked as living elsewhere,
 so every step goes through the copy-the-used-experts path; outputs must not change."""
 from __future__ import annotations
 
 import torch
 
-from engine.engine import Engine, LoadOptions
+from engine.engine import Engine
+from engine.records import LoadOptions
 from engine.kv_cache import ContiguousKVCache
 from engine.loaders.safetensors_dir import load_hf_dir
 from engine.model import Decoder
-from engine.moe_offload import offload_experts
+from engine.runtime.moe_offload import offload_experts
 from engine.records import SamplingParams
 
 

@@ -9,15 +9,16 @@ from collections import Counter
 import pytest
 import torch
 
-from engine.engine import Engine, LoadOptions
+from engine.engine import Engine
+from engine.records import LoadOptions
 from engine.kv_cache import ContiguousKVCache
 from engine.loaders import load_checkpoint
 from engine.model import Decoder
-from engine.moefy import moefy
-from engine.moefy_report import set_top_k
-from engine.quality import SHIPPED_TEXT, perplexity
+from engine.moefy.build import moefy
+from engine.moefy.report import set_top_k
+from engine.instrumentation.quality import SHIPPED_TEXT, perplexity
 from engine.records import GenerationDone, SamplingParams
-from engine.router_stats import router_stats
+from engine.moefy.router_stats import router_stats
 
 pytestmark = pytest.mark.slow
 E, TOP_K = 8, 2

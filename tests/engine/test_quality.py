@@ -1,4 +1,4 @@
-"""Quantization quality (engine/quality.py): the sliding window scores every token once,
+"""Quantization quality (engine/instrumentation/quality.py): the sliding window scores every token once,
 perplexity equals a direct cross-entropy, KL / top-1 agreement behave, the CLI prints them, and
 the default model keeps its perplexity under int8 (1%) and int4-g32 (5%)."""
 from __future__ import annotations
@@ -11,11 +11,12 @@ import torch
 import torch.nn.functional as F
 
 from engine.cli import main as cli_main
-from engine.engine import Engine, LoadOptions
+from engine.engine import Engine
+from engine.records import LoadOptions
 from engine.kv_cache import ContiguousKVCache
 from engine.loaders import load_checkpoint
 from engine.model import Decoder
-from engine.quality import SHIPPED_TEXT, _windows, compare, perplexity
+from engine.instrumentation.quality import SHIPPED_TEXT, _windows, compare, perplexity
 from engine.quant import dequantized_tensors, quantize_model
 
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from engine.engine import Engine, LoadOptions
+from engine.engine import Engine
+from engine.records import LoadOptions
 from engine.kv_cache import ContiguousKVCache
 from engine.loaders import load_checkpoint
 from engine.model import Decoder

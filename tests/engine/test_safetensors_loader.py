@@ -37,7 +37,7 @@ def test_sharded_checkpoint_and_progress(tmp_path):
 def test_bf16_load(hf_checkpoint):
     directory, _ = hf_checkpoint("llama")
     _, tensors, _ = load_hf_dir(directory, dtype=torch.bfloat16)
-    assert all(t.dtype == torch.bfloat16 for t in tensors.values())
+    assert tensors and all(t.dtype == torch.bfloat16 for t in tensors.values())
 
 
 def _break(directory, how):

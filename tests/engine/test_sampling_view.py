@@ -3,7 +3,7 @@ import torch
 
 from engine.records import SamplingParams, StepRecord
 from engine.sampling import run_chain
-from engine.sampling_view import distribution_view
+from engine.instrumentation.distribution import distribution_view
 
 
 def test_view_matches_the_chain_and_marks_removed_tokens():

@@ -21,8 +21,8 @@ from collections import Counter
 import psutil
 import pytest
 
-from engine import generation
-from engine.generation import GenerationEngine
+from engine.runtime import runner as generation
+from tests.engine.drafting import DraftingRunner
 from engine.loaders import load_checkpoint
 from engine.model import Decoder
 from engine.records import (GenerationRequest, InstrumentOptions, RequestDone, SamplingParams, SpeculativeOptions,
@@ -62,7 +62,7 @@ def random_request(rng: random.Random, prefixes: list[tuple[int, ...]]) -> Gener
     return GenerationRequest(prompt, params, instrument=instrument)
 
 
-def soak(engine: GenerationEngine, requests: int, seed: int = 0, max_live: int = 5) -> dict:
+def soak(engine: DraftingRunner, requests: int, seed: int = 0, max_live: int = 5) -> dict:
     """Drive `requests` random requests through `engine`, checking the block invariants after every step."""
     rng = random.Random(seed)
     prefixes = [tuple(rng.randrange(V) for _ in range(rng.randint(4, 24))) for _ in range(6)]
@@ -99,13 +99,13 @@ def soak(engine: GenerationEngine, requests: int, seed: int = 0, max_live: int =
                     counts["cancelled"] += 1
                 else:
                     counts["completed"] += 1
-        tables = [s.table for r in engine.running.values() for s in r.sequences]
+        tables = [s.table for r in engine.in_flight() for s in r.sequences]
         engine.blocks.check_invariants(tables)
         for drafter in engine.drafters.values():
             if hasattr(drafter, "blocks"):
-                drafter.blocks.check_invariants([s.spec.draft_table for r in engine.running.values()
-                                                 for s in r.sequences if s.spec is not None
-                                                 and s.spec.drafter is drafter and s.spec.draft_table is not None])
+                drafter.blocks.check_invariants([s.speculation.draft_table for r in engine.in_flight()
+                                                 for s in r.sequences if s.speculation is not None
+                                                 and s.speculation.drafter is drafter and s.speculation.draft_table is not None])
     gc.collect()
     return {"requests": requests, **counts, "seconds": round(time.perf_counter() - start, 1),
             "rss_start_mib": round(rss_start / 2**20, 1), "rss_after_warmup_mib": round(rss_warm / 2**20, 1),
@@ -118,7 +118,7 @@ def test_soak_leaks_nothing(hf_checkpoint):
     checkpoint = load_checkpoint(directory)
     model = Decoder.from_tensors(checkpoint.config, checkpoint.tensors)
     # 64 blocks of 4 tokens: a few long requests fill it, so admission waits and running requests fail.
-    engine = GenerationEngine(model, checkpoint.tokenizer, num_blocks=64, block_size=4)
+    engine = DraftingRunner(model, checkpoint.tokenizer, num_blocks=64, block_size=4)
     figures = soak(engine, REQUESTS)
     print("\nsoak", json.dumps(figures))
 
@@ -128,14 +128,14 @@ def test_soak_leaks_nothing(hf_checkpoint):
                   ("failed: context", "failed: out of KV blocks")}
     assert not unexpected, unexpected
     assert figures["completed"] > REQUESTS // 2 and figures["cancelled"] > 0 and figures["rollbacks"] > 0
-    assert not engine.running and not engine.waiting and not engine._cancelled
+    assert not engine.has_work()
     stats = engine.blocks.stats()
     assert stats.used == 0 and stats.free + stats.cached_free == stats.total  # zero leaked blocks
     assert engine.blocks.ref_count == [0] * engine.blocks.num_blocks  # every reference count back to zero
     for drafter in engine.drafters.values():
         if hasattr(drafter, "blocks"):
             assert drafter.blocks.ref_count == [0] * drafter.blocks.num_blocks
-    alive = [o for o in gc.get_objects() if type(o) in (generation.Request, generation.Sequence)]
+    alive = [o for o in gc.get_objects() if type(o) in (generation.RequestState, generation.Sequence)]
     assert not alive, f"{len(alive)} request/sequence objects outlive their requests"
     # The engine is still usable: a fresh greedy request after all of that.
     rid = engine.submit(GenerationRequest((1, 2, 3), SamplingParams(temperature=0, max_new_tokens=4, ignore_eos=True)))

@@ -5,15 +5,15 @@ import random
 import pytest
 import torch
 
-from engine.drafters import Proposal, layer_skip_model, lookup
-from engine.generation import GenerationEngine
+from engine.runtime.drafters import Proposal, layer_skip_model, lookup
+from tests.engine.drafting import DraftingRunner
 from engine.kv_cache import ContiguousKVCache
 from engine.loaders import load_checkpoint
 from engine.model import Decoder
 from engine.records import (GenerationRequest, InstrumentOptions, RequestDone, SamplingParams, SpeculativeOptions,
                             StepRecord)
 from engine.sampling import draw, run_chain
-from engine.speculative import verify
+from engine.runtime.speculative import verify
 
 V = 24  # tiny vocabulary: the joint of two tokens has V*V cells, enough samples fill them
 
@@ -127,7 +127,7 @@ def test_engine_sampling_through_every_stage_matches_recompute(hf_checkpoint):
     draft_dir, draft, _, _ = tiny(hf_checkpoint, seed=1)
     params = SamplingParams(temperature=0.9, top_k=12, top_p=0.95, min_p=0.02, repetition_penalty=1.2, seed=5,
                             ignore_eos=True, max_new_tokens=40)
-    engine = GenerationEngine(target, tokenizer, num_blocks=64, block_size=4)
+    engine = DraftingRunner(target, tokenizer, num_blocks=64, block_size=4)
     prompt = [3, 9, 4, 3, 9, 4, 11]
     (recs, done), = run(engine, GenerationRequest(tuple(prompt), params, instrument=InstrumentOptions(stored_logits=-1),
                                                   speculative=SpeculativeOptions(str(draft_dir), k=3)))
@@ -158,7 +158,7 @@ def test_engine_sampling_through_every_stage_matches_recompute(hf_checkpoint):
 def test_greedy_identical_for_every_drafter_tiny(hf_checkpoint):
     directory, target, tokenizer, _ = tiny(hf_checkpoint, seed=0)
     draft_dir, _, _, _ = tiny(hf_checkpoint, seed=1)
-    engine = GenerationEngine(target, tokenizer, num_blocks=128, block_size=4)
+    engine = DraftingRunner(target, tokenizer, num_blocks=128, block_size=4)
     prompts = [[3, 9, 4, 3, 9, 4, 11, 3, 9], [5, 6, 7, 8, 5, 6, 7, 8, 5], [1, 2, 20, 17]]
     for params in (SamplingParams(temperature=0, max_new_tokens=20, ignore_eos=True),
                    SamplingParams(temperature=0, max_new_tokens=20, ignore_eos=True, repetition_penalty=1.3)):
@@ -198,7 +198,7 @@ class RandomDrafter:
 def test_no_block_leak_after_500_random_speculative_steps(hf_checkpoint):
     directory, target, tokenizer, _ = tiny(hf_checkpoint, seed=0)
     draft_dir, _, _, _ = tiny(hf_checkpoint, seed=1)
-    engine = GenerationEngine(target, tokenizer, num_blocks=96, block_size=4)
+    engine = DraftingRunner(target, tokenizer, num_blocks=96, block_size=4)
     engine.drafters["random"] = RandomDrafter(0)
     rng = random.Random(1)
     steps, live = 0, {}
@@ -219,15 +219,15 @@ def test_no_block_leak_after_500_random_speculative_steps(hf_checkpoint):
             elif isinstance(item, RequestDone):
                 assert item.error is None, item.error
                 live.pop(item.request_id)
-        seqs = [s for r in engine.running.values() for s in r.sequences]
+        seqs = [s for r in engine.in_flight() for s in r.sequences]
         engine.blocks.check_invariants([s.table for s in seqs])
-        for r in engine.running.values():  # the target's cache holds exactly prompt + all but the pending token
+        for r in engine.in_flight():  # the target's cache holds exactly prompt + all but the pending token
             for s in r.sequences:
-                assert s.table.tokens == list(r.spec.prompt_ids) + s.generated[:-1]
+                assert s.table.tokens == list(r.request.prompt_ids) + s.generated[:-1]
         for name, drafter in engine.drafters.items():
             if hasattr(drafter, "blocks"):
-                drafter.blocks.check_invariants([s.spec.draft_table for s in seqs if s.spec is not None
-                                                 and s.spec.drafter is drafter and s.spec.draft_table is not None])
+                drafter.blocks.check_invariants([s.speculation.draft_table for s in seqs if s.speculation is not None
+                                                 and s.speculation.drafter is drafter and s.speculation.draft_table is not None])
     for rid in list(live):
         engine.cancel(rid)
     while engine.has_work():
@@ -282,11 +282,12 @@ def default_fp32():
     """The default model's weights in fp32 arithmetic. With the default load (packed Q4_1 fed bf16 activations)
     a one-token forward and a (k+1)-token forward round differently, by up to ~0.8 in a logit (bf16 noise, not
     the acceptance rule), so greedy plain and speculative outputs can part at near-ties; fp32 keeps them equal."""
-    from engine.engine import Engine, LoadOptions
+    from engine.engine import Engine
+    from engine.records import LoadOptions
 
     engine = Engine.load(None, LoadOptions(quant="none", kv_budget_gib=0.05))
     prompts = [engine.chat_prompt_ids([{"role": "user", "content": p}]) for p in DEFAULT_PROMPTS]
-    plain = [d.results[0].token_ids for _, d in run(engine.runner, *(GenerationRequest(tuple(p), DEFAULT_GREEDY)
+    plain = [d.results[0].token_ids for _, d in run(engine, *(GenerationRequest(tuple(p), DEFAULT_GREEDY)
                                                                         for p in prompts))]
     return engine, prompts, plain
 
@@ -299,8 +300,8 @@ def test_greedy_identical_on_the_default_model(default_fp32, drafter):
     drafter = str(default_model_path()) if drafter == "path" else drafter
     for k in (1, 2, 4, 8):
         spec = SpeculativeOptions(drafter, k)
-        got = [d.results[0].token_ids for _, d in run(engine.runner, *(GenerationRequest(tuple(p), DEFAULT_GREEDY,
+        got = [d.results[0].token_ids for _, d in run(engine, *(GenerationRequest(tuple(p), DEFAULT_GREEDY,
                                                                                          speculative=spec)
                                                                       for p in prompts))]
         assert got == plain, k
-    assert engine.runner.blocks.stats().used == 0
+    assert engine.kv_blocks_in_use == 0

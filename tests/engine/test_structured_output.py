@@ -9,7 +9,7 @@ import jsonschema
 import pytest
 import torch
 
-from engine.constraints import ConstraintError, TokenConstraint, _TokenBytes, draft_masks, vocabulary_for
+from engine.text.constraints import ConstraintError, TokenConstraint, _TokenBytes, draft_masks, vocabulary_for
 from engine.errors import EngineError
 from engine.records import GenerationRequest, InstrumentOptions, RequestDone, SamplingParams, StepRecord
 from engine.sampling import CONSTRAINT, STAGES, run_chain, run_chain_sparse, sample
@@ -80,7 +80,7 @@ def greedy_and_sampled(engine, kind, texts, max_new_tokens=48, beams=0):
     for i, text in enumerate(texts):
         specs.append(GenerationRequest(prompt, constrained(kind, text, 0.0, i, max_new_tokens), beams=beams))
         specs.append(GenerationRequest(prompt, constrained(kind, text, 1.0, i, max_new_tokens), n=2))
-    results = run_all(engine.runner, specs)
+    results = run_all(engine, specs)
     assert all(d.error is None for d in results), [d.error for d in results if d.error]
     return [(texts[k // 2], r) for k, d in enumerate(results) for r in d.results]
 
@@ -103,6 +103,7 @@ REGEXES = [r"\(\d{3}\) \d{3}-\d{4}", r"(yes|no), because [a-z ]{3,12}\.", r"[A-Z
 
 def test_regex_output_always_matches(engine):
     outputs = greedy_and_sampled(engine, "regex", REGEXES, max_new_tokens=24)
+    assert len(outputs) == 3 * len(REGEXES)
     for regex, result in outputs:
         if result.finish_reason == "eos":
             assert re.fullmatch(regex, result.text), (regex, result.text)
@@ -120,6 +121,7 @@ GRAMMARS = {  # the same language as llama.cpp GBNF and as Lark
 def test_fixed_set_grammar_yields_one_of_its_strings_greedy_sampled_and_beams(engine):
     outputs = greedy_and_sampled(engine, "grammar", list(GRAMMARS.values()), max_new_tokens=8)
     outputs += greedy_and_sampled(engine, "grammar", [GRAMMARS["gbnf"]], max_new_tokens=8, beams=2)[:2]
+    assert len(outputs) == 3 * len(GRAMMARS) + 2
     for _, result in outputs:
         assert result.finish_reason == "eos" and result.text in FIXED, result.text
 
@@ -173,19 +175,19 @@ def test_unusable_constraints_fail_with_a_clear_message_and_others_go_on(engine,
     prompt = engine.prompt_ids("Hello")
     with pytest.raises(EngineError, match=re.compile(re.escape(message), re.I)):
         list(engine.generate(prompt, constrained(kind, text)))
-    bad, good = run_all(engine.runner, [GenerationRequest(tuple(prompt), constrained(kind, text)),
+    bad, good = run_all(engine, [GenerationRequest(tuple(prompt), constrained(kind, text)),
                                         GenerationRequest(tuple(prompt), constrained("regex", "[0-9]{2}"))])
     assert bad.error and not bad.results and re.fullmatch("[0-9]{2}", good.results[0].text)
-    assert engine.runner.blocks.num_available == engine.runner.blocks.num_blocks  # nothing leaked
+    assert engine.kv_blocks_in_use == 0  # nothing leaked
 
 
 def test_every_step_keeps_some_token_and_records_the_mask(engine):
     spec = GenerationRequest(tuple(engine.prompt_ids("Answer:")), constrained("json_schema", json.dumps(SCHEMAS[9])),
                              instrument=InstrumentOptions(stored_logits=64, top_n=5))
     records = []
-    engine.runner.submit(spec)
-    while engine.runner.has_work():
-        records += [x for x in engine.runner.step() if isinstance(x, StepRecord)]
+    engine.submit(spec)
+    while engine.has_work():
+        records += [x for x in engine.step() if isinstance(x, StepRecord)]
     assert records and records[-1].token_id in engine.tokenizer.eos_ids
     jsonschema.validate(json.loads("".join(r.text for r in records)), SCHEMAS[9])
     for r in records:
@@ -275,13 +277,13 @@ def test_speculative_decoding_respects_the_constraint(engine):
     prompt = tuple(engine.chat_prompt_ids([{"role": "user", "content": ask}]))
     schema = json.dumps(SCHEMAS[0])
     ngram = SpeculativeOptions("ngram", k=4)
-    plain, sampled = run_all(engine.runner, [
+    plain, sampled = run_all(engine, [
         GenerationRequest(prompt, constrained("json_schema", schema)),
         GenerationRequest(prompt, constrained("json_schema", schema, temperature=1.0, seed=5), speculative=ngram)])
-    forwards = engine.runner.forward_calls
-    drafted, = run_all(engine.runner, [GenerationRequest(prompt, constrained("json_schema", schema),
+    forwards = engine.counters[1]
+    drafted, = run_all(engine, [GenerationRequest(prompt, constrained("json_schema", schema),
                                                          speculative=ngram)])
     assert drafted.error is None and drafted.results[0].token_ids == plain.results[0].token_ids
-    assert engine.runner.forward_calls - forwards < len(drafted.results[0].token_ids)  # drafts were accepted
+    assert engine.counters[1] - forwards < len(drafted.results[0].token_ids)  # drafts were accepted
     for done in (drafted, sampled):
         jsonschema.validate(json.loads(done.results[0].text), SCHEMAS[0])

@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 
 from engine.errors import ModelFormatError
 from engine.loaders.gguf_file import read_metadata
-from engine.tokenizer import Tokenizer
-from engine.tokenizer_gguf import BYTE, CONTROL, NORMAL, UNKNOWN
+from engine.text.tokenizer import Tokenizer
+from engine.text.tokenizer_gguf import BYTE, CONTROL, NORMAL, UNKNOWN
 
 MIXED = (
     "Hello, world! It's 2026 and the café serves crème brûlée. I'M camelCase XMLHttpRequest don't\n"

@@ -9,9 +9,9 @@ import pytest
 
 from engine.engine import Engine
 from engine.records import GenerationDone, SamplingParams
-from engine.tools import (CALCULATOR, Tool, ToolCall, calculate, call_grammar, call_schema, parse_tool_calls,
+from engine.text.tools import (CALCULATOR, Tool, ToolCall, calculate, call_grammar, call_schema, parse_tool_calls,
                           run_builtin, template_supports_tools, tool_call_params, tool_result_message)
-from engine.tokenizer_gguf import byte_alphabet
+from engine.text.tokenizer_gguf import byte_alphabet
 
 SPECIALS = ["<|im_start|>", "<|im_end|>"]
 TEMPLATE = """{%- if tools %}<|im_start|>system
@@ -144,6 +144,6 @@ def test_calculator_refuses_everything_but_bounded_arithmetic(expression):
 
 
 def test_templates_without_tools_are_recognised():
-    from engine.chat_template import CHATML
+    from engine.text.chat_template import CHATML
 
     assert not template_supports_tools(CHATML) and template_supports_tools(TEMPLATE)

@@ -36,7 +36,8 @@ def test_int8_cuda_matches_dequantized_matmul():
 @pytest.mark.parametrize("mode", ["int8", "int4-g32"])
 def test_quantized_default_model_greedy_on_cuda(default_gguf, mode):
     """On a GPU the GGUF is dequantized, then re-quantized by mode; short greedy runs stay sensible."""
-    from engine.engine import Engine, LoadOptions
+    from engine.engine import Engine
+    from engine.records import LoadOptions
     from engine.records import GenerationDone, SamplingParams
 
     engine = Engine.load(default_gguf, LoadOptions(device="cuda", dtype="bfloat16", quant=mode))

@@ -11,9 +11,10 @@ import time
 import pytest
 import torch
 
-from engine.engine import Engine, LoadOptions
+from engine.engine import Engine
+from engine.records import LoadOptions
 from engine.records import GenerationDone, SamplingParams
-from engine.static_decode import StaticDecoder
+from engine.runtime.static_decode import StaticDecoder
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 PROMPTS = ["What is the capital of France?", "Write a Python function that returns the square of a number.",
@@ -36,7 +37,7 @@ def hf_bf16(default_gguf):
 
 
 def _greedy(engine, prompt, n, graphs: bool):
-    runner = engine.runner
+    runner = engine._runner
     saved, runner.static = runner.static, (runner.static if graphs else None)
     try:
         params = SamplingParams(temperature=0, max_new_tokens=n, ignore_eos=True)
@@ -76,9 +77,9 @@ def test_graph_decode_equals_eager_decode(engine, question):
 
 def test_graph_replay_equals_the_same_step_run_eagerly(engine):
     """Bit for bit: replaying a captured graph computes exactly the recorded kernels."""
-    runner = engine.runner
+    runner = engine._runner
     prompt = engine.chat_prompt_ids([{"role": "user", "content": PROMPTS[0]}])
-    from engine.block_manager import BlockTable
+    from engine.runtime.block_manager import BlockTable
 
     table = BlockTable()
     runner._forward([table], [prompt], None)

@@ -2,7 +2,7 @@
 import torch
 
 from engine.records import SamplingParams, StepRecord
-from engine.sampling_view import distribution_view
+from engine.instrumentation.distribution import distribution_view
 from widgets.probabilities_panel import ProbabilitiesPanel
 from widgets.sampler_panel import SamplerPanel
 

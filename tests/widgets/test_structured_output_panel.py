@@ -2,10 +2,10 @@
 showing the tokens the constraint removed as a stage of their own (re-derived from a step record)."""
 import torch
 
-from engine.constraints import compile_grammar
+from engine.text.constraints import compile_grammar
 from engine.records import SamplingParams, StepRecord
 from engine.sampling import run_chain
-from engine.sampling_view import distribution_view
+from engine.instrumentation.distribution import distribution_view
 from widgets.probabilities_panel import ProbabilitiesPanel
 from widgets.sampler_panel import CONSTRAINT_EXAMPLES, SamplerPanel
 
@@ -16,6 +16,7 @@ def test_examples_fill_the_constraint_and_reach_the_params(qtbot):
     panel = SamplerPanel()
     qtbot.addWidget(panel)
     assert panel.params().constraint_kind == ""
+    assert CONSTRAINT_EXAMPLES  # the loop below checks each one
     for index, (name, (kind, text)) in enumerate(CONSTRAINT_EXAMPLES.items(), start=1):
         compile_grammar(kind, text)  # every example is a valid constraint
         with qtbot.waitSignal(panel.params_changed) as blocker:

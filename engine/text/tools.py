@@ -4,7 +4,7 @@ the result back so the chat goes on.
 
 Calls are written the way Hermes / Qwen-style templates expect and most tool-trained models emit:
 <tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>. The constraint is a Lark grammar for
-engine/constraints.py whose JSON part is the union of the tools' schemas, so the arguments always
+engine/text/constraints.py whose JSON part is the union of the tools' schemas, so the arguments always
 parse and validate. Plain data only here; nothing runs model code.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ import operator
 import re
 from dataclasses import dataclass, field, replace
 
-from engine.constraints import JSON_LAYOUT
+from engine.text.constraints import JSON_LAYOUT
 from engine.records import SamplingParams
 
 CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"

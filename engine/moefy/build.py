@@ -18,7 +18,7 @@ neurons into disjoint sets splits it into smaller SwiGLUs whose outputs add up t
   top-k experts by that score run. A softmax of those scores is then each
   expert's predicted share of the routed output, which is what the routing panel shows as Pᵢ.
 
-The routing convention that keeps top-k = E exact lives in engine/moefy_checkpoint.py (Qwen2-MoE
+The routing convention that keeps top-k = E exact lives in engine/moefy/checkpoint.py (Qwen2-MoE
 with a pre-scaled router); this file only produces the split and the router scores.
 
 Shape legend: N tokens, D model dim, F dense hidden dim, E experts, I = F/E expert hidden dim.
@@ -186,9 +186,9 @@ def expert_tensors(tensors: dict[str, torch.Tensor], layer: int, neurons: torch.
 def moefied_tensors(config: ModelConfig, tensors: dict[str, torch.Tensor], splits: list[LayerSplit | None],
                     inputs: list[torch.Tensor], top_k: int) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """The dense checkpoint's tensors with every split MLP replaced by its experts and router, in the
-    convention of engine/moefy_checkpoint.py (down_proj × E, router × a tiny global scale); layers
+    convention of engine/moefy/checkpoint.py (down_proj × E, router × a tiny global scale); layers
     without a split keep their dense MLP tensors."""
-    from engine.moefy_checkpoint import moe_config, router_scale
+    from engine.moefy.checkpoint import moe_config, router_scale
 
     routed = [(s, h) for s, h in zip(splits, inputs) if s is not None]
     n_experts, n_shared = routed[0][0].neurons.shape[0], len(routed[0][0].shared)
@@ -227,8 +227,8 @@ def chat_fit_sequences(ckpt) -> list[list[int]]:
     renders chats) -> token ids."""
     import json
 
-    from engine.chat_template import ChatTemplate
-    from engine.quality import SHIPPED_TEXT
+    from engine.text.chat_template import ChatTemplate
+    from engine.instrumentation.quality import SHIPPED_TEXT
 
     template = ChatTemplate.of(ckpt.tokenizer)
     turns = json.loads((SHIPPED_TEXT.parent / "chat_transcripts.json").read_text(encoding="utf-8"))
@@ -244,7 +244,7 @@ def moefy(source, out, n_experts: int = 8, top_k: int = 2, max_tokens: int = 409
     directory `out`, fitting the routers on the shipped text (its first max_tokens tokens) and the
     shipped chat transcripts. Returns the build report (also written to out/moefy.json)."""
     from engine.loaders import load_checkpoint
-    from engine.quality import SHIPPED_TEXT
+    from engine.instrumentation.quality import SHIPPED_TEXT
 
     ckpt = load_checkpoint(source)
     prose = ckpt.tokenizer.encode(SHIPPED_TEXT.read_text(encoding="utf-8"))
@@ -264,7 +264,7 @@ def build(ckpt, ids: list[int] | list[list[int]], out, n_experts: int, top_k: in
     from pathlib import Path
 
     from engine.model import Decoder
-    from engine.moefy_checkpoint import write_checkpoint
+    from engine.moefy.checkpoint import write_checkpoint
 
     config = ckpt.config
     if config.moe is not None or not config.hidden_dim:

@@ -1,6 +1,6 @@
 """Paged KV bookkeeping: which block holds which tokens, who shares it, what can be reused.
 
-Plain Python, no torch: blocks are integers, and the tensor side (engine/kv_pool.py) moves K/V
+Plain Python, no torch: blocks are integers, and the tensor side (engine/runtime/kv_pool.py) moves K/V
 where this says. Owns reference counts, the free list, prefix caching (a full block is keyed by
 a hash of every token up to and including it), an LRU of cached blocks nobody owns, copy-on-write
 for forks, and rollback. `check_invariants` proves nothing leaks.

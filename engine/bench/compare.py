@@ -20,7 +20,7 @@ import time
 
 import psutil
 
-from engine.bench import _peak_rss_bytes, _prompt_ids
+from engine.bench.common import peak_rss_bytes, prompt_ids
 
 # name -> (kind, detail); availability is checked before running
 ENGINES = {
@@ -52,7 +52,8 @@ def _timed_decode(first, rest) -> tuple[float, float]:
 def worker_ours(job: dict) -> dict:
     import torch
 
-    from engine.engine import Engine, LoadOptions
+    from engine.engine import Engine
+    from engine.records import LoadOptions
     from engine.records import GenerationDone, SamplingParams
 
     torch.set_num_threads(job["threads"])
@@ -144,7 +145,7 @@ def run_worker(name: str, job: dict) -> dict:
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(job, f)
     try:
-        out = subprocess.run([sys.executable, "-m", "engine.bench_compare", f.name], capture_output=True, text=True)
+        out = subprocess.run([sys.executable, "-m", "engine.bench.compare", f.name], capture_output=True, text=True)
     finally:
         os.unlink(f.name)
     if out.returncode != 0:
@@ -157,7 +158,7 @@ def compare(model: str | None, runs: int, threads: int, prompt_tokens: int, new_
     from engine.loaders import default_model_path, load_checkpoint
 
     model = str(model or default_model_path())
-    prompt = _prompt_ids(load_checkpoint(model, keep_packed=True).tokenizer.encode, prompt_tokens)
+    prompt = prompt_ids(load_checkpoint(model, keep_packed=True).tokenizer.encode, prompt_tokens)
     names = [n for n in (engines or ENGINES) if _available(ENGINES[n][0])
              and not (n.endswith("1thread") and threads == 1)]
     job = {"model": model, "prompt": prompt, "new_tokens": new_tokens, "threads": threads}
@@ -195,10 +196,10 @@ def print_table(result: dict) -> None:
           f"load average at the end {result['load_average'][0]:.1f})")
 
 
-if __name__ == "__main__":  # a worker: python -m engine.bench_compare JOB.json
+if __name__ == "__main__":  # a worker: python -m engine.bench.compare JOB.json
     with open(sys.argv[1]) as f:
         job = json.load(f)
     worker = {"ours": worker_ours, "llama": worker_llama, "hf": worker_hf}[job["kind"]]
     result = worker(job)
-    result["peak_rss"] = _peak_rss_bytes()
+    result["peak_rss"] = peak_rss_bytes()
     print(json.dumps(result))

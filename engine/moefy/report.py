@@ -1,12 +1,12 @@
 """What MoEfication costs: perplexity of a MoEfied model at several top-k next to its dense source,
-and its routers' load balance (engine.router_stats) over the same text. Plain forwards, no paging."""
+and its routers' load balance (engine.moefy.router_stats) over the same text. Plain forwards, no paging."""
 from __future__ import annotations
 
 import dataclasses
 import time
 
-from engine.quality import SHIPPED_TEXT, perplexity
-from engine.router_stats import router_stats
+from engine.instrumentation.quality import SHIPPED_TEXT, perplexity
+from engine.moefy.router_stats import router_stats
 
 
 def set_top_k(model, k: int) -> None:

@@ -1,6 +1,6 @@
 """One Tokenizer over the three places a vocabulary can come from: an HF directory with
 tokenizer.json or a sentencepiece tokenizer.model, or the vocabulary embedded in a GGUF file
-(rebuilt in engine/tokenizer_gguf.py). Also owns special tokens, the per-token display text
+(rebuilt in engine/text/tokenizer_gguf.py). Also owns special tokens, the per-token display text
 and a streaming decoder that never emits half a UTF-8 character. Chat templates: chat_template.py.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 from tokenizers import Tokenizer as HFTokenizer
 
 from engine.errors import ModelFormatError
-from engine.tokenizer_gguf import CONTROL, byte_alphabet, checked_metadata, gguf_backend
+from engine.text.tokenizer_gguf import CONTROL, byte_alphabet, checked_metadata, gguf_backend
 
 REPLACEMENT = "\ufffd"
 BYTE_PIECE = re.compile(r"<0x[0-9A-Fa-f]{2}>")

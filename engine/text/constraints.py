@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from engine.errors import EngineError
-from engine.tokenizer_gguf import byte_alphabet
+from engine.text.tokenizer_gguf import byte_alphabet
 
 KINDS = ("json_schema", "regex", "grammar")
 JSON_LAYOUT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
@@ -159,11 +159,6 @@ class TokenConstraint:
     def finished(self) -> bool:
         """Nothing but EOS may follow (the grammar admits no longer output)."""
         return self._matcher.is_stopped()
-
-    @property
-    def accepting(self) -> bool:
-        """The output so far is complete under the constraint (it may still go on)."""
-        return self._matcher.is_accepting()
 
 
 def draft_masks(constraint: TokenConstraint | None, drafts: list[int]) -> list[torch.Tensor | None]:

@@ -1,4 +1,4 @@
-"""Drafters for speculative decoding (engine/speculative.py): cheap guesses of the next k tokens.
+"""Drafters for speculative decoding (engine/runtime/speculative.py): cheap guesses of the next k tokens.
 
 - `NgramDrafter`: prompt lookup. The continuation of the most recent earlier occurrence of the
   context's last n tokens (longest n first). No model; its proposals are deterministic.
@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from engine.block_manager import BlockManager, BlockTable
-from engine.kv_pool import KVPool
+from engine.runtime.block_manager import BlockManager, BlockTable
+from engine.runtime.kv_pool import KVPool
 from engine.sampling import draw, next_token, run_chain
 
 
@@ -177,23 +177,22 @@ def load_draft_model(path: str, target, tokenizer):
     return build_model(ckpt.config, ckpt.tensors, weight.device, weight.dtype, "auto" if keep_packed else "none")
 
 
-def build_drafter(spec: str, runner):
-    """'ngram' | 'self-layers:L' | 'self-int4' | a model path -> a drafter over runner's target."""
-    target = runner.model
-    V = runner.config.vocab_size
+def build_drafter(name: str, target, tokenizer, block_size: int, target_blocks: int):
+    """'ngram' | 'self-layers:L' | 'self-int4' | a model path -> a drafter over `target` (the loaded Decoder).
+    Called by the facade (engine/engine.py) when a request names a drafter, never inside a step."""
+    V = target.config.vocab_size
     # As many blocks as the target, up to 32k tokens: on a GPU the target's pool takes a share of free memory
     # that a second pool of the same size would not find (measured: out of memory on an 80 GB H100).
-    size = runner.blocks.block_size
-    blocks = (min(runner.blocks.num_blocks, max(1, DRAFT_MAX_TOKENS // size)), size)
-    if spec == "ngram":
+    blocks = (min(target_blocks, max(1, DRAFT_MAX_TOKENS // block_size)), block_size)
+    if name == "ngram":
         return NgramDrafter()
-    if spec.startswith("self-layers:"):
-        n = spec.removeprefix("self-layers:")
+    if name.startswith("self-layers:"):
+        n = name.removeprefix("self-layers:")
         if not n.isdigit():
-            raise ValueError(f"self-layers:L needs a layer count, got {spec!r}")
-        return ModelDrafter(spec, layer_skip_model(target, int(n)), V, *blocks)
-    if spec == "self-int4":
-        return ModelDrafter(spec, self_int4_model(target), V, *blocks)
-    if not Path(spec).exists():
-        raise ValueError(f"unknown drafter {spec!r}: use ngram, self-int4, self-layers:L or a model path")
-    return ModelDrafter(spec, load_draft_model(spec, target, runner.tokenizer), V, *blocks)
+            raise ValueError(f"self-layers:L needs a layer count, got {name!r}")
+        return ModelDrafter(name, layer_skip_model(target, int(n)), V, *blocks)
+    if name == "self-int4":
+        return ModelDrafter(name, self_int4_model(target), V, *blocks)
+    if not Path(name).exists():
+        raise ValueError(f"unknown drafter {name!r}: use ngram, self-int4, self-layers:L or a model path")
+    return ModelDrafter(name, load_draft_model(name, target, tokenizer), V, *blocks)

@@ -10,14 +10,15 @@ from __future__ import annotations
 import torch
 
 
-def select_beams(engine, request, logits: torch.Tensor, out) -> None:
-    """`logits` [W_live, V] for the request's live beams, in the order of request.sequences."""
-    width = request.spec.beams
-    params = request.spec.params
-    parents = list(request.sequences)
+def select_beams(runner, state, logits: torch.Tensor, out) -> None:
+    """`logits` [W_live, V] for the request's live beams, in the order of state.sequences; uses the
+    runner's public verbs only (engine/runtime/runner.py)."""
+    width = state.request.beams
+    params = state.request.params
+    parents = list(state.sequences)
     if len(parents) > logits.shape[0]:  # right after prefill: every beam is the prompt, expand one
         for extra in parents[logits.shape[0]:]:
-            engine.blocks.release(extra.table)
+            runner.blocks.release(extra.table)
         parents = parents[:logits.shape[0]]
     logp = torch.log_softmax(logits.float().cpu(), dim=-1)  # [W, V]
     scores = logp + torch.tensor([p.score for p in parents]).unsqueeze(-1)  # [W, V]
@@ -26,21 +27,19 @@ def select_beams(engine, request, logits: torch.Tensor, out) -> None:
     children = []
     for rank, (score, flat) in enumerate(zip(top_scores.tolist(), top_flat.tolist())):
         parent, token = parents[flat // V], flat % V
-        is_eos = token in engine.tokenizer.eos_ids and not params.ignore_eos
+        is_eos = token in runner.tokenizer.eos_ids and not params.ignore_eos
         if is_eos and rank >= width:
             continue  # as HF: an ending only counts if it ranks among the W best
-        child = type(parent)(len(children), engine.blocks.fork(parent.table), parent.generator,
-                             generated=list(parent.generated), logprobs=list(parent.logprobs), score=score,
-                             constraint=parent.constraint and parent.constraint.fork(), allowed=parent.allowed)
-        engine._push(request, child, token, logits[flat // V], None, 0, out)
+        child = runner.new_sequence(len(children), runner.blocks.fork(parent.table), parent, score=score)
+        runner.emit(state, child, token, logits[flat // V], out)
         if is_eos:
             child.finish_reason = "eos"
-            request.finished.append(child)
-            engine.blocks.release(child.table)
+            state.finished.append(child)
+            runner.blocks.release(child.table)
         else:
             children.append(child)
         if len(children) == width:
             break
     for parent in parents:
-        engine.blocks.release(parent.table)
-    request.sequences = children  # finished ones (length, context) are collected by the engine's _retire
+        runner.blocks.release(parent.table)
+    state.sequences = children  # finished ones (length, context) are collected by the runner's retire()

@@ -1,5 +1,5 @@
 """Render a model's chat template (messages -> prompt text) exactly as transformers'
-`apply_chat_template` does, inside the budgeted sandbox of engine/template_sandbox.py.
+`apply_chat_template` does, inside the budgeted sandbox of engine/text/template_sandbox.py.
 
 A template is code from a stranger: it gets plain data only, no Python internals, and bounded
 work; anything it does wrong surfaces as a TemplateError. Tokenizing the prompt is not done here.
@@ -17,7 +17,7 @@ from jinja2.sandbox import SecurityError
 from jinja2.utils import Namespace
 
 from engine.errors import TemplateError
-from engine.template_sandbox import BudgetedSandbox, Budget
+from engine.text.template_sandbox import BudgetedSandbox, Budget
 
 MAX_SOURCE_CHARS = 1_000_000  # real templates are a few kB
 MAX_OUTPUT_CHARS = 1_000_000
@@ -52,7 +52,7 @@ class ChatTemplate:
 
     @classmethod
     def of(cls, tokenizer) -> "ChatTemplate":
-        """The template a model's tokenizer ships (engine.tokenizer.Tokenizer), or ChatML without one."""
+        """The template a model's tokenizer ships (engine.text.tokenizer.Tokenizer), or ChatML without one."""
         if not tokenizer.chat_template:
             return cls.default()
         return cls(tokenizer.chat_template, tokenizer.bos_token or "", tokenizer.eos_token or "")

@@ -1,4 +1,4 @@
-"""Speculative decoding: a drafter (engine/drafters.py) proposes k tokens, the target scores all of
+"""Speculative decoding: a drafter (engine/runtime/drafters.py) proposes k tokens, the target scores all of
 them plus one in a single forward over its paged cache, and exact speculative sampling (Leviathan et
 al. 2023; Chen et al. 2023) keeps a prefix of them:
 
@@ -24,9 +24,8 @@ from typing import Callable
 
 import torch
 
-from engine.block_manager import OutOfKVBlocks
-from engine.constraints import ConstraintError, draft_masks
-from engine.drafters import build_drafter, forward_tokens
+from engine.runtime.block_manager import OutOfKVBlocks
+from engine.text.constraints import ConstraintError, draft_masks
 from engine.records import DraftToken, SpecStep
 from engine.sampling import draw, next_token, run_chain
 
@@ -80,7 +79,7 @@ class SpecState:
     """One sequence's speculation: its draft cache, lookahead and running figures."""
 
     k: int
-    drafter: object  # engine/drafters.py: releases this state's cache when the sequence ends
+    drafter: object  # engine/runtime/drafters.py: releases this state's cache when the sequence ends
     draft_table: object = None  # the drafter's BlockTable for this sequence
     steps: int = 0
     spec_steps: int = 0
@@ -107,35 +106,28 @@ class SpecState:
         return (self.spec_tokens / self.spec_s) / (self.plain_tokens / self.plain_s)
 
 
-def get_drafter(runner, spec: str):
-    """The runner's drafter named `spec` (engine/drafters.py build_drafter), built on first use and kept."""
-    if spec not in runner.drafters:
-        runner.drafters[spec] = build_drafter(spec, runner)
-    return runner.drafters[spec]
-
-
-def speculative_request_step(runner, request, out: list) -> None:
-    """One decode step of every sequence of a speculative request (one at a time); a drafter that cannot
-    be built or a cache that runs out of blocks fails this request only."""
+def speculative_request_step(runner, state, out: list) -> None:
+    """One decode step of every sequence of a speculative request (one at a time), through the runner's
+    public verbs (engine/runtime/runner.py); a cache that runs out of blocks fails this request only."""
     try:
-        for seq in list(request.sequences):
-            speculative_step(runner, request, seq, out)
+        for seq in list(state.sequences):
+            speculative_step(runner, state, seq, out)
     except (OutOfKVBlocks, NotImplementedError, ValueError, OSError, ConstraintError) as e:
-        del runner.running[request.id]
-        out.append(runner._fail(request, f"speculative decoding: {e}"))
+        runner.fail(state, f"speculative decoding: {e}", out)
         return
-    runner._retire(request, out)
+    runner.retire(state, out)
 
 
-def speculative_step(runner, request, seq, out: list) -> None:
+def speculative_step(runner, request_state, seq, out: list) -> None:
     """One decode step of `seq` with speculation: draft, verify in one target forward, keep, roll back."""
-    options, params = request.spec.speculative, request.spec.params
-    drafter = get_drafter(runner, options.drafter)
-    state = seq.spec
+    request = request_state.request
+    options, params = request.speculative, request.params
+    drafter = request_state.drafter
+    state = seq.speculation
     if state is None:
-        state = seq.spec = SpecState(options.k, drafter)
+        state = seq.speculation = SpecState(options.k, drafter)
     t0 = time.perf_counter()
-    prompt = list(request.spec.prompt_ids)
+    prompt = list(request.prompt_ids)
     context = prompt + seq.generated  # its last token is the pending one, not yet in the target's cache
     committed = seq.table.num_tokens
     # Never draft past the request's token budget or the context (the +1 is the resampled/bonus token).
@@ -150,9 +142,7 @@ def speculative_step(runner, request, seq, out: list) -> None:
     drafts = proposal.tokens[:k] if proposal else []
     k = len(drafts)
     t1 = time.perf_counter()
-    logits = forward_tokens(runner.model, runner.pool, runner.blocks, seq.table, [seq.pending] + drafts)  # [k+1, V]
-    runner.tokens_computed += k + 1
-    runner.forward_calls += 1
+    logits = runner.run_tokens(seq.table, [seq.pending] + drafts)  # [k+1, V]
     seq.pending = None
     cpu = logits.float().cpu()
     masks = draft_masks(seq.constraint, drafts)  # structured output: the mask at each verified position
@@ -180,10 +170,10 @@ def speculative_step(runner, request, seq, out: list) -> None:
     t3 = time.perf_counter()
     for i, tok in enumerate(emitted):
         seq.allowed = masks[i]  # the mask this token was chosen under, for its step record
-        runner._push(request, seq, tok, logits[i], None, 0, out)
         role = "accepted" if i < n else ("" if not k else "bonus" if n == k else "resampled")
-        last = i == len(emitted) - 1 or seq.finish_reason is not None
-        out[-1] = dataclasses.replace(out[-1], spec_role=role, spec=spec if last else None)
+        record = runner.emit(request_state, seq, tok, logits[i], out, spec_role=role)
+        if i == len(emitted) - 1 or seq.finish_reason is not None:  # the step's figures ride on its last token
+            out[-1] = dataclasses.replace(record, spec=spec)
         if seq.finish_reason:
             break
     elapsed = t2 - t0 + time.perf_counter() - t3

@@ -17,21 +17,14 @@ import time
 
 import psutil
 
-
-def _peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-
-
-def _prompt_ids(tokenizer_encode, n: int) -> list[int]:
-    text = ("The quick brown fox jumps over the lazy dog while the engine measures every token. " * 400)
-    ids = tokenizer_encode(text)
-    return ids[:n]
+from engine.bench.common import peak_rss_bytes, prompt_ids
 
 
 def _worker_ours(args) -> dict:
     import torch
 
-    from engine.engine import Engine, LoadOptions
+    from engine.engine import Engine
+    from engine.records import LoadOptions
     from engine.records import GenerationDone, SamplingParams
 
     torch.set_num_threads(args.threads)
@@ -43,15 +36,15 @@ def _worker_ours(args) -> dict:
     # added to the process (RSS also holds the tokenizer, the KV pool's touched pages, allocator slack)
     weight_bytes = sum(engine.model.weight_bytes().values())
     load_rss_bytes = psutil.Process().memory_info().rss - rss_before
-    prompt = _prompt_ids(engine.tokenizer.encode, args.prompt_tokens)
+    prompt = prompt_ids(engine.tokenizer.encode, args.prompt_tokens)
     decode_prompt = prompt[:32]
     params = SamplingParams(temperature=0, max_new_tokens=args.new_tokens, ignore_eos=True)
     prefill = engine.generate(prompt, SamplingParams(temperature=0, max_new_tokens=1, ignore_eos=True))
     done = [x for x in prefill if isinstance(x, GenerationDone)][0]
     run = [x for x in engine.generate(decode_prompt, params) if isinstance(x, GenerationDone)][0]
-    waste, contiguous_waste = _kv_waste(engine, _prompt_ids(engine.tokenizer.encode, 1200))
+    waste, contiguous_waste = _kv_waste(engine, prompt_ids(engine.tokenizer.encode, 1200))
     return {"prefill_tok_s": len(prompt) / (done.prefill_ms / 1000), "ttft_ms": run.prefill_ms,
-            "decode_tok_s": run.decode_tokens_per_s, "load_s": load_s, "peak_rss": _peak_rss_bytes(),
+            "decode_tok_s": run.decode_tokens_per_s, "load_s": load_s, "peak_rss": peak_rss_bytes(),
             "kv_waste_pct": waste, "kv_contiguous_waste_pct": contiguous_waste,
             "weight_bytes": weight_bytes, "load_rss_bytes": load_rss_bytes}
 
@@ -60,15 +53,14 @@ def _kv_waste(engine, prompt: list[int]) -> tuple[float, float]:
     """KV memory left unused by eight live sequences of mixed lengths: paged vs contiguous caches."""
     from engine.records import GenerationRequest, SamplingParams
 
-    runner = engine.runner
-    ids = [runner.submit(GenerationRequest(tuple(prompt[3 * i: 3 * i + n]), SamplingParams(temperature=0,
+    ids = [engine.submit(GenerationRequest(tuple(prompt[3 * i: 3 * i + n]), SamplingParams(temperature=0,
                                            max_new_tokens=4, ignore_eos=True)))
            for i, n in enumerate((97, 180, 233, 310, 402, 515, 640, 777))]
-    runner.step()
-    mem = runner.memory()
+    engine.step()
+    mem = engine.memory()
     for i in ids:
-        runner.cancel(i)
-    runner.step()
+        engine.cancel(i)
+    engine.step()
     per_token = mem.kv_bytes_per_block / mem.kv_block_size
     contiguous = 100 * (mem.kv_contiguous_bytes - mem.kv_tokens * per_token) / mem.kv_contiguous_bytes
     return mem.kv_waste_pct, contiguous
@@ -89,7 +81,7 @@ def _worker_hf(args) -> dict:
     model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **kw).eval()
     tok = AutoTokenizer.from_pretrained(where, **kw)
     load_s = time.perf_counter() - t0
-    prompt = _prompt_ids(lambda t: tok(t, add_special_tokens=False)["input_ids"], args.prompt_tokens)
+    prompt = prompt_ids(lambda t: tok(t, add_special_tokens=False)["input_ids"], args.prompt_tokens)
     with torch.no_grad():
         t0 = time.perf_counter()
         model(torch.tensor([prompt]))
@@ -104,7 +96,7 @@ def _worker_hf(args) -> dict:
         total = time.perf_counter() - t0
     return {"prefill_tok_s": len(prompt) / prefill_s, "ttft_ms": ttft * 1000,
             "decode_tok_s": (args.new_tokens - 1) / max(total - ttft, 1e-9), "load_s": load_s,
-            "peak_rss": _peak_rss_bytes()}
+            "peak_rss": peak_rss_bytes()}
 
 
 def _run_worker(engine: str, args) -> dict:
@@ -169,10 +161,10 @@ def main(argv=None) -> int:
     p.add_argument("--worker", choices=["ours", "hf"], help=argparse.SUPPRESS)
     p.add_argument("--compare", action="store_true",
                    help="ours vs llama.cpp (Q4_1 as shipped, Q4_0) and HF transformers (fp32, bf16), each when "
-                        "installed: one ratio table (engine/bench_compare.py)")
+                        "installed: one ratio table (engine/bench/compare.py)")
     args = p.parse_args(argv)
     if args.compare:
-        from engine.bench_compare import compare, print_table
+        from engine.bench.compare import compare, print_table
 
         result = compare(args.model, args.runs, args.threads, args.prompt_tokens, args.new_tokens)
         print(json.dumps(result, indent=2)) if args.json else print_table(result)

@@ -2,7 +2,7 @@
 text the way llama.cpp does, so our token ids equal llama.cpp's and transformers'.
 
 Owns the byte-level alphabet, the split rule for each `tokenizer.ggml.pre` name, merges recovered
-from sentencepiece scores and which tokens stay whole; the Tokenizer API lives in engine/tokenizer.py.
+from sentencepiece scores and which tokens stay whole; the Tokenizer API lives in engine/text/tokenizer.py.
 """
 from __future__ import annotations
 

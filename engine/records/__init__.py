@@ -1,0 +1,17 @@
+"""The plain-data boundary between the engine and everything else (CLI, window, tests).
+
+Only frozen dataclasses of Python values: no torch tensors and no Qt, so a widget can import this
+package without pulling in torch. requests.py: what a caller asks; stream.py: what generation
+streams back; views.py: inspection computed on request; model.py: load options and model facts.
+"""
+from engine.records.model import LoadOptions, ModelFacts
+from engine.records.requests import GenerationRequest, InstrumentOptions, SamplingParams, SpeculativeOptions
+from engine.records.stream import (AttentionRecord, DraftToken, GenerationDone, MemorySnapshot, PromptRecord,
+                                   RequestDone, RoutingRecord, SequenceResult, SpecStep, StepRecord, TokenProb,
+                                   TokenStep)
+from engine.records.views import DistributionView, QuantDiff, RouterStats, StageView
+
+__all__ = ["LoadOptions", "ModelFacts", "GenerationRequest", "InstrumentOptions", "SamplingParams",
+           "SpeculativeOptions", "AttentionRecord", "DraftToken", "GenerationDone", "MemorySnapshot", "PromptRecord",
+           "RequestDone", "RoutingRecord", "SequenceResult", "SpecStep", "StepRecord", "TokenProb", "TokenStep",
+           "DistributionView", "QuantDiff", "RouterStats", "StageView"]

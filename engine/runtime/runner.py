@@ -1,0 +1,373 @@
+"""The paged runner: requests in, step records out, many requests in flight.
+
+`step()` admits waiting requests (prefix-cache lookup, chunked prefill), then runs one batched
+decode step over every running sequence. Sequences of one request (parallel samples, best-of,
+beams) share their prompt's KV blocks through forks. No threads: the caller (engine/engine.py, the
+facade) drives `step()` and may `cancel()` between steps. Out of KV blocks, new requests wait; a
+running request that cannot get a block fails with a clear message while the others go on; nothing
+leaks.
+
+Strategies that change how a request decodes (engine/runtime/speculative.py, engine/runtime/beam.py)
+use only the public verbs below: `run_tokens` (a forward over one sequence), `emit` (a token joins a
+sequence and becomes a StepRecord), `retire` (finished sequences give back their blocks), `fail`
+(the request ends with an error), `release`. The runner neither loads nor builds models: a drafter
+arrives with its request.
+Shape legend: B sequences in a decode batch, T tokens, V vocab.
+"""
+from __future__ import annotations
+
+import itertools
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import torch
+
+from engine.instrumentation.probe import Probe
+from engine.instrumentation.step_info import memory_snapshot, step_record
+from engine.records import GenerationRequest, RequestDone, SequenceResult, StepRecord
+from engine.runtime.block_manager import BlockManager, BlockTable, OutOfKVBlocks
+from engine.runtime.kv_pool import KVPool, blocks_for_budget
+from engine.runtime.static_decode import StaticDecoder, graphable
+from engine.sampling import sample
+from engine.text.constraints import ConstraintError, TokenConstraint, mask_logits
+
+
+@dataclass
+class Sequence:
+    """One continuation of a request's prompt: its KV blocks, tokens so far and per-sequence state."""
+
+    index: int  # which of the request's samples / beams
+    table: BlockTable
+    generator: torch.Generator
+    detokenizer: object  # the tokenizer's streaming decoder: each token's newly completed text
+    pending: int | None = None  # sampled, not yet written to the KV cache
+    generated: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    score: float = 0.0  # beam search: sum of log-probabilities
+    finish_reason: str | None = None
+    constraint: TokenConstraint | None = None  # structured output: the grammar's position after `generated`
+    allowed: torch.Tensor | None = None  # bool [V]: the constraint's mask for the next token
+    speculation: object = None  # speculative decoding's per-sequence state (engine/runtime/speculative.py)
+    t_last: float | None = None  # when the previous token was emitted (a StepRecord's step_ms)
+
+
+@dataclass
+class RequestState:
+    """A request while the runner holds it."""
+
+    id: int
+    request: GenerationRequest
+    drafter: object = None  # speculative decoding: built by the facade before submission
+    rejection: str | None = None  # why the request fails at its first step (e.g. its drafter could not be built)
+    sequences: list[Sequence] = field(default_factory=list)
+    finished: list[Sequence] = field(default_factory=list)
+    cached_tokens: int = 0
+    prefill_ms: float = 0.0
+    t_decode: float = 0.0
+
+
+class Runner:
+    def __init__(self, model, tokenizer, kv_budget_bytes: int = 256 << 20, block_size: int = 16,
+                 prefill_chunk: int = 512, num_blocks: int | None = None):
+        self.model, self.tokenizer, self.config = model, tokenizer, model.config
+        dtype, device = model.embed.weight.dtype, model.embed.weight.device
+        num_blocks = num_blocks or blocks_for_budget(self.config, block_size, kv_budget_bytes, dtype)
+        self.pool = KVPool(self.config, num_blocks, block_size, device, dtype)
+        self.blocks = BlockManager(num_blocks, block_size)
+        self.prefill_chunk = prefill_chunk
+        self._waiting: deque[RequestState] = deque()
+        self._running: dict[int, RequestState] = {}
+        self._ids = itertools.count()
+        self._cancelled: set[int] = set()
+        self.tokens_computed = 0  # prompt + decode tokens run through the model (prefix hits excluded)
+        self.forward_calls = 0  # model forward passes so far
+        # Batch-1 decode through CUDA graphs on a GPU (engine/runtime/static_decode.py); None: always the paged view.
+        self.static = StaticDecoder(model, self.pool) if device.type == "cuda" else None
+
+    # -- the caller's API -----------------------------------------------------------------------
+    def submit(self, request: GenerationRequest, drafter=None, rejection: str | None = None) -> int:
+        if request.speculative.enabled and drafter is None and rejection is None:
+            rejection = "speculative decoding: no drafter was built for this request"
+        state = RequestState(next(self._ids), request, drafter, rejection)
+        self._waiting.append(state)
+        return state.id
+
+    def cancel(self, request_id: int) -> None:
+        self._cancelled.add(request_id)
+
+    def has_work(self) -> bool:
+        return bool(self._waiting or self._running)
+
+    def step(self) -> list:
+        out: list = []
+        self._drop_cancelled(out)
+        self._admit(out)
+        self._decode(out)
+        return out
+
+    def in_flight(self) -> list[RequestState]:
+        """Requests admitted and not yet finished (the soak tests check their tables against the blocks)."""
+        return list(self._running.values())
+
+    def memory(self):
+        live = [s for r in self._running.values() for s in r.sequences]
+        names = {id(s): f"{r.id}.{s.index}" for r in self._running.values() for s in r.sequences}
+        return memory_snapshot(self.blocks, self.pool, self.config.max_seq_len, self.model,
+                               {names[id(s)]: s.table for s in live})
+
+    # -- the strategies' verbs --------------------------------------------------------------------
+    def run_tokens(self, table: BlockTable, tokens: list[int]) -> torch.Tensor:
+        """Append `tokens` to one sequence's cache and run them through the model: logits [T, V]."""
+        start = table.num_tokens
+        slots, copies = self.blocks.append(table, tokens)
+        self.pool.copy_blocks(copies)
+        view = self.pool.view([list(range(start, start + len(tokens)))], slots, [table.block_ids], [table.num_tokens])
+        self.tokens_computed += len(tokens)
+        self.forward_calls += 1
+        return self.model(torch.tensor([tokens], device=self.pool.k.device), view)[0]
+
+    def emit(self, state: RequestState, seq: Sequence, token: int, logits: torch.Tensor, out: list,
+             probe: Probe | None = None, row: int = 0, **marks) -> StepRecord:
+        """`token` joins `seq`: its log-probability, the constraint's advance, a StepRecord (with `marks`,
+        e.g. spec_role) appended to `out`, and the stop checks that may finish the sequence."""
+        # One fused log-softmax kernel: cheaper on the CPU than logsumexp's five ops (measured).
+        logprob = float(torch.log_softmax(logits.float(), dim=-1)[token])
+        seq.generated.append(token)
+        seq.logprobs.append(logprob)
+        seq.pending = token
+        if seq.constraint is not None and not seq.constraint.finished:  # finished: only EOS, even if ignored
+            seq.constraint.advance(token)
+        memory = self.memory if state.request.instrument.memory else None
+        record = step_record(self.tokenizer, state.id, state.request, seq, token, logits, probe, row, memory, **marks)
+        out.append(record)
+        params = state.request.params
+        if token in self.tokenizer.eos_ids and not params.ignore_eos:
+            seq.finish_reason = "eos"
+        elif len(seq.generated) >= params.max_new_tokens:
+            seq.finish_reason = "length"
+        elif params.stop and any(s in self.tokenizer.decode(seq.generated) for s in params.stop):
+            seq.finish_reason = "stop"
+        elif seq.table.num_tokens + 1 >= self.config.max_seq_len:
+            seq.finish_reason = "context_full"
+        return record
+
+    def retire(self, state: RequestState, out: list) -> None:
+        """Sequences that finished give back their blocks; the last one ends the request (RequestDone)."""
+        done = [s for s in state.sequences if s.finish_reason]
+        for seq in done:
+            state.sequences.remove(seq)
+            state.finished.append(seq)
+            self.release(seq)
+        if not state.sequences:
+            self._running.pop(state.id, None)
+            out.append(self._finish(state))
+
+    def fail(self, state: RequestState, message: str, out: list) -> None:
+        """End the request with `message` (a RequestDone with error); its blocks are freed, others go on."""
+        self._running.pop(state.id, None)
+        for seq in state.sequences:
+            self.release(seq)
+        state.sequences = []
+        out.append(RequestDone(state.id, (), len(state.request.prompt_ids), state.cached_tokens,
+                               state.prefill_ms, 0.0, error=message))
+
+    def release(self, seq: Sequence) -> None:
+        self.blocks.release(seq.table)
+        if seq.speculation is not None:  # the drafter's cache for this sequence too
+            seq.speculation.drafter.release(seq.speculation)
+
+    def new_sequence(self, index: int, table: BlockTable, parent: Sequence | None = None, **fields) -> Sequence:
+        """A sequence over `table`; a child of `parent` (beam search) carries on its tokens and grammar."""
+        if parent is None:
+            return Sequence(index, table, torch.Generator(device="cpu"), self.tokenizer.stream_decoder(), **fields)
+        return Sequence(index, table, parent.generator, self.tokenizer.stream_decoder(),
+                        generated=list(parent.generated), logprobs=list(parent.logprobs),
+                        constraint=parent.constraint and parent.constraint.fork(), allowed=parent.allowed,
+                        t_last=parent.t_last, **fields)
+
+    # -- scheduling ---------------------------------------------------------------------------
+    def _drop_cancelled(self, out) -> None:
+        for rid in list(self._cancelled):
+            state = self._running.pop(rid, None)
+            if state is None:
+                state = next((r for r in self._waiting if r.id == rid), None)
+                if state is None:
+                    continue  # unknown or already finished
+                self._waiting.remove(state)
+            for seq in state.sequences:
+                seq.finish_reason = "cancelled"
+            out.append(self._finish(state))
+        self._cancelled.clear()
+
+    def _admit(self, out) -> None:
+        while self._waiting:
+            state = self._waiting[0]
+            prompt = list(state.request.prompt_ids)
+            if state.rejection or not prompt or len(prompt) >= self.config.max_seq_len:
+                self._waiting.popleft()
+                self.fail(state, state.rejection or (f"the prompt has {len(prompt)} tokens; the model's context "
+                                                     f"holds {self.config.max_seq_len}" if prompt
+                                                     else "the prompt is empty"), out)
+                continue
+            table = self.blocks.match_prefix(prompt)
+            need = self.blocks.blocks_needed(table, len(prompt) - table.num_tokens)
+            if need > self.blocks.num_available:
+                self.blocks.release(table)
+                if not self._running:  # nothing will ever free enough: say so instead of waiting forever
+                    self._waiting.popleft()
+                    self.fail(state, f"out of KV cache blocks: the prompt needs {need} more blocks, "
+                                     f"the pool has {self.blocks.num_blocks}; raise the KV budget", out)
+                    continue
+                return
+            self._waiting.popleft()
+            self._prefill(state, table, prompt, out)
+
+    def _prefill(self, state: RequestState, table: BlockTable, prompt: list[int], out) -> None:
+        t0 = time.perf_counter()
+        request = state.request
+        try:  # a bad or unsatisfiable constraint fails the request before any compute is spent on it
+            constraint = self._start_constraint(request.params)
+        except ConstraintError as e:
+            self.blocks.release(table)
+            self.fail(state, str(e), out)
+            return
+        state.cached_tokens = table.num_tokens
+        probe = self._probe(state, 1)
+        logits = None
+        for start in range(table.num_tokens, len(prompt), self.prefill_chunk):
+            chunk = prompt[start:start + self.prefill_chunk]
+            logits = self._forward([table], [chunk], probe)[0, -1]
+        state.prefill_ms = (time.perf_counter() - t0) * 1000
+        state.t_decode = time.perf_counter()
+        self._running[state.id] = state
+        for i in range(request.num_samples):
+            seq = self.new_sequence(i, table if i == 0 else self.blocks.fork(table),
+                                    constraint=constraint if i == 0 or not constraint else constraint.fork())
+            seq.generator.manual_seed(request.params.seed + i) if request.params.seed is not None else seq.generator.seed()
+            self._next_mask(seq)
+            state.sequences.append(seq)
+        if request.beams:
+            self._beam_step(state, logits.unsqueeze(0)[:1], out)
+        else:
+            for seq in state.sequences:
+                self._sample(state, seq, logits, probe, 0, out)
+        self.retire(state, out)
+
+    def _decode(self, out) -> None:
+        from engine.runtime.speculative import speculative_request_step
+
+        batch: list[tuple[RequestState, Sequence]] = []
+        for state in list(self._running.values()):
+            if state.drafter is not None:  # draft, verify in one forward, roll back the rejected
+                speculative_request_step(self, state, out)
+                continue
+            try:
+                for seq in state.sequences:
+                    self._reserve(seq)
+                    self._next_mask(seq)
+                batch += [(state, seq) for seq in state.sequences]
+            except (OutOfKVBlocks, ConstraintError) as e:
+                self.fail(state, f"{e}; the request was stopped, the others go on", out)
+        if not batch:
+            return
+        instrumented = [r for r, _ in batch if r.request.instrument.enabled]
+        probe = self._probe(instrumented[0], len(batch)) if instrumented else None
+        tables = [seq.table for _, seq in batch]
+        logits = self._forward(tables, None, probe)[:, -1]  # [B, V]
+        for row, (state, seq) in enumerate(batch):
+            seq.pending = None
+            if not state.request.beams:
+                self._sample(state, seq, logits[row], probe, row, out)
+        for state in {id(r): r for r, _ in batch}.values():
+            if state.request.beams:
+                rows = [row for row, (r, _) in enumerate(batch) if r is state]
+                self._beam_step(state, logits[rows], out)
+            self.retire(state, out)
+
+    def _reserve(self, seq: Sequence) -> None:
+        """Give the sequence's pending token a KV slot (done before the batched forward)."""
+        _, copies = self.blocks.append(seq.table, [seq.pending])
+        self.pool.copy_blocks(copies)
+
+    # -- model --------------------------------------------------------------------------------
+    def _forward(self, tables: list[BlockTable], chunks: list[list[int]] | None, probe) -> torch.Tensor:
+        """One forward over B sequences. With chunks: append those tokens first (prefill);
+        without: each table's last token is the new one (decode, slots already reserved)."""
+        device = self.pool.k.device
+        if chunks is not None:
+            (table,), (chunk,) = tables, chunks
+            start = table.num_tokens
+            slots, copies = self.blocks.append(table, chunk)
+            self.pool.copy_blocks(copies)
+            tokens, positions = [chunk], [list(range(start, start + len(chunk)))]
+        else:
+            size = self.blocks.block_size
+            slots = [t.block_ids[(t.num_tokens - 1) // size] * size + (t.num_tokens - 1) % size for t in tables]
+            tokens, positions = [[t.tokens[-1]] for t in tables], [[t.num_tokens - 1] for t in tables]
+        if chunks is None and len(tables) == 1 and self.static is not None and graphable(self.model, probe):
+            self.tokens_computed += 1
+            self.forward_calls += 1
+            (table,) = tables
+            return self.static.decode(table.tokens[-1], table.num_tokens - 1, slots[0], table.block_ids)
+        width = max(len(t.block_ids) for t in tables)
+        block_tables = [t.block_ids + [0] * (width - len(t.block_ids)) for t in tables]
+        view = self.pool.view(positions, slots, block_tables, [t.num_tokens for t in tables])
+        self.tokens_computed += sum(len(x) for x in tokens)
+        self.forward_calls += 1
+        return self.model(torch.tensor(tokens, device=device), view, probe=probe,
+                          last_only=chunks is not None)
+
+    def _probe(self, state: RequestState, batch: int) -> Probe | None:
+        options = state.request.instrument
+        if not options.enabled:
+            return None
+        return Probe(options, self.config.n_heads, self.config.n_kv_heads, batch)
+
+    # -- tokens -------------------------------------------------------------------------------
+    def _sample(self, state: RequestState, seq: Sequence, logits: torch.Tensor, probe, row: int, out) -> None:
+        params = state.request.params
+        history = list(state.request.prompt_ids) + seq.generated if params.penalised else ()
+        token = sample(logits.float().cpu(), params, seq.generator, history=history, allowed=seq.allowed)
+        self.emit(state, seq, token, logits, out, probe, row)
+
+    def _beam_step(self, state: RequestState, logits: torch.Tensor, out) -> None:
+        from engine.runtime.beam import select_beams
+
+        logits = torch.stack([mask_logits(row, seq.allowed) for row, seq in zip(logits, state.sequences)])
+        select_beams(self, state, logits, out)
+
+    # -- structured output --------------------------------------------------------------------
+    def _start_constraint(self, params) -> TokenConstraint | None:
+        if not params.constraint_kind:
+            return None
+        return TokenConstraint.start(params.constraint_kind, params.constraint, self.tokenizer, self.config.vocab_size)
+
+    @staticmethod
+    def _next_mask(seq: Sequence) -> None:
+        """The constraint's mask for the sequence's next token (computed before the forward that needs it)."""
+        seq.allowed = seq.constraint.allowed() if seq.constraint is not None else None
+
+    def _finish(self, state: RequestState) -> RequestDone:
+        for seq in state.sequences:  # cancelled mid-flight
+            self.release(seq)
+            state.finished.append(seq)
+        state.sequences = []
+        seqs = state.finished
+        request = state.request
+        if request.beams:
+            seqs = sorted(seqs, key=lambda s: s.score / max(len(s.generated), 1), reverse=True)
+        elif request.best_of:
+            seqs = sorted(seqs, key=lambda s: sum(s.logprobs) / max(len(s.logprobs), 1), reverse=True)[:request.n]
+        results = tuple(self._result(s) for s in seqs)
+        decode_ms = (time.perf_counter() - state.t_decode) * 1000 if state.t_decode else 0.0
+        return RequestDone(state.id, results, len(request.prompt_ids), state.cached_tokens,
+                           state.prefill_ms, decode_ms)
+
+    def _result(self, seq: Sequence) -> SequenceResult:
+        ids = seq.generated
+        if seq.finish_reason == "eos":
+            ids = ids[:-1]
+        text = self.tokenizer.decode(ids)
+        return SequenceResult(seq.index, text, tuple(ids), seq.finish_reason or "cancelled",
+                              sum(seq.logprobs) / max(len(seq.logprobs), 1))
