@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from engine.kv_cache import ContiguousKVCache
 from engine.records import QuantDiff
 
-SHIPPED_TEXT = Path(__file__).resolve().parent.parent / "resources" / "text" / "botchan_chapter1.txt"
+SHIPPED_TEXT = Path(__file__).resolve().parents[2] / "resources" / "text" / "botchan_chapter1.txt"
 
 
 @dataclass(frozen=True)

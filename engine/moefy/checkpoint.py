@@ -109,7 +109,7 @@ def hf_state(config: ModelConfig, tensors: dict[str, torch.Tensor]) -> dict[str,
 
 def write_tokenizer(directory: Path, tokenizer) -> None:
     """tokenizer.json from the source's `tokenizers` backend, plus its special tokens and chat template."""
-    backend = tokenizer._backend
+    backend = tokenizer.backend
     if not hasattr(backend, "save"):
         raise ValueError("moefy needs a model whose vocabulary loads as a `tokenizers` tokenizer")
     backend.save(str(directory / "tokenizer.json"))

@@ -18,7 +18,6 @@ from engine.quant.int4 import Int4Weight
 from engine.quant.int8 import Int8Weight
 from engine.quant.modules import QuantLinear
 
-_PACKED_ROWS = 64
 
 
 def concat_linears(parts: list[nn.Module]) -> nn.Module | None:
@@ -63,7 +62,7 @@ def concat_weights(weights: list) -> Int8Weight | Int4Weight | None:
     if all(type(w) is Int8Weight for w in weights):
         return _concat_int8(weights)
     if all(type(w) is Int4Weight for w in weights):
-        return _concat_int4(weights)
+        return Int4Weight.concat(weights)
     return None
 
 
@@ -79,39 +78,6 @@ def _concat_int8(weights: list[Int8Weight]) -> Int8Weight | None:
     dim = 0 if first.group_size is None else 1  # per channel: q [N, K], scale [N]; grouped: q [G, N, g], scale [G, N]
     fused.q = torch.cat([w.q for w in weights], dim=dim)
     fused.scale = torch.cat([w.scale for w in weights], dim=-1 if dim else 0)
-    return fused
-
-
-def _concat_int4(weights: list[Int4Weight]) -> Int4Weight | None:
-    first = weights[0]
-    same = all(w.group_size == first.group_size and w.in_features == first.in_features
-               and w._scale_zero.shape[0] == first._scale_zero.shape[0] and w.device == first.device
-               and w.compute_dtype == first.compute_dtype and (w._packed is None) == (first._packed is None)
-               and (w._nibbles is None) == (first._nibbles is None) for w in weights)
-    # The CPU kernel's layout interleaves rows within blocks of up to 64 (depending on the CPU's vector
-    # width) and pads N to a multiple of 16: only whole 64-row blocks can be stacked as they are.
-    if not same or (first._packed is not None and any(w.out_features % _PACKED_ROWS for w in weights)):
-        return None
-    fused = Int4Weight.__new__(Int4Weight)
-    fused.group_size, fused.in_features = first.group_size, first.in_features
-    fused.out_features = sum(w.out_features for w in weights)
-    fused.shape = (fused.out_features, fused.in_features)
-    fused._keep_rows = False
-    fused._scale_zero = torch.cat([w._scale_zero for w in weights], dim=1)  # [G, N, 2]
-    fused._nibbles = None if first._nibbles is None else torch.cat([w._nibbles for w in weights])
-    fused._packed = None
-    if first._packed is not None:
-        fused._packed = torch.cat([w._packed for w in weights])
-        fused._packed_scale_zero = torch.cat([w._packed_scale_zero for w in weights], dim=1)
-        # The packed layouts (CPU, or CUDA's tinygemm) are PyTorch's private business: prove on one
-        # input that stacking kept them, and keep the parts separate otherwise.
-        x = torch.randn(2, first._scale_zero.shape[0] * first.group_size, generator=torch.Generator().manual_seed(0))
-        x = x.to(device=first.device, dtype=first.compute_dtype)
-        try:
-            if not torch.equal(fused.matmul(x), torch.cat([w.matmul(x) for w in weights], dim=-1)):
-                return None
-        except RuntimeError:
-            return None
     return fused
 
 

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 GROUP_SIZES = (32, 64, 128)
 _N_MULTIPLE = 16  # the CPU packer's requirement (the CUDA one wants 8)
+_PACKED_ROWS = 64  # rows the CPU layout interleaves together at most: only whole blocks stack as they are
 
 
 class Int4Weight:
@@ -151,6 +152,42 @@ class Int4Weight:
         else:
             y = x2 @ self.dequantize().to(x2.dtype).t()
         return y.reshape(*lead, self.out_features)
+
+    @classmethod
+    def concat(cls, weights: list["Int4Weight"]) -> "Int4Weight | None":
+        """The weights stacked along their outputs (engine/quant/concat.py fuses q/k/v and gate/up), or
+        None when their layouts cannot be stacked as they are."""
+        first = weights[0]
+        same = all(w.group_size == first.group_size and w.in_features == first.in_features
+                   and w._scale_zero.shape[0] == first._scale_zero.shape[0] and w.device == first.device
+                   and w.compute_dtype == first.compute_dtype and (w._packed is None) == (first._packed is None)
+                   and (w._nibbles is None) == (first._nibbles is None) for w in weights)
+        # The CPU kernel's layout interleaves rows within blocks of up to 64 (depending on the CPU's vector
+        # width) and pads N to a multiple of 16: only whole 64-row blocks can be stacked as they are.
+        if not same or (first._packed is not None and any(w.out_features % _PACKED_ROWS for w in weights)):
+            return None
+        fused = cls.__new__(cls)
+        fused.group_size, fused.in_features = first.group_size, first.in_features
+        fused.out_features = sum(w.out_features for w in weights)
+        fused.shape = (fused.out_features, fused.in_features)
+        fused._keep_rows = False
+        fused._scale_zero = torch.cat([w._scale_zero for w in weights], dim=1)  # [G, N, 2]
+        fused._nibbles = None if first._nibbles is None else torch.cat([w._nibbles for w in weights])
+        fused._packed = None
+        if first._packed is not None:
+            fused._packed = torch.cat([w._packed for w in weights])
+            fused._packed_scale_zero = torch.cat([w._packed_scale_zero for w in weights], dim=1)
+            # The packed layouts (CPU, or CUDA's tinygemm) are PyTorch's private business: prove on one
+            # input that stacking kept them, and keep the parts separate otherwise.
+            x = torch.randn(2, first._scale_zero.shape[0] * first.group_size, generator=torch.Generator().manual_seed(0))
+            x = x.to(device=first.device, dtype=first.compute_dtype)
+            try:
+                if not torch.equal(fused.matmul(x), torch.cat([w.matmul(x) for w in weights], dim=-1)):
+                    return None
+            except RuntimeError:
+                return None
+        return fused
+
 
 
 def _pack_nibbles(q: torch.Tensor) -> torch.Tensor:

@@ -7,11 +7,9 @@ facade) drives `step()` and may `cancel()` between steps. Out of KV blocks, new 
 running request that cannot get a block fails with a clear message while the others go on; nothing
 leaks.
 
-Strategies that change how a request decodes (engine/runtime/speculative.py, engine/runtime/beam.py)
-use only the public verbs below: `run_tokens` (a forward over one sequence), `emit` (a token joins a
-sequence and becomes a StepRecord), `retire` (finished sequences give back their blocks), `fail`
-(the request ends with an error), `release`. The runner neither loads nor builds models: a drafter
-arrives with its request.
+Strategies (engine/runtime/speculative.py, beam.py) use only the public verbs: run_tokens, emit,
+retire, fail, release, new_sequence. The runner neither loads nor builds models: a drafter arrives
+with its request.
 Shape legend: B sequences in a decode batch, T tokens, V vocab.
 """
 from __future__ import annotations
@@ -19,52 +17,19 @@ from __future__ import annotations
 import itertools
 import time
 from collections import deque
-from dataclasses import dataclass, field
 
 import torch
 
 from engine.instrumentation.probe import Probe
 from engine.instrumentation.step_info import memory_snapshot, step_record
-from engine.records import GenerationRequest, RequestDone, SequenceResult, StepRecord
+from engine.records import GenerationRequest, RequestDone, StepRecord
 from engine.runtime.block_manager import BlockManager, BlockTable, OutOfKVBlocks
 from engine.runtime.kv_pool import KVPool, blocks_for_budget
+from engine.runtime.sequence import (RequestState, Sequence, next_mask, request_done, start_constraint,
+                                     stop_reason)
 from engine.runtime.static_decode import StaticDecoder, graphable
 from engine.sampling import sample
-from engine.text.constraints import ConstraintError, TokenConstraint, mask_logits
-
-
-@dataclass
-class Sequence:
-    """One continuation of a request's prompt: its KV blocks, tokens so far and per-sequence state."""
-
-    index: int  # which of the request's samples / beams
-    table: BlockTable
-    generator: torch.Generator
-    detokenizer: object  # the tokenizer's streaming decoder: each token's newly completed text
-    pending: int | None = None  # sampled, not yet written to the KV cache
-    generated: list[int] = field(default_factory=list)
-    logprobs: list[float] = field(default_factory=list)
-    score: float = 0.0  # beam search: sum of log-probabilities
-    finish_reason: str | None = None
-    constraint: TokenConstraint | None = None  # structured output: the grammar's position after `generated`
-    allowed: torch.Tensor | None = None  # bool [V]: the constraint's mask for the next token
-    speculation: object = None  # speculative decoding's per-sequence state (engine/runtime/speculative.py)
-    t_last: float | None = None  # when the previous token was emitted (a StepRecord's step_ms)
-
-
-@dataclass
-class RequestState:
-    """A request while the runner holds it."""
-
-    id: int
-    request: GenerationRequest
-    drafter: object = None  # speculative decoding: built by the facade before submission
-    rejection: str | None = None  # why the request fails at its first step (e.g. its drafter could not be built)
-    sequences: list[Sequence] = field(default_factory=list)
-    finished: list[Sequence] = field(default_factory=list)
-    cached_tokens: int = 0
-    prefill_ms: float = 0.0
-    t_decode: float = 0.0
+from engine.text.constraints import ConstraintError, mask_logits
 
 
 class Runner:
@@ -141,15 +106,7 @@ class Runner:
         memory = self.memory if state.request.instrument.memory else None
         record = step_record(self.tokenizer, state.id, state.request, seq, token, logits, probe, row, memory, **marks)
         out.append(record)
-        params = state.request.params
-        if token in self.tokenizer.eos_ids and not params.ignore_eos:
-            seq.finish_reason = "eos"
-        elif len(seq.generated) >= params.max_new_tokens:
-            seq.finish_reason = "length"
-        elif params.stop and any(s in self.tokenizer.decode(seq.generated) for s in params.stop):
-            seq.finish_reason = "stop"
-        elif seq.table.num_tokens + 1 >= self.config.max_seq_len:
-            seq.finish_reason = "context_full"
+        seq.finish_reason = stop_reason(seq, state.request.params, self.tokenizer, self.config.max_seq_len)
         return record
 
     def retire(self, state: RequestState, out: list) -> None:
@@ -227,7 +184,7 @@ class Runner:
         t0 = time.perf_counter()
         request = state.request
         try:  # a bad or unsatisfiable constraint fails the request before any compute is spent on it
-            constraint = self._start_constraint(request.params)
+            constraint = start_constraint(request.params, self.tokenizer, self.config.vocab_size)
         except ConstraintError as e:
             self.blocks.release(table)
             self.fail(state, str(e), out)
@@ -245,7 +202,7 @@ class Runner:
             seq = self.new_sequence(i, table if i == 0 else self.blocks.fork(table),
                                     constraint=constraint if i == 0 or not constraint else constraint.fork())
             seq.generator.manual_seed(request.params.seed + i) if request.params.seed is not None else seq.generator.seed()
-            self._next_mask(seq)
+            next_mask(seq)
             state.sequences.append(seq)
         if request.beams:
             self._beam_step(state, logits.unsqueeze(0)[:1], out)
@@ -265,7 +222,7 @@ class Runner:
             try:
                 for seq in state.sequences:
                     self._reserve(seq)
-                    self._next_mask(seq)
+                    next_mask(seq)
                 batch += [(state, seq) for seq in state.sequences]
             except (OutOfKVBlocks, ConstraintError) as e:
                 self.fail(state, f"{e}; the request was stopped, the others go on", out)
@@ -337,37 +294,9 @@ class Runner:
         logits = torch.stack([mask_logits(row, seq.allowed) for row, seq in zip(logits, state.sequences)])
         select_beams(self, state, logits, out)
 
-    # -- structured output --------------------------------------------------------------------
-    def _start_constraint(self, params) -> TokenConstraint | None:
-        if not params.constraint_kind:
-            return None
-        return TokenConstraint.start(params.constraint_kind, params.constraint, self.tokenizer, self.config.vocab_size)
-
-    @staticmethod
-    def _next_mask(seq: Sequence) -> None:
-        """The constraint's mask for the sequence's next token (computed before the forward that needs it)."""
-        seq.allowed = seq.constraint.allowed() if seq.constraint is not None else None
-
     def _finish(self, state: RequestState) -> RequestDone:
         for seq in state.sequences:  # cancelled mid-flight
             self.release(seq)
             state.finished.append(seq)
         state.sequences = []
-        seqs = state.finished
-        request = state.request
-        if request.beams:
-            seqs = sorted(seqs, key=lambda s: s.score / max(len(s.generated), 1), reverse=True)
-        elif request.best_of:
-            seqs = sorted(seqs, key=lambda s: sum(s.logprobs) / max(len(s.logprobs), 1), reverse=True)[:request.n]
-        results = tuple(self._result(s) for s in seqs)
-        decode_ms = (time.perf_counter() - state.t_decode) * 1000 if state.t_decode else 0.0
-        return RequestDone(state.id, results, len(request.prompt_ids), state.cached_tokens,
-                           state.prefill_ms, decode_ms)
-
-    def _result(self, seq: Sequence) -> SequenceResult:
-        ids = seq.generated
-        if seq.finish_reason == "eos":
-            ids = ids[:-1]
-        text = self.tokenizer.decode(ids)
-        return SequenceResult(seq.index, text, tuple(ids), seq.finish_reason or "cancelled",
-                              sum(seq.logprobs) / max(len(seq.logprobs), 1))
+        return request_done(state, self.tokenizer)

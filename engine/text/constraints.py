@@ -60,7 +60,7 @@ def vocabulary_for(tokenizer, vocab_size: int) -> llguidance.LLTokenizer:
     per_tokenizer = _cache.setdefault(tokenizer, {})
     if vocab_size not in per_tokenizer:
         eos = list(tokenizer.eos_ids) or [0]
-        backend = tokenizer._backend
+        backend = tokenizer.backend
         if hasattr(backend, "to_str"):  # a `tokenizers` pipeline: llguidance reads its JSON exactly
             try:
                 per_tokenizer[vocab_size] = llguidance.LLTokenizer(backend.to_str(), n_vocab=vocab_size, eos_token=eos)
@@ -91,7 +91,7 @@ class _TokenBytes:
 def token_bytes(tokenizer, token_id: int) -> bytes:
     """The bytes a token adds to the text: byte-level pieces through GPT-2's alphabet, sentencepiece
     pieces with their space marker and <0xNN> byte pieces, specials by name."""
-    piece = tokenizer._backend.id_to_token(token_id)
+    piece = tokenizer.backend.id_to_token(token_id)
     if piece is None:
         return b""
     if token_id in tokenizer.special_ids:

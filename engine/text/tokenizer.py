@@ -148,6 +148,11 @@ class Tokenizer:
 
     # use ---------------------------------------------------------------------------------------
     @property
+    def backend(self):
+        """The `tokenizers` (or sentencepiece) object underneath: llguidance and MoEfication read it as is."""
+        return self._backend
+
+    @property
     def vocab_size(self) -> int:
         return self._backend.get_vocab_size()
 
