@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from array import array
 from pathlib import Path
 
 from app.files import atomic_write, json_text
@@ -19,6 +20,8 @@ def _plain(value):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
+    if isinstance(value, array):  # a step's stored logits
+        return value.tolist()
     return value
 
 

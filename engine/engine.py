@@ -18,12 +18,13 @@ from engine.device import pick_device, pick_dtype
 from engine.errors import ContextOverflow, EngineError
 from engine.instrumentation.distribution import distribution_view
 from engine.instrumentation.quality import compare
+from engine.instrumentation.replay import replay_attention
 from engine.loaders import ProgressCallback, load_checkpoint
 from engine.model import Decoder
 from engine.quant import build_model, check_mode
-from engine.records import (DistributionView, GenerationDone, GenerationRequest, LoadOptions, MemorySnapshot,
-                            ModelFacts, PromptRecord, QuantDiff, RequestDone, SamplingParams, SpeculativeOptions,
-                            StepRecord, TokenStep)
+from engine.records import (AttentionView, DistributionView, GenerationDone, GenerationRequest, LoadOptions,
+                            MemorySnapshot, ModelFacts, PromptRecord, QuantDiff, RequestDone, SamplingParams,
+                            SpeculativeOptions, StepRecord, TokenStep)
 from engine.runtime.drafters import build_drafter
 from engine.runtime.runner import Runner
 from engine.text.chat_template import ChatTemplate
@@ -229,6 +230,13 @@ class Engine:
         the logits the record stored: no forward pass."""
         return distribution_view(record, params, self.tokenizer.token_text, top_n=top_n)
 
+    def attention(self, token_ids, layer: int, queries: tuple[int, int], cancelled=lambda: False
+                  ) -> AttentionView | None:
+        """Layer `layer`'s attention for query positions [queries[0], queries[1]) of `token_ids` (a
+        conversation so far), by replay up to that layer: nothing is captured while generating. None when
+        `cancelled()` turns true first."""
+        return replay_attention(self.model, list(token_ids), layer, queries, cancelled)
+
     def quant_diff(self, ids: list[int]) -> QuantDiff:
         """What this engine's quantization changed on `ids` (e.g. the conversation so far): per-token
         KL divergence and top-1 agreement against the same checkpoint in float. The float model
@@ -241,3 +249,35 @@ class Engine:
             return QuantDiff((), (), 0.0, 1.0)  # nothing is predicted from fewer than two tokens
         window = min(len(ids), self.config.max_seq_len, 1024)
         return compare(self._float_reference, self.model, list(ids), window=window, stride=max(1, window // 2))
+
+    # -- for the window ----------------------------------------------------------------------
+    # app/ may import only this facade, engine.records and engine.errors (an import-linter contract).
+    # What the window's worker needs of engine internals (the built-in tools, the built-in MoE model)
+    # it reaches through these few methods; they return plain values only.
+    def tool_prompt_ids(self, messages: list[dict]) -> list[int]:
+        """`messages` rendered with the built-in tools offered to the model (templates that read `tools`)."""
+        from engine.text.tools import BUILTIN_TOOLS
+
+        return self.chat_prompt_ids(messages, tools=[t.spec() for t in BUILTIN_TOOLS.values()])
+
+    def tool_call_params(self, params: SamplingParams, required: bool) -> SamplingParams:
+        """`params` constrained to a call of a built-in tool (required) or either a call or prose."""
+        from engine.text.tools import BUILTIN_TOOLS, tool_call_params
+
+        return tool_call_params(params, list(BUILTIN_TOOLS.values()), required, self.tokenizer)
+
+    def run_tool_calls(self, reply: str) -> list[dict]:
+        """The built-in tool calls `reply` makes, each run: {"name", "arguments", "call" (the entry an
+        assistant message's `tool_calls` holds), "result" (the tool's answer; None: the user answers)}."""
+        from engine.text.tools import BUILTIN_TOOLS, parse_tool_calls, run_builtin
+
+        return [{"name": c.name, "arguments": c.arguments, "call": c.message()["tool_calls"][0],
+                 "result": run_builtin(c)} for c in parse_tool_calls(reply, list(BUILTIN_TOOLS.values()))]
+
+    @staticmethod
+    def ensure_builtin_moe(cache_dir: str | Path, progress=None) -> Path:
+        """The built-in MoE model's folder under `cache_dir`, MoEfied from the default model on first use
+        (minutes; `progress(stage, done, total)` may raise to cancel, leaving nothing behind)."""
+        from engine.moefy.build import ensure_builtin_moe
+
+        return ensure_builtin_moe(Path(cache_dir), progress)

@@ -3,6 +3,7 @@ snapshots. Everything leaves here as Python numbers; only what the request asked
 from __future__ import annotations
 
 import time
+from array import array
 from typing import Callable
 
 import psutil
@@ -44,7 +45,10 @@ def step_record(tokenizer, request_id: int, request, seq, token: int, logits: to
     if options.stored_logits:
         m = logits.shape[-1] if options.stored_logits < 0 else min(options.stored_logits, logits.shape[-1])
         values, ids = torch.topk(logits, m)
-        fields["logit_ids"], fields["logit_values"] = tuple(ids.tolist()), tuple(values.tolist())
+        # Compact arrays, not tuples of Python floats: 4 bytes a number instead of ~32 (a long chat keeps
+        # every step's record).
+        fields["logit_ids"] = array("i", ids.to(torch.int32).numpy().tobytes())
+        fields["logit_values"] = array("f", values.numpy().tobytes())
         if seq.allowed is not None:  # structured output: what the constraint let through
             fields["logit_allowed"] = tuple(seq.allowed[ids].tolist())
     if probe is not None and options.routing:

@@ -9,9 +9,9 @@ from engine.records.requests import GenerationRequest, InstrumentOptions, Sampli
 from engine.records.stream import (AttentionRecord, DraftToken, GenerationDone, MemorySnapshot, PromptRecord,
                                    RequestDone, RoutingRecord, SequenceResult, SpecStep, StepRecord, TokenProb,
                                    TokenStep)
-from engine.records.views import DistributionView, QuantDiff, RouterStats, StageView
+from engine.records.views import AttentionView, DistributionView, QuantDiff, RouterStats, StageView
 
 __all__ = ["LoadOptions", "ModelFacts", "GenerationRequest", "InstrumentOptions", "SamplingParams",
            "SpeculativeOptions", "AttentionRecord", "DraftToken", "GenerationDone", "MemorySnapshot", "PromptRecord",
            "RequestDone", "RoutingRecord", "SequenceResult", "SpecStep", "StepRecord", "TokenProb", "TokenStep",
-           "DistributionView", "QuantDiff", "RouterStats", "StageView"]
+           "AttentionView", "DistributionView", "QuantDiff", "RouterStats", "StageView"]

@@ -2,6 +2,7 @@
 (and the simple one-request stream's TokenStep / GenerationDone)."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 
@@ -140,8 +141,10 @@ class StepRecord:
     entropy: float = 0.0  # of the sampling distribution, in nats
     top_before: tuple[TokenProb, ...] = ()  # the model's raw distribution
     top_after: tuple[TokenProb, ...] = ()  # after the sampler chain
-    logit_ids: tuple[int, ...] = ()  # stored raw logits (ids and values) for re-sampling what-ifs
-    logit_values: tuple[float, ...] = ()
+    # Stored raw logits (ids and values) for re-sampling what-ifs: array("i") / array("f") from the engine
+    # (compact: 4 bytes a number), or any sequence of numbers.
+    logit_ids: Sequence[int] = ()
+    logit_values: Sequence[float] = ()
     logit_allowed: tuple[bool, ...] = ()  # structured output: per stored logit, did the constraint allow it
     routing: tuple[RoutingRecord, ...] = ()
     attention: tuple[AttentionRecord, ...] = ()

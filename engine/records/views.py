@@ -50,3 +50,19 @@ class RouterStats:
     token_fraction: tuple[float, ...]
     mean_prob: tuple[float, ...]
     balance: float
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class AttentionView:
+    """One layer's attention over a stretch of the conversation, computed on request by replay
+    (engine/instrumentation/replay.py): weights[h, i, s] is how much query position query_start + i
+    attends to position s under head h (each row sums to 1 over s <= its position)."""
+
+    layer: int
+    query_start: int
+    kv_group: tuple[int, ...]  # per query head, the KV head it reads (GQA)
+    weights: "np.ndarray"  # float32 [H, Q, S]
+
+    @property
+    def num_queries(self) -> int:
+        return int(self.weights.shape[1])
