@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     from app.main_window import MainWindow
     from app.settings import Settings
     from app.theme import apply_theme
+    from engine.records import LoadOptions
 
     torch.set_num_threads(args.threads)
     app = QApplication(sys.argv[:1])
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         from app.smoke import SmokeRun
 
         run = SmokeRun(app, window, args.smoke_timeout)  # noqa: F841 (parented to the window)
-        window.load_model(args.model, {})
+        window.load_model(args.model, LoadOptions())
     return app.exec()
 
 

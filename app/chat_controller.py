@@ -1,15 +1,24 @@
 """Conversation state: messages, the records of each generated step, and what happens on submit,
-stop, regenerate, clear and failure. A failed or stopped turn never loses the conversation."""
+stop, regenerate, clear, branch ("continue from this step with another token"), tool calls and
+failure. A failed or stopped turn never loses the conversation.
+
+GUI thread only, and it never touches the engine: it sends Turn requests to the worker
+(app/engine_worker.py) and gets plain records back (TurnStart, StepRecord, ToolCall, RequestDone).
+"""
 from __future__ import annotations
 
 from PySide6.QtCore import QObject, Signal
 
+from app.engine_worker import Turn, TurnStart
 from engine.records import RequestDone, StepRecord
-from engine.text.tools import (BUILTIN_TOOLS, parse_tool_calls, run_builtin, template_supports_tools, tool_call_params,
-                          tool_result_message)
 from widgets.chat_panel import spec_marks
 
 MAX_TOOL_ROUNDS = 3  # calls answered by built-in tools before the model must answer in prose
+
+
+def shown(index: int, record: StepRecord) -> tuple:
+    """How the chat panel draws a step: (global step index, text, probability, speculative marks)."""
+    return (index, record.text, record.prob, *spec_marks(record))
 
 
 class ChatController(QObject):
@@ -21,23 +30,34 @@ class ChatController(QObject):
         self.messages: list[dict] = []
         self.steps: list[StepRecord] = []  # every generated step of the conversation, in order
         self.busy = False
-        self.turn_start = 0  # index in self.steps of the current reply's first step
-        self.branch_prefix = ""  # text kept before a "continue with this token" branch
-        self.tools: list = []  # engine.text.tools.Tool offered to the model (templates that read `tools` only)
+        self.tools_offered = False  # the built-in tools (the calculator), for templates that take tools
         self.tool_choice = "auto"  # "auto": a call or prose; "required": the turn's first reply must be a call
-        self.pending_call = None  # a call the user answers: their next message is its result
+        self.pending_call = None  # a ToolCall the user answers: their next message is its result
         self.tool_rounds = 0
+        self._calls: tuple = ()  # the finishing reply's tool calls (the worker sends them just before it ends)
+        self._new_reply()
         chat_panel.submitted.connect(self.submit)
         chat_panel.stop_requested.connect(self.stop)
         chat_panel.regenerate_requested.connect(self.regenerate)
         chat_panel.clear_requested.connect(self.clear)
         chat_panel.step_clicked.connect(self.select)
 
+    def _new_reply(self) -> None:
+        """The latest reply, as far as a branch needs it. Its tokens are `kept` (kept by earlier branches:
+        (token id, how the chat shows it); a chosen token has no record and index -1), then the steps
+        from `request_start` on, all continuing `turn_prompt_ids` (the PromptRecord's, kept here so a
+        branch never asks the engine for them again)."""
+        self.turn_start = self.request_start = len(self.steps)
+        self.turn_prompt_ids: tuple[int, ...] = ()
+        self.kept: list[tuple[int, tuple]] = []
+        self.kept_text = ""  # those kept tokens as text (decoded by the worker)
+
+    # -- user actions -------------------------------------------------------------------------
     def submit(self, text: str) -> None:
         if self.busy:
             return
         if self.pending_call is not None:  # the user supplies the result of the model's tool call
-            self.messages.append(tool_result_message(self.pending_call, text))
+            self.messages.append(self.pending_call.result_message(text))
             self.chat.add_user(f"[{self.pending_call.name} result] {text}")
             self.pending_call = None
         else:
@@ -48,49 +68,8 @@ class ChatController(QObject):
 
     def offer_tools(self, enabled: bool) -> None:
         """Offer the built-in tools (the calculator) to models whose chat template supports tools."""
-        self.tools = list(BUILTIN_TOOLS.values()) if enabled else []
+        self.tools_offered = enabled
         self.pending_call = None
-
-    def _generate(self) -> None:
-        system = self.chat.system.text().strip()
-        messages = ([{"role": "system", "content": system}] if system else []) + self.messages
-        self.busy = True
-        self.turn_start = len(self.steps)
-        self.branch_prefix = ""
-        self.chat.set_busy(True)
-        self.chat.begin_assistant()
-        engine = self.worker.engine
-        if self.tools and engine is not None and template_supports_tools(engine.chat_template.source):
-            # The template renders the tools; the grammar makes a call parse and fit the tools' schemas.
-            ids = engine.chat_prompt_ids(messages, tools=[t.spec() for t in self.tools])
-            required = self.tool_choice == "required" and self.tool_rounds == 0
-            if self.tool_rounds >= MAX_TOOL_ROUNDS:
-                self.worker.request_generate(ids, self.sampler_params())
-            else:
-                self.worker.request_generate(ids, tool_call_params(self.sampler_params(), self.tools, required,
-                                                                   engine.tokenizer))
-            return
-        self.worker.request_generate(messages, self.sampler_params())
-
-    def _answer_tool_calls(self, text: str) -> bool:
-        """After a reply: run the calls it made (built-in tools at once, then continue; others wait for
-        the user's result). True when the conversation continues by itself."""
-        calls = parse_tool_calls(text, self.tools) if self.tools else []
-        if not calls:
-            return False
-        self.messages[-1] = {"role": "assistant", "content": "",
-                             "tool_calls": [c.message()["tool_calls"][0] for c in calls]}
-        self.tool_rounds += 1
-        for call in calls:
-            result = run_builtin(call)
-            if result is None:
-                self.pending_call = call
-                self.chat.add_assistant_text(f"[tool call] {call.name}({call.arguments}): type its result and Send")
-                return False
-            self.messages.append(tool_result_message(call, result))
-            self.chat.add_assistant_text(f"[tool] {call.name}({call.arguments}) = {result}")
-        self._generate()
-        return True
 
     def stop(self) -> None:
         if self.busy:
@@ -106,44 +85,55 @@ class ChatController(QObject):
 
     def clear(self) -> None:
         if not self.busy:
-            self.messages, self.steps, self.turn_start = [], [], 0
+            self.messages, self.steps = [], []
             self.pending_call, self.tool_rounds = None, 0
+            self._new_reply()
             self.chat.clear()
 
+    def select(self, global_index: int) -> None:
+        if 0 <= global_index < len(self.steps):
+            self.step_selected.emit(self.steps[global_index])
+
     def continue_with(self, step: StepRecord, token_id: int) -> None:
-        """Branch the last reply at `step`: keep the tokens before it, put `token_id` in its place and
-        let the model go on from there. The prompt's KV blocks are reused through the prefix cache."""
-        turn = self.steps[self.turn_start:]
-        position = next((i for i, s in enumerate(turn) if s is step), None)
-        if self.busy or position is None:
+        """Branch the latest reply at `step`: keep its tokens before it, put `token_id` in its place and let
+        the model go on from there. The prompt's KV blocks are reused through the prefix cache."""
+        reply = self.kept + [(s.token_id, shown(self.request_start + i, s))
+                             for i, s in enumerate(self.steps[self.request_start:])]
+        position = next((i for i, (_, (index, *_)) in enumerate(reply)
+                         if index >= 0 and self.steps[index] is step), None)
+        if self.busy or position is None or not self.turn_prompt_ids:
             return  # only the latest reply can be branched: earlier ones have no prompt ids kept
-        kept = turn[:position]
-        ids = self.worker.last_prompt_ids + [s.token_id for s in kept] + [token_id]
         if self.messages and self.messages[-1]["role"] == "assistant":
             self.messages.pop()
             self.chat.drop_last_turn()
-        self.steps = self.steps[:self.turn_start] + kept
-        self.busy = True
-        self.chat.set_busy(True)
-        self.chat.begin_assistant()
-        self.chat.append_tokens([(self.turn_start + i, s.text, s.prob) for i, s in enumerate(kept)])
-        self.chat.append_tokens([(-1, self.worker.engine.tokenizer.token_text(token_id), 1.0)])
-        self.branch_prefix = self.worker.engine.tokenizer.decode([s.token_id for s in kept] + [token_id])
-        self.worker.request_generate(ids, self.sampler_params())
+        del self.steps[reply[position][1][0]:]  # this step and every later one
+        self.kept = reply[:position]
+        kept_ids = tuple(token for token, _ in self.kept) + (token_id,)
+        self._begin(Turn(self.sampler_params(), prompt_ids=self.turn_prompt_ids, kept_ids=kept_ids))
+        self.chat.append_tokens([look for _, look in self.kept])
 
+    def streaming_reply(self) -> str:
+        """The reply streaming now, as far as it has come ("" when none streams): what autosave keeps."""
+        if not self.busy:
+            return ""
+        return self.kept_text + "".join(s.text for s in self.steps[self.request_start:])
+
+    # -- files --------------------------------------------------------------------------------
     def save(self, path, with_records: bool = False, model: str = "") -> None:
         from app import conversation_io
 
         conversation_io.save(path, self.chat.system.text(), self.messages, self.steps if with_records else (), model)
 
-    def open(self, path) -> None:
-        """Replace the conversation with a saved one (raises ValueError for a bad file, changing nothing)."""
+    def open(self, path, interrupted_reply: str = "") -> None:
+        """Replace the conversation with a saved one (raises ValueError for a bad file, changing nothing).
+        `interrupted_reply`: an autosaved reply cut short, kept like a stopped one (the model gets it too)."""
         from app import conversation_io
 
         system, messages = conversation_io.load(path)
         if self.busy:
             raise ValueError("a reply is being generated: stop it first")
         self.messages, self.steps = messages, []
+        self._new_reply()
         self.chat.clear()
         self.chat.system.setText(system)
         for m in messages:
@@ -151,31 +141,78 @@ class ChatController(QObject):
                 self.chat.add_user(m["content"])
             elif m["role"] == "assistant":
                 self.chat.add_assistant_text(m["content"])
+        if interrupted_reply:  # kept like a stopped reply: the user sees (and the model gets) what was there
+            self.messages.append({"role": "assistant", "content": interrupted_reply})
+            self.chat.add_assistant_text(interrupted_reply + " … [interrupted]")
 
-    def select(self, global_index: int) -> None:
-        if 0 <= global_index < len(self.steps):
-            self.step_selected.emit(self.steps[global_index])
+    # -- requests -----------------------------------------------------------------------------
+    def _generate(self) -> None:
+        system = self.chat.system.text().strip()
+        messages = ([{"role": "system", "content": system}] if system else []) + self.messages
+        self._new_reply()
+        self._begin(Turn(self.sampler_params(), messages=tuple(messages), tools=self._tool_mode()))
 
-    # -- from the worker ----------------------------------------------------------------------
+    def _tool_mode(self) -> str:
+        if not self.tools_offered:
+            return "none"
+        if self.tool_rounds >= MAX_TOOL_ROUNDS:
+            return "offered"  # still rendered into the prompt, but the reply is no longer forced to call
+        return "required" if self.tool_choice == "required" and self.tool_rounds == 0 else "auto"
+
+    def _begin(self, turn: Turn) -> None:
+        self.busy = True
+        self.request_start = len(self.steps)
+        self.kept_text = ""  # the worker sends it with the TurnStart
+        self.chat.set_busy(True)
+        self.chat.begin_assistant()
+        self.worker.request_generate(turn)
+
+    def _answer_tool_calls(self, calls) -> None:
+        """After a reply that made calls: built-in tools are answered at once and the model goes on;
+        a call of any other tool waits for the user's result."""
+        self.messages[-1] = {"role": "assistant", "content": "", "tool_calls": [c.call for c in calls]}
+        self.tool_rounds += 1
+        for call in calls:
+            if call.result is None:
+                self.pending_call = call
+                self.chat.add_assistant_text(f"[tool call] {call.name}({call.arguments}): type its result and Send")
+                return
+            self.messages.append(call.result_message(call.result))
+            self.chat.add_assistant_text(f"[tool] {call.name}({call.arguments}) = {call.result}")
+        self._generate()
+
+    # -- from the worker (queued, GUI thread) -------------------------------------------------
+    def on_turn_started(self, start: TurnStart) -> None:
+        self.turn_prompt_ids = start.chat_prompt_ids
+        self.kept_text = start.kept_text
+        if start.kept:  # a branch: show the chosen token, which has no step record
+            chosen = (start.prompt.token_ids[-1], (-1, start.prompt.token_texts[-1], 1.0))
+            self.kept.append(chosen)
+            self.chat.append_tokens([chosen[1]])
+
     def on_steps(self, records: list[StepRecord]) -> None:
         first = len(self.steps)
         self.steps.extend(records)
-        self.chat.append_tokens([(first + i, r.text, r.prob, *spec_marks(r)) for i, r in enumerate(records)])
+        self.chat.append_tokens([shown(first + i, r) for i, r in enumerate(records)])
+
+    def on_tool_calls(self, calls) -> None:
+        self._calls = tuple(calls)
 
     def on_finished(self, done: RequestDone) -> None:
         self.busy = False
         self.chat.set_busy(False)
+        calls, self._calls = self._calls, ()
         if done.error:
             self.chat.end_assistant("stopped")
             self.chat.show_error(done.error)
             return
         result = done.results[0] if done.results else None
-        text = result.text if result else ""
         reason = result.finish_reason if result else "cancelled"
-        self.messages.append({"role": "assistant", "content": self.branch_prefix + text})  # stopped ones too
+        text = self.kept_text + (result.text if result else "")
+        self.messages.append({"role": "assistant", "content": text})  # stopped ones too
         self.chat.end_assistant({"eos": "", "length": "length limit", "cancelled": "stopped"}.get(reason, reason))
-        if reason == "eos":
-            self._answer_tool_calls(self.branch_prefix + text)
+        if calls:
+            self._answer_tool_calls(calls)
 
     def on_failed(self, message: str) -> None:
         self.busy = False

@@ -1,21 +1,20 @@
-"""The main window: docks the panels around the chat, wires them to the worker thread, and redraws
-the panels from the latest records on a ~30 Hz timer (so fast decoding cannot flood the GUI)."""
+"""The main window: docks the panels around the chat and wires them, the worker thread and the
+GUI-thread objects that each own one concern: app/chat_controller.py (the conversation),
+app/record_hub.py (records to the panels), app/model_controller.py (the loaded model and the status
+line), app/session_autosave.py (autosave and restore). Only the worker talks to the engine."""
 from __future__ import annotations
 
-import dataclasses
-import os
-import time
+from PySide6.QtCore import Qt, QThread
+from PySide6.QtWidgets import QDockWidget, QFileDialog, QMainWindow, QMessageBox
 
-from PySide6.QtCore import Qt, QThread, QTimer
-from PySide6.QtWidgets import QDockWidget, QFileDialog, QLabel, QMainWindow, QMessageBox
-
-from app.autosave import Autosave, default_folder
+from app.autosave import default_folder
 from app.chat_controller import ChatController
 from app.engine_worker import EngineWorker
+from app.model_controller import ModelController
+from app.record_hub import RecordHub
+from app.session_autosave import SessionAutosave
 from app.settings import Settings
-from engine.engine import LoadOptions
-from engine.records import RequestDone, StepRecord
-from engine.instrumentation.distribution import distribution_view
+from engine.records import LoadOptions
 from widgets.attention_panel import AttentionPanel
 from widgets.chat_panel import ChatPanel
 from widgets.memory_panel import MemoryPanel
@@ -24,10 +23,6 @@ from widgets.probabilities_panel import ProbabilitiesPanel
 from widgets.routing_panel import RoutingPanel
 from widgets.sampler_panel import SamplerPanel
 
-REDRAW_MS = 33
-# While a reply streams, its text so far is autosaved this often (a kill loses at most this much of it).
-AUTOSAVE_SECONDS = float(os.environ.get("GLASSBOX_AUTOSAVE_SECONDS", "3"))
-
 
 class MainWindow(QMainWindow):
     def __init__(self, settings: Settings | None = None, model_path: str | None = None, autoload: bool = True,
@@ -35,33 +30,27 @@ class MainWindow(QMainWindow):
         super().__init__()
         self.setWindowTitle("Glassbox")
         self.settings = settings or Settings()
-        self.selected: StepRecord | None = None
-        self.token_texts = None
-        self._pending: list[StepRecord] = []
         self._setup_panels()
-        self._setup_worker()
+        self.thread = QThread(self)
+        self.worker = EngineWorker()
+        self.worker.moveToThread(self.thread)
+        self.thread.start()
+        self.controller = ChatController(self.chat, self.worker, self.sampler.params)
+        self.hub = RecordHub(self.worker, self.controller, self.sampler.params, self.routing, self.attention,
+                             self.memory)
+        # Parts that need the window get it as their Qt parent, never as a Python attribute: a reference
+        # cycle through the window would leave destroying it to the garbage collector, which runs in
+        # whichever thread allocates (the worker's, where destroying widgets deadlocks).
+        self.models = ModelController(self, self.worker, self.settings)
         self._setup_menus()
         self.settings.restore_window(self)
-        self.redraw = QTimer(self, interval=REDRAW_MS, timeout=self._flush)
-        self.redraw.start()
-        self.autosaver = Autosave(data_dir or default_folder())
-        self._saved_steps = 0  # steps of the streaming reply already in the autosave
-        self.autosave_timer = QTimer(self, interval=int(AUTOSAVE_SECONDS * 1000), timeout=self._autosave_partial)
-        self.autosave_timer.start()
-        self.chat.submitted.connect(lambda _text: self.autosave())  # runs after the controller took the message
-        self.notices = [self.settings.notice] if self.settings.notice else []
-        self.restore_offer = None
-        if offer_restore:
-            snapshot, notices = self.autosaver.take_unsaved()
-            self.notices += notices
-            if snapshot is not None:
-                self._offer_restore(snapshot)
-        if self.notices:
-            self._show_notices()
+        notices = [self.settings.notice] if self.settings.notice else []
+        self.session = SessionAutosave(self, self.controller, self.models, data_dir or default_folder(),
+                                       offer_restore, notices)
+        self._wire()
         if autoload:
-            self.load_model(model_path, {})
+            self.load_model(model_path, LoadOptions())
 
-    # -- construction -------------------------------------------------------------------------
     def _setup_panels(self) -> None:
         self.chat = ChatPanel()
         self.setCentralWidget(self.chat)
@@ -88,32 +77,38 @@ class MainWindow(QMainWindow):
         self.tabifyDockWidget(self.docks["Token probabilities"], self.docks["Expert routing"])
         self.tabifyDockWidget(self.docks["Expert routing"], self.docks["Attention"])
         self.docks["Token probabilities"].raise_()
-        self.perf = QLabel("no model")
-        self.statusBar().addPermanentWidget(self.perf)
 
-    def _setup_worker(self) -> None:
-        self.thread = QThread(self)
-        self.worker = EngineWorker()
-        self.worker.moveToThread(self.thread)
-        self.thread.start()
-        self.controller = ChatController(self.chat, self.worker, self.sampler.params)
-        # Worker signals go to methods of GUI-thread objects only (so they run in the GUI thread).
-        self.worker.step.connect(self._on_step)
-        self.worker.finished.connect(self._on_finished)
-        self.worker.failed.connect(self.controller.on_failed)
-        self.worker.failed.connect(self._on_generation_failed)
-        self.worker.loaded.connect(self._on_loaded)
-        self.worker.load_failed.connect(self._on_load_failed)
-        self.worker.load_progress.connect(self.model_panel.show_progress)
-        self.worker.prompt_tokens.connect(self._on_prompt_tokens)
-        self.controller.step_selected.connect(self._select_step)
-        self.sampler.params_changed.connect(self._on_params_changed)
-        self.sampler.speculative_changed.connect(lambda spec: setattr(self.worker, "speculative", spec))
-        self.sampler.tools_changed.connect(self.controller.offer_tools)
-        self.probabilities.alternative_chosen.connect(
-            lambda token: self.selected is not None and self.controller.continue_with(self.selected, token))
+    def _wire(self) -> None:
+        w, c, hub, models, session = self.worker, self.controller, self.hub, self.models, self.session
+        # Worker signals reach slots of GUI-thread QObjects only, so they run queued in the GUI thread
+        # (a lambda would run in the worker's). Qt calls one signal's slots in the order connected:
+        # the last steps reach the panels, then the turn ends, then it is saved.
+        w.loaded.connect(models.on_loaded)
+        w.load_failed.connect(models.on_load_failed)
+        w.load_progress.connect(self.model_panel.show_progress)
+        w.turn_started.connect(c.on_turn_started)
+        w.turn_started.connect(hub.on_turn_started)
+        w.step.connect(hub.on_step)
+        w.tool_calls.connect(c.on_tool_calls)
+        w.finished.connect(hub.flush)
+        w.finished.connect(c.on_finished)
+        w.finished.connect(session.save)
+        w.finished.connect(models.on_finished)
+        w.failed.connect(c.on_failed)
+        w.failed.connect(models.on_failed)
+        w.distribution.connect(self.probabilities.show_distribution)
+        c.step_selected.connect(hub.select)
+        self.chat.submitted.connect(session.save)  # after the controller took the message
+        self.sampler.params_changed.connect(self.settings.set_sampling)
+        self.sampler.params_changed.connect(hub.show_distribution)  # re-derived from stored logits
+        # GUI signals reach the worker through its request_* methods, called here in the GUI thread
+        # (connected to the worker's own methods they would run queued in its thread, which is busy
+        # while a model loads, so Cancel would wait for the load it should stop).
+        self.sampler.speculative_changed.connect(lambda options: w.request_speculative(options))
+        self.model_panel.cancel_requested.connect(lambda: w.request_cancel())
+        self.sampler.tools_changed.connect(c.offer_tools)
+        self.probabilities.alternative_chosen.connect(hub.continue_with)
         self.model_panel.open_requested.connect(self.load_model)
-        self.model_panel.cancel_requested.connect(self.worker.request_cancel)
 
     def _setup_menus(self) -> None:
         file_menu = self.menuBar().addMenu("&File")
@@ -133,11 +128,13 @@ class MainWindow(QMainWindow):
         dark.setChecked(self.settings.dark_theme())
         dark.toggled.connect(self._set_dark)
 
-    # -- actions ------------------------------------------------------------------------------
+    def load_model(self, path: str | None, options: LoadOptions) -> None:
+        self.models.load(path, options)
+
     def _save_conversation(self, with_records: bool) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Save conversation", "conversation.json", "JSON (*.json)")
         if path:
-            self.controller.save(path, with_records, getattr(self, "facts", {}).get("name", ""))
+            self.controller.save(path, with_records, self.models.name)
 
     def _open_conversation(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Open conversation", "", "JSON (*.json)")
@@ -147,57 +144,6 @@ class MainWindow(QMainWindow):
             except ValueError as e:
                 QMessageBox.warning(self, "Could not open the conversation", str(e))
 
-    # -- autosave and restore (app/autosave.py) ------------------------------------------------
-    def autosave(self) -> None:
-        """After every turn (and the user's message): the conversation survives a crash or a kill."""
-        partial = ""
-        if self.controller.busy:  # the reply streaming now, as far as it has come
-            turn = self.controller.steps[self.controller.turn_start:]
-            partial = self.controller.branch_prefix + "".join(s.text for s in turn)
-            self._saved_steps = len(self.controller.steps)
-        self.autosaver.save(self.chat.system.text(), self.controller.messages, partial,
-                            getattr(self, "facts", {}).get("name", ""))
-        if self.autosaver.error:  # the previous write failed: a full or read-only disk
-            self.statusBar().showMessage(f"Autosave failed: {self.autosaver.error}", 10_000)
-
-    def _autosave_partial(self) -> None:
-        if self.controller.busy and len(self.controller.steps) > self._saved_steps:
-            self.autosave()
-
-    def _offer_restore(self, snapshot) -> None:
-        """Non-modal, so it neither blocks the start nor a self-test that watches for modal dialogs."""
-        turns = sum(m["role"] == "user" for m in snapshot.messages)
-        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(snapshot.saved_at))
-        cut = " Its last reply was cut short." if snapshot.partial else ""
-        box = QMessageBox(QMessageBox.Question, "Restore the last conversation?",
-                          f"Glassbox found a conversation of {turns} turn(s) that was not closed properly "
-                          f"(saved {when}).{cut} Restore it?", QMessageBox.NoButton, self)
-        box.restore_button = box.addButton("Restore", QMessageBox.AcceptRole)
-        box.discard_button = box.addButton("Discard", QMessageBox.RejectRole)
-        box.setModal(False)
-        box.buttonClicked.connect(lambda button: self._restore(snapshot, button is box.restore_button))
-        self.restore_offer = box
-        box.show()
-
-    def _restore(self, snapshot, accepted: bool) -> None:
-        self.restore_offer = None
-        if accepted and not self.controller.busy:
-            self.controller.open(snapshot.path)
-            if snapshot.partial:  # kept like a stopped reply: the user sees (and the model gets) what was there
-                self.controller.messages.append({"role": "assistant", "content": snapshot.partial})
-                self.chat.add_assistant_text(snapshot.partial + " … [interrupted]")
-            self.statusBar().showMessage("Conversation restored", 5000)
-            self.autosave()
-        self.autosaver.forget(snapshot)
-
-    def _show_notices(self) -> None:
-        self.statusBar().showMessage(self.notices[-1], 30_000)
-        box = QMessageBox(QMessageBox.Warning, "Glassbox started with defaults", "\n\n".join(self.notices),
-                          QMessageBox.Ok, self)
-        box.setModal(False)
-        self.notice_box = box
-        box.show()
-
     def _set_dark(self, dark: bool) -> None:
         from PySide6.QtWidgets import QApplication
 
@@ -206,93 +152,6 @@ class MainWindow(QMainWindow):
         self.settings.set_dark_theme(dark)
         apply_theme(QApplication.instance(), dark)
 
-    def load_model(self, path: str | None, options: dict) -> None:
-        fields = {f.name for f in dataclasses.fields(LoadOptions)}
-        load_options = LoadOptions(**{k: v for k, v in options.items() if k in fields})
-        self.statusBar().showMessage(f"Loading {path or 'the default model'}…")
-        self.chat.set_busy(True)
-        self.worker.request_load(path, load_options)
-
-    # -- worker events (GUI thread) -----------------------------------------------------------
-    def _on_loaded(self, facts: dict) -> None:
-        self.facts = facts
-        self.model_panel.show_model_info(facts)
-        self.routing.set_model_info(facts["layers"], facts["experts"], facts["experts_per_token"])
-        self.attention.set_model_info(facts["layers"], facts["heads"], facts["kv_heads"])
-        self.settings.add_recent_model(facts["path"])
-        self.model_panel.set_recent(self.settings.recent_models())
-        self.chat.set_busy(False)
-        self.statusBar().showMessage(f"Loaded {facts['name']} ({facts['architecture']}, {facts['device']}, "
-                                     f"{facts['dtype']}; weights {facts.get('weights', '?')})", 5000)
-        self.perf.setText(f"{facts['name']} ready")
-
-    def _on_load_failed(self, message: str) -> None:
-        self.chat.set_busy(self.worker.engine is None)  # the previous model, if any, still answers
-        self.model_panel.load_finished()
-        self.statusBar().showMessage("Loading failed", 5000)
-        QMessageBox.critical(self, "Could not load the model", message)
-
-    def _on_generation_failed(self, message: str) -> None:
-        QMessageBox.warning(self, "Generation failed", f"{message}\n\nThe conversation is kept.")
-
-    def _on_prompt_tokens(self, texts) -> None:
-        self.token_texts = list(texts)
-        self.routing.clear()
-        self.attention.clear()
-        self.attention.set_token_labels(self.token_texts)
-
-    def _on_step(self, record: StepRecord) -> None:
-        self._pending.append(record)
-
-    def _on_finished(self, done: RequestDone) -> None:
-        self._flush()
-        self.controller.on_finished(done)
-        self.autosave()
-        if done.error:  # context full, out of KV blocks: say it where it cannot be missed
-            self._on_generation_failed(done.error)
-        n = len(done.results[0].token_ids) if done.results else 0
-        decode = (n - 1) / (done.decode_ms / 1000) if done.decode_ms > 0 and n > 1 else 0.0
-        computed = done.prompt_tokens - done.cached_prompt_tokens
-        prefill = computed / (done.prefill_ms / 1000) if done.prefill_ms > 0 else 0.0
-        self.perf.setText(f"first token {done.prefill_ms:.0f} ms · prefill {prefill:.0f} tok/s "
-                          f"({computed} computed, {done.cached_prompt_tokens} cached) · decode {decode:.1f} tok/s")
-
-    def _flush(self) -> None:
-        """Timer tick: hand everything that arrived since the last tick to the panels, once."""
-        if not self._pending:
-            return
-        records, self._pending = self._pending, []
-        self.controller.on_steps(records)
-        for r in records:
-            self.routing.add_step(r)
-            self.attention.add_step(r)
-            if self.token_texts is not None:
-                self.token_texts.append(r.text)
-        self.attention.set_token_labels(self.token_texts or [])
-        last = records[-1]
-        if last.memory is not None:
-            self.memory.show_memory(last.memory)
-        self._select_step(last)
-
-    def _select_step(self, record: StepRecord) -> None:
-        self.selected = record
-        self._show_distribution()
-
-    def _on_params_changed(self, params) -> None:
-        self.settings.set_sampling(params)
-        self._show_distribution()  # re-derived from the stored logits: no forward pass
-
-    def _show_distribution(self) -> None:
-        if self.selected is None or not self.selected.logit_ids:
-            return
-        view = distribution_view(self.selected, self.sampler.params(), self._token_text, top_n=12)
-        self.probabilities.show_distribution(view)
-
-    def _token_text(self, token_id: int) -> str:
-        engine = self.worker.engine
-        return engine.tokenizer.token_text(token_id) if engine is not None else str(token_id)
-
-    # -- lifetime -----------------------------------------------------------------------------
     def closeEvent(self, event) -> None:
         self.settings.save_window(self)
         self.settings.set_sampling(self.sampler.params())
@@ -300,6 +159,5 @@ class MainWindow(QMainWindow):
         self.worker.request_cancel()
         self.thread.quit()
         self.thread.wait(5000)
-        self.autosave_timer.stop()
-        self.autosaver.close()  # the queued saves reach the disk
+        self.session.close()
         super().closeEvent(event)

@@ -12,7 +12,7 @@ import time
 from PySide6.QtCore import QObject, QTimer
 from PySide6.QtWidgets import QApplication, QMessageBox
 
-from engine.records import SamplingParams
+from engine.records import ModelFacts, SamplingParams
 
 PROMPT = "What is the capital of France?"
 TOKENS = 8
@@ -25,7 +25,7 @@ class SmokeRun(QObject):
 
     def __init__(self, app: QApplication, window, timeout_s: float = 300.0):
         super().__init__(window)
-        self.app, self.window, self.done, self.facts = app, window, False, {}
+        self.app, self.window, self.done, self.facts = app, window, False, None
         self.started = process_start()
         self.marks: dict[str, float] = {"window": self.elapsed()}
         window.worker.loaded.connect(self.on_loaded)
@@ -39,7 +39,7 @@ class SmokeRun(QObject):
     def elapsed(self) -> float:
         return time.time() - self.started
 
-    def on_loaded(self, facts: dict) -> None:
+    def on_loaded(self, facts: ModelFacts) -> None:
         self.marks["loaded"] = self.elapsed()
         self.facts = facts
         self.window.sampler.set_params(PARAMS)
@@ -52,11 +52,11 @@ class SmokeRun(QObject):
         ids = list(done.results[0].token_ids) if done.results else []
         if done.error or len(ids) != TOKENS:
             return self.finish(1, f"FAILED: {done.error or f'{len(ids)} tokens generated'}")
-        text = self.window.worker.engine.tokenizer.decode(ids)
+        text = done.results[0].text  # decoded in the worker thread, like everything the GUI shows
         m = self.marks
-        self.finish(0, f"ok model={self.facts['name']} tokens={len(ids)} ids={','.join(map(str, ids))} "
+        self.finish(0, f"ok model={self.facts.name} tokens={len(ids)} ids={','.join(map(str, ids))} "
                        f"text={text!r} window_s={m['window']:.2f} loaded_s={m['loaded']:.2f} "
-                       f"first_token_s={m['first_token']:.2f} total_s={self.elapsed():.2f} path={self.facts['path']}")
+                       f"first_token_s={m['first_token']:.2f} total_s={self.elapsed():.2f} path={self.facts.path}")
 
     def check_dialogs(self) -> None:
         dialog = QApplication.activeModalWidget()

@@ -50,7 +50,7 @@ def main() -> int:
     from app.main_window import MainWindow
     from app.settings import Settings
     from app.theme import apply_theme
-    from engine.records import SamplingParams
+    from engine.records import LoadOptions, SamplingParams
 
     torch.set_num_threads(2)
     OUT.mkdir(parents=True, exist_ok=True)
@@ -61,7 +61,7 @@ def main() -> int:
     window = MainWindow(settings=settings, autoload=False)
     window.resize(1600, 1000)
     window.show()
-    window.load_model(None, {"device": "cpu"})
+    window.load_model(None, LoadOptions(device="cpu"))
     wait_for(window.worker.loaded)
     window.sampler.set_params(SamplingParams(temperature=0.7, top_p=0.9, seed=4, max_new_tokens=60))
     window.chat.system.setText("You are a helpful assistant.")
@@ -82,9 +82,9 @@ def main() -> int:
 
 def shoot_moe(window, folder: str):
     """The routing panel on a MoEfied default model, after a real chat."""
-    from engine.records import SamplingParams
+    from engine.records import LoadOptions, SamplingParams
 
-    window.load_model(folder, {"device": "cpu"})
+    window.load_model(folder, LoadOptions(device="cpu"))
     wait_for(window.worker.loaded)
     window.sampler.set_params(SamplingParams(temperature=0.7, top_p=0.9, seed=4, max_new_tokens=60))
     chat(window, "Give me three tips for staying healthy.")
@@ -95,7 +95,7 @@ def shoot_moe(window, folder: str):
 
 
 def shoot_tiny_moe(window):
-    from engine.records import SamplingParams
+    from engine.records import LoadOptions, SamplingParams
 
     try:
         from tests.tiny_models import build_hf_model, write_tiny_tokenizer
@@ -104,7 +104,7 @@ def shoot_tiny_moe(window):
             model = build_hf_model("qwen3_moe", num_hidden_layers=4, num_experts=8, num_experts_per_tok=2)
             model.save_pretrained(d)
             write_tiny_tokenizer(Path(d), model.config.vocab_size)
-            window.load_model(d, {"device": "cpu"})
+            window.load_model(d, LoadOptions(device="cpu"))
             wait_for(window.worker.loaded)
             window.sampler.set_params(SamplingParams(temperature=1.0, seed=1, max_new_tokens=24))
             chat(window, "t1 t2 t3 t4 t5 t6")

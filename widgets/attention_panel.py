@@ -8,7 +8,11 @@ from PySide6.QtCore import QRectF
 from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QSpinBox, QVBoxLayout, QWidget
 
 from engine.records import StepRecord
-from widgets.probabilities_panel import display_text
+
+
+def display_text(text: str) -> str:
+    """Make whitespace visible on an axis (as the probabilities panel does: widgets import no other widget)."""
+    return text.replace(" ", "␣").replace("\n", "⏎").replace("\t", "⇥") or "∅"
 
 
 class AttentionPanel(QWidget):

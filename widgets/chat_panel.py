@@ -97,9 +97,6 @@ class ChatPanel(QWidget):
         self._live = []
         self._render()
 
-    def append_token(self, index: int, text: str, prob: float) -> None:
-        self.append_tokens([(index, text, prob)])
-
     def append_tokens(self, tokens: list[tuple]) -> None:
         """Several streamed tokens at once: one re-render however many arrive between redraws. Each is
         (index, text, prob), optionally followed by spec_marks(record)."""

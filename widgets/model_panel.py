@@ -9,10 +9,18 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel,
                                QListWidget, QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
-FACTS = [("name", "Model"), ("architecture", "Architecture"), ("parameters", "Parameters"), ("layers", "Layers"),
-         ("heads", "Heads"), ("kv_heads", "KV heads"), ("experts", "Experts"), ("experts_per_token", "Experts/token"),
-         ("context", "Context"), ("dtype", "Dtype"), ("weights", "Weights"), ("device", "Device"),
-         ("rope", "RoPE scaling")]
+from engine.records import LoadOptions, ModelFacts
+
+# The facts shown, in order: (key of its label in ModelPanel.fact_labels, row title, the value). Getters, not
+# field names, so a misspelt fact fails at once instead of showing "—".
+FACTS = [("name", "Model", lambda f: f.name), ("architecture", "Architecture", lambda f: f.architecture),
+         ("parameters", "Parameters", lambda f: f.parameters), ("layers", "Layers", lambda f: f.layers),
+         ("heads", "Heads", lambda f: f.heads), ("kv_heads", "KV heads", lambda f: f.kv_heads),
+         ("experts", "Experts", lambda f: f.experts),
+         ("experts_per_token", "Experts/token", lambda f: f.experts_per_token),
+         ("context", "Context", lambda f: f.context), ("dtype", "Dtype", lambda f: f.dtype),
+         ("weights", "Weights", lambda f: f.weights), ("device", "Device", lambda f: f.device),
+         ("rope", "RoPE scaling", lambda f: f.rope)]
 
 # engine/quant's load modes, with what each means to someone choosing
 QUANT_MODES = [("auto", "GGUF Q8_0/Q4_0/Q4_1 weights stay packed on the CPU; float otherwise"),
@@ -27,7 +35,7 @@ BUILTIN_MOE_PATH = "builtin:moe"  # understood by app/engine_worker.py
 
 
 class ModelPanel(QWidget):
-    open_requested = Signal(str, dict)  # path ("" = the default model), load options
+    open_requested = Signal(str, object)  # path ("" = the default model), LoadOptions
     cancel_requested = Signal()
 
     def __init__(self, parent=None):
@@ -41,7 +49,7 @@ class ModelPanel(QWidget):
         self.open_button.clicked.connect(self.choose_model)
         self.default_button = QPushButton("Default model")
         self.default_button.clicked.connect(lambda: self.request_open(""))
-        # The default model split into 8 experts (engine/moefy.py): built and cached on first use.
+        # The default model split into 8 experts (engine/moefy/build.py): built and cached on first use.
         self.moe_button = QPushButton("SmolLM2-135M-MoE 8×top-2")
         self.moe_button.setToolTip("A mixture-of-experts made from the default model (MoEfication); "
                                    "the first time it is built, which takes a few minutes")
@@ -71,7 +79,7 @@ class ModelPanel(QWidget):
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setVisible(False)
         self.cancel_button.clicked.connect(self.cancel_requested)
-        self.facts = {key: QLabel("—") for key, _ in FACTS}
+        self.fact_labels = {key: QLabel("—") for key, _, _ in FACTS}
 
     def _layout(self) -> None:
         buttons = QHBoxLayout()
@@ -90,8 +98,8 @@ class ModelPanel(QWidget):
         options.addRow("KV budget", self.kv_budget)
         options.addRow("KV block size", self.block_size)
         facts = QFormLayout()
-        for key, label in FACTS:
-            facts.addRow(label, self.facts[key])
+        for key, title, _ in FACTS:
+            facts.addRow(title, self.fact_labels[key])
         progress = QHBoxLayout()
         progress.addWidget(self.progress, 1)
         progress.addWidget(self.cancel_button)
@@ -105,13 +113,11 @@ class ModelPanel(QWidget):
         layout.addStretch(1)
 
     # -- API ----------------------------------------------------------------------------------
-    def options(self) -> dict:
-        opts = {"device": self.device.currentText(), "dtype": self.dtype.currentText(), "quant": self.quant.currentText(),
-                "kv_budget_gib": self.kv_budget.value(), "kv_block_size": int(self.block_size.currentText()),
-                "context_length": self.context.value()}
-        if self.rope.currentIndex() > 0:
-            opts["rope_scaling"] = f"{self.rope.currentText()}:{self.rope_factor.value():g}"
-        return opts
+    def options(self) -> LoadOptions:
+        rope = f"{self.rope.currentText()}:{self.rope_factor.value():g}" if self.rope.currentIndex() > 0 else None
+        return LoadOptions(device=self.device.currentText(), dtype=self.dtype.currentText(),
+                           quant=self.quant.currentText(), rope_scaling=rope, kv_budget_gib=self.kv_budget.value(),
+                           kv_block_size=int(self.block_size.currentText()), context_length=self.context.value())
 
     def request_open(self, path: str) -> None:
         self.progress.setVisible(True)
@@ -134,12 +140,12 @@ class ModelPanel(QWidget):
         self.progress.setMaximum(max(total, 1))
         self.progress.setValue(done)
 
-    def show_model_info(self, info: dict) -> None:
+    def show_model_info(self, facts: ModelFacts) -> None:
         self.progress.setVisible(False)
         self.cancel_button.setVisible(False)
-        for key, label in self.facts.items():
-            value = info.get(key, "—")
-            label.setText(f"{value:,}" if isinstance(value, int) else str(value))
+        for key, _, value_of in FACTS:
+            value = value_of(facts)
+            self.fact_labels[key].setText(f"{value:,}" if isinstance(value, int) else str(value or "—"))
 
     def load_finished(self) -> None:
         self.progress.setVisible(False)

@@ -30,6 +30,7 @@ class RoutingPanel(QWidget):
         self._chosen: list[dict[int, np.ndarray]] = []  # per step: layer -> chosen experts [k]
         self._gates: list[dict[int, tuple]] = []
         self._selected = -1
+        self._gates_drawn = np.zeros((0, 0))
         self._setup_ui()
         self._layout()
         self.set_model_info(0, 0, 0)
@@ -94,9 +95,14 @@ class RoutingPanel(QWidget):
         self._redraw()
 
     def select_step(self, index: int) -> None:
+        """Show the gate weights of the index-th routed step since the last clear (the token selected in
+        the chat); other indexes (a step of an earlier request) leave the panel as it is."""
         if 0 <= index < len(self._probs):
             self._selected = index
             self._redraw()
+
+    def selected_step(self) -> int:
+        return self._selected
 
     # Data as plotted, for tests.
     def token_expert_matrix(self, layer: int) -> np.ndarray:
@@ -111,6 +117,10 @@ class RoutingPanel(QWidget):
         """(fᵢ, Pᵢ) of `layer` over the steps so far, as drawn in the load plot."""
         chosen = np.array([c[layer] for c in self._chosen if layer in c])
         return load_balance(self.token_expert_matrix(layer), chosen, self.n_experts)[:2]
+
+    def gate_matrix(self) -> np.ndarray:
+        """The selected step's gate weights as drawn: experts × layers (0 where an expert was not chosen)."""
+        return self._gates_drawn.copy()
 
     def is_dense_message_shown(self) -> bool:
         return self.stack.currentIndex() == 1
@@ -131,6 +141,9 @@ class RoutingPanel(QWidget):
         if self._selected >= 0:
             for l, (ids, weights) in self._gates[self._selected].items():
                 gates[list(ids), l] = weights
+        self._gates_drawn = gates
+        self.layers_plot.setTitle(f"token {self._selected}: gate weights" if self._selected >= 0
+                                  else "selected token: gate weights")
         self.layers_image.setImage(gates, levels=(0, max(float(gates.max()), 1e-6)))
         self.layers_image.setRect(QRectF(-0.5, -0.5, self.n_experts, max(self.n_layers, 1)))
         expert_ticks = [[(i, str(i)) for i in range(self.n_experts)]]

@@ -30,7 +30,7 @@ PRESETS = {
 }
 
 
-# Structured output (engine/constraints.py): what the constraint text is, and examples to start from.
+# Structured output (engine/text/constraints.py): what the constraint text is, and examples to start from.
 CONSTRAINT_KINDS = {"Off": "", "JSON schema": "json_schema", "Regex": "regex", "Grammar (Lark / GBNF)": "grammar"}
 CONSTRAINT_EXAMPLES = {
     "Person (JSON schema)": ("json_schema", json.dumps({
@@ -114,7 +114,7 @@ class SamplerPanel(QWidget):
         self.presets = QComboBox()
         self.presets.addItems(["Presets…", *PRESETS])
         self.presets.activated.connect(self._apply_preset)
-        # Speculative decoding: which drafter proposes tokens, and how many per step (engine/speculative.py).
+        # Speculative decoding: which drafter proposes tokens, and how many per step (engine/runtime/speculative.py).
         self.drafter = QComboBox(editable=True, toolTip="ngram = prompt lookup; self-layers:L = the model's first L "
                                  "layers; self-int4 = the model in int4; or the path of a draft model")
         self.drafter.addItems(DRAFTERS)

@@ -10,13 +10,12 @@ import os
 import pytest
 from PySide6.QtCore import QByteArray
 
-from app import autosave as autosave_module
 from app.autosave import Autosave
 from app import files as files_module
 from app.files import atomic_write
 from app.main_window import MainWindow
 from app.settings import Settings
-from engine.records import SamplingParams
+from engine.records import LoadOptions, SamplingParams
 
 TIMEOUT = 60_000
 GARBAGE = b"\x00\xff\xfe{[ not json, not ini \x00\x01"
@@ -84,8 +83,8 @@ def test_corrupt_settings_start_with_defaults_and_say_so(qtbot, folders):
     try:
         kept = list(ini.parent.glob("settings.corrupt-*.ini"))
         assert len(kept) == 1 and kept[0].read_bytes() == GARBAGE
-        assert window.notices and "settings file could not be read" in window.notices[0]
-        assert window.notice_box.isVisible() and not window.notice_box.isModal()
+        assert window.session.notices and "settings file could not be read" in window.session.notices[0]
+        assert window.session.notice_box.isVisible() and not window.session.notice_box.isModal()
         assert window.sampler.params() == SamplingParams()  # defaults
     finally:
         window.close()  # writes fresh settings, never over the kept file
@@ -101,7 +100,7 @@ def test_wrongly_typed_settings_fall_back_per_value(qtbot, folders):
     settings.sync()
     window = window_for(qtbot, folders)
     try:
-        assert window.settings.recent_models() == [] and not window.notices
+        assert window.settings.recent_models() == [] and not window.session.notices
         assert window.sampler.params().temperature == SamplingParams().temperature
         window.settings.q.setValue("window/geometry", QByteArray(b"\x01\x02"))  # wrong bytes: Qt ignores them
         window.settings.restore_window(window)
@@ -115,8 +114,8 @@ def test_corrupt_autosave_is_kept_aside_and_the_app_starts_empty(qtbot, folders)
     (data / "autosave.json").write_text('{"format": "glassbox-conversation/1", "messages": [{"role": 7}]}')
     window = window_for(qtbot, folders)
     try:
-        assert window.restore_offer is None and window.controller.messages == []
-        assert "could not be read" in window.notices[0]
+        assert window.session.restore_offer is None and window.controller.messages == []
+        assert "could not be read" in window.session.notices[0]
         kept = list(data.glob("*.corrupt-*.json"))
         assert len(kept) == 1 and '"role": 7' in kept[0].read_text()
     finally:
@@ -130,13 +129,13 @@ def test_restore_offer_can_be_declined(qtbot, folders):
     saver.flush()
     window = window_for(qtbot, folders)
     try:
-        window.restore_offer.discard_button.click()
+        window.session.restore_offer.discard_button.click()
         assert window.controller.messages == [] and not list(data.glob("unsaved-*.json"))
     finally:
         window.close()
     window = window_for(qtbot, folders)  # declined: not offered again
     try:
-        assert window.restore_offer is None
+        assert window.session.restore_offer is None
     finally:
         window.close()
 
@@ -146,30 +145,30 @@ def test_saved_after_every_turn_and_while_a_reply_streams(qtbot, folders, hf_che
     directory, _ = hf_checkpoint("llama")
     window = window_for(qtbot, folders)
     try:
-        window.autosave_timer.setInterval(50)
+        window.session.timer.setInterval(50)
         with qtbot.waitSignal(window.worker.loaded, timeout=TIMEOUT):
-            window.load_model(str(directory), {"device": "cpu"})
+            window.load_model(str(directory), LoadOptions(device="cpu"))
         qtbot.waitUntil(window.chat.send_button.isEnabled, timeout=10_000)
         window.sampler.set_params(SamplingParams(temperature=0, max_new_tokens=120, ignore_eos=True))
         partials = []
-        timer_saves = window._autosave_partial
+        timer_saves = window.session.save_partial
 
         def spy():
             timer_saves()
-            window.autosaver.flush()
+            window.session.autosaver.flush()
             saved = json.loads((data / "autosave.json").read_text())
             partials.append(saved["partial"])
 
-        window.autosave_timer.timeout.disconnect()
-        window.autosave_timer.timeout.connect(spy)
+        window.session.timer.timeout.disconnect()
+        window.session.timer.timeout.connect(spy)
         with qtbot.waitSignal(window.worker.finished, timeout=TIMEOUT):
             window.chat.input.setPlainText("t1 t2 t3")
             window.chat.send_button.click()
-            window.autosaver.flush()
+            window.session.autosaver.flush()
             saved = json.loads((data / "autosave.json").read_text())
             assert saved["messages"] == [{"role": "user", "content": "t1 t2 t3"}]  # the user's turn, at once
         qtbot.waitUntil(lambda: not window.controller.busy, timeout=10_000)
-        window.autosaver.flush()
+        window.session.autosaver.flush()
         saved = json.loads((data / "autosave.json").read_text())
         assert saved["partial"] == "" and [m["role"] for m in saved["messages"]] == ["user", "assistant"]
         reply = saved["messages"][-1]["content"]

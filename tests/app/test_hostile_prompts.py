@@ -11,7 +11,7 @@ from PySide6.QtWidgets import QApplication, QMessageBox
 
 from app.main_window import MainWindow
 from app.settings import Settings
-from engine.records import SamplingParams
+from engine.records import LoadOptions, SamplingParams
 
 TIMEOUT = 60_000
 
@@ -22,7 +22,7 @@ def window(qtbot, tmp_path, hf_checkpoint):
     window = MainWindow(settings=Settings(path=str(tmp_path / "s.ini")), autoload=False, data_dir=tmp_path / "data")
     qtbot.addWidget(window)
     with qtbot.waitSignal(window.worker.loaded, timeout=TIMEOUT):
-        window.load_model(str(directory), {"device": "cpu"})
+        window.load_model(str(directory), LoadOptions(device="cpu"))
     qtbot.waitUntil(window.chat.send_button.isEnabled, timeout=10_000)
     window.sampler.set_params(SamplingParams(temperature=0, max_new_tokens=3, ignore_eos=True))
     yield window
@@ -74,6 +74,6 @@ def test_prompt_longer_than_the_context(qtbot, window):
 def test_odd_text_is_answered(qtbot, window, text, typed):
     send(qtbot, window, text, typed)
     assert [m["role"] for m in window.controller.messages] == ["user", "assistant"]
-    window.autosaver.flush()  # and the autosave holds it exactly (lone surrogates as JSON escapes)
-    saved = json.loads(window.autosaver.path.read_text(encoding="utf-8"))
+    window.session.autosaver.flush()  # and the autosave holds it exactly (lone surrogates as JSON escapes)
+    saved = json.loads(window.session.autosaver.path.read_text(encoding="utf-8"))
     assert saved["messages"][0]["content"] == text

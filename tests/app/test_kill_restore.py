@@ -61,14 +61,14 @@ def test_sigkill_mid_generation_then_restore(qtbot, tmp_path):
     window = MainWindow(settings=Settings(path=str(tmp_path / "restart.ini")), autoload=False, data_dir=data)
     qtbot.addWidget(window)
     try:
-        assert window.restore_offer is not None and window.restore_offer.isVisible()
-        assert not window.restore_offer.isModal()
-        window.restore_offer.restore_button.click()
+        assert window.session.restore_offer is not None and window.session.restore_offer.isVisible()
+        assert not window.session.restore_offer.isModal()
+        window.session.restore_offer.restore_button.click()
         assert window.controller.messages == [{"role": "user", "content": PROMPT},
                                               {"role": "assistant", "content": on_disk["partial"]}]
         assert PROMPT in window.chat.transcript_text() and on_disk["partial"][:30] in window.chat.transcript_text()
         assert not list(data.glob("unsaved-*.json"))  # restored: no longer pending
-        window.autosaver.flush()  # (writes run on a background thread)
+        window.session.autosaver.flush()  # (writes run on a background thread)
         saved = read_autosave(autosave)  # and the restored conversation is this session's autosave now
         assert saved["messages"] == window.controller.messages
     finally:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import pytest
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from PySide6.QtWidgets import QApplication
 
 from app.main_window import MainWindow
 from app.settings import Settings
-from engine.records import SamplingParams
+from engine.records import LoadOptions, SamplingParams
 
 TIMEOUT = 60_000
 
@@ -28,7 +29,7 @@ def open_window(qtbot, settings, model=None, **options) -> MainWindow:
     window = MainWindow(settings=settings, autoload=False)
     qtbot.addWidget(window)
     with qtbot.waitSignal(window.worker.loaded, timeout=TIMEOUT):
-        window.load_model(str(model) if model else None, {"device": "cpu", **options})
+        window.load_model(str(model) if model else None, LoadOptions(device="cpu", **options))
     # qtbot hears the worker's signal directly; the window's own queued slot enables Send just after
     qtbot.waitUntil(window.chat.send_button.isEnabled, timeout=10_000)
     return window
@@ -45,28 +46,29 @@ def chat(qtbot, window, text: str, max_new_tokens: int = 8):
         window.chat.input.setPlainText(text)
         window.chat.send_button.click()
     qtbot.waitUntil(lambda: not window.controller.busy, timeout=10_000)  # the window's queued slot ran
-    qtbot.wait(100)  # let the redraw timer hand the last records to the panels
+    if window.controller.steps:  # the newest step's distribution comes back from the worker after the turn
+        last = window.controller.steps[-1].index
+        qtbot.waitUntil(lambda: window.probabilities.title.text().startswith(f"Step {last}:"), timeout=10_000)
 
 
 @pytest.mark.slow
 def test_default_model_chat_streams_and_sliders_rederive_without_forward_passes(qtbot, settings):
     window = open_window(qtbot, settings)
     try:
-        assert window.facts["architecture"] == "llama" and window.facts["layers"] == 30
-        assert window.facts["weights"].startswith("int4")  # the GGUF's Q4_1 blocks stay packed
-        assert window.facts["parameters"] > 130_000_000  # packed weights count too
+        facts = window.models.facts
+        assert facts.architecture == "llama" and facts.layers == 30
+        assert facts.weights.startswith("int4")  # the GGUF's Q4_1 blocks stay packed
+        assert facts.parameters > 130_000_000  # packed weights count too
         chat(qtbot, window, "What is the capital of France?", max_new_tokens=12)
         assert "Paris" in window.chat.transcript_text()
         assert window.controller.messages[-1]["role"] == "assistant"
-        runner = window.worker.engine._runner
-        calls = runner.forward_calls
+        engine = window.worker._engine  # a test's look: read only while the worker is idle
+        calls = engine.counters[1]
         before = window.probabilities.bar_heights()
-        params = window.sampler.params()
         window.sampler.set_params(SamplingParams(temperature=1.5, top_k=3, top_p=1.0, max_new_tokens=12))
-        qtbot.wait(50)
-        after = window.probabilities.bar_heights()
-        assert runner.forward_calls == calls, "moving sliders must not run the model"
-        assert str(before) != str(after)
+        # the worker re-derives the distribution and sends it back: wait for the panel to redraw
+        qtbot.waitUntil(lambda: str(window.probabilities.bar_heights()) != str(before), timeout=10_000)
+        assert engine.counters[1] == calls, "moving sliders must not run the model"
         mem = window.controller.steps[-1].memory  # the engine's accounting at the last step shown
         states = window.memory.block_states()
         assert states.count("free") == mem.kv_blocks_free and states.count("cached") == mem.kv_blocks_cached_free
@@ -85,7 +87,7 @@ def test_stop_mid_stream_keeps_the_conversation(qtbot, settings, hf_checkpoint):
             window.chat.input.setPlainText("t1 t2 t3")
             window.chat.send_button.click()
             qtbot.waitUntil(lambda: len(window.controller.steps) >= 5, timeout=TIMEOUT)
-            seen_at_stop = len(window.controller.steps) + len(window._pending)
+            seen_at_stop = len(window.controller.steps) + len(window.hub.pending)
             window.chat.stop_button.click()
         done = blocker.args[0]
         # qtbot hears the worker's signal directly; the window's own (queued) slot runs just after
@@ -104,7 +106,7 @@ def test_a_quantization_chosen_in_the_model_panel_reaches_the_engine(qtbot, sett
     moe_dir, _ = hf_checkpoint("qwen3_moe")
     window = open_window(qtbot, settings, moe_dir, quant="int4-g32")
     try:
-        assert "int4" in window.facts["weights"] and "int4" in window.model_panel.facts["weights"].text()
+        assert "int4" in window.models.facts.weights and "int4" in window.model_panel.fact_labels["weights"].text()
         chat(qtbot, window, "t1 t2 t3", max_new_tokens=4)
         assert window.routing.token_expert_matrix(0).sum() > 0  # quantized experts still route
     finally:
@@ -119,6 +121,10 @@ def test_routing_fills_for_moe_and_attention_for_dense(qtbot, settings, hf_check
         matrix = window.routing.token_expert_matrix(0)
         assert matrix.shape[0] >= 6 and matrix.shape[1] == 4 and matrix.sum() > 0
         assert not window.routing.is_dense_message_shown()
+        newest = window.routing.gate_matrix()  # the newest step is selected while a reply streams
+        window.chat.step_clicked.emit(0)  # the user clicks the reply's first token
+        assert window.routing.selected_step() == 0
+        assert not np.array_equal(window.routing.gate_matrix(), newest)  # that token's gates are drawn
     finally:
         close_window(window)
     dense_dir, _ = hf_checkpoint("llama", seed=1)
@@ -149,7 +155,7 @@ def test_corrupt_file_shows_an_error_and_the_app_keeps_working(qtbot, settings, 
 
         QTimer.singleShot(50, close_dialog)
         with qtbot.waitSignal(window.worker.load_failed, timeout=TIMEOUT):
-            window.load_model(str(bad), {"device": "cpu"})
+            window.load_model(str(bad), LoadOptions(device="cpu"))
         qtbot.waitUntil(lambda: bool(seen), timeout=10_000)
         assert "broken.gguf" in seen[0]
         chat(qtbot, window, "t1 t2")  # the previous model still answers
@@ -222,7 +228,7 @@ def test_conversations_save_open_export_and_autosave(qtbot, settings, hf_checkpo
             window.controller.open(bad)
         assert window.controller.messages == messages  # a bad file changes nothing
         autosave = Path(QStandardPaths.writableLocation(QStandardPaths.AppDataLocation)) / "autosave.json"
-        window.autosaver.flush()  # saves are written on a background thread
+        window.session.autosaver.flush()  # saves are written on a background thread
         assert autosave.is_file()
     finally:
         close_window(window)
@@ -234,22 +240,32 @@ def test_continue_from_a_step_with_another_token(qtbot, settings, hf_checkpoint)
     try:
         chat(qtbot, window, " ".join(f"t{i}" for i in range(1, 60)), max_new_tokens=6)
         steps = list(window.controller.steps)
-        prompt_len = len(window.worker.last_prompt_ids)
+        assert len(steps) >= 3  # (else there is no third token to branch at)
+        prompt = window.controller.turn_prompt_ids
         window.controller.select(2)  # the third generated token
-        alternative = next(t for t in window.selected.top_before if t.token_id != steps[2].token_id).token_id
-        computed = window.worker.engine._runner.tokens_computed
+        alternative = next(t for t in window.hub.selected.top_before if t.token_id != steps[2].token_id).token_id
+        # the worker answers the selection with the step's distribution, which fills the alternatives
+        qtbot.waitUntil(lambda: window.probabilities.alternative.findData(alternative) >= 0, timeout=10_000)
+        engine = window.worker._engine  # a test's look: read only while the worker is idle
+        computed = engine.counters[0]
+        starts = []
+        window.worker.turn_started.connect(starts.append)  # (runs in the worker thread: a list append)
         with qtbot.waitSignal(window.worker.finished, timeout=TIMEOUT):
             window.probabilities.alternative.setCurrentIndex(
                 window.probabilities.alternative.findData(alternative))
             window.probabilities.continue_button.click()
         qtbot.waitUntil(lambda: not window.controller.busy, timeout=10_000)
+        kept = [steps[0].token_id, steps[1].token_id, alternative]
+        # the model continued the chat prompt + the first two tokens + the alternative in the third place
+        (start,) = starts
+        assert start.prompt.token_ids == tuple(prompt) + tuple(kept) and start.kept == 3
         new = window.controller.steps
-        assert [s.token_id for s in new[:2]] == [s.token_id for s in steps[:2]]  # kept before the branch
-        assert new[2].token_id != steps[2].token_id or len(new) == 2  # the branch continues after the alternative
+        assert [s.token_id for s in new[:2]] == kept[:2]  # the records kept before the branch
+        assert [token for token, _ in window.controller.kept] == kept  # the reply's tokens before the new steps
         reply = window.controller.messages[-1]["content"]
-        assert reply.startswith(window.worker.engine.tokenizer.decode([steps[0].token_id, steps[1].token_id, alternative]))
+        assert start.kept_text == engine.decode(kept) and reply.startswith(start.kept_text)
         assert len([m for m in window.controller.messages if m["role"] == "assistant"]) == 1
         # the prompt's blocks came from the prefix cache: far fewer tokens computed than prompt + reply
-        assert window.worker.engine._runner.tokens_computed - computed < prompt_len - 16
+        assert engine.counters[0] - computed < len(prompt) - 16
     finally:
         close_window(window)

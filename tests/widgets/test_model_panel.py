@@ -2,6 +2,7 @@
 from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
 from PySide6.QtGui import QDropEvent
 
+from engine.records import LoadOptions, ModelFacts
 from widgets.model_panel import ModelPanel
 
 
@@ -18,11 +19,19 @@ def test_options_recent_and_facts(qtbot, tmp_path):
     with qtbot.waitSignal(panel.open_requested) as blocker:
         panel.request_open(panel.recent.item(0).text())
     path, options = blocker.args
-    assert path.endswith("a.gguf") and options["device"] == "cpu" and options["dtype"] == "bfloat16"
-    assert options["rope_scaling"] == "yarn:4" and options["kv_block_size"] == 16
-    assert options["context_length"] == 16384 and options["quant"] == "int4-g32"
-    panel.show_model_info({"name": "tiny", "parameters": 1234567, "experts": 0})
-    assert panel.facts["parameters"].text() == "1,234,567" and panel.facts["name"].text() == "tiny"
+    assert path.endswith("a.gguf") and isinstance(options, LoadOptions)
+    assert options == LoadOptions(device="cpu", dtype="bfloat16", rope_scaling="yarn:4", context_length=16384,
+                                  quant="int4-g32", kv_budget_gib=0.5, kv_block_size=16)
+    panel.rope.setCurrentText("from model")
+    assert panel.options().rope_scaling is None
+    facts = ModelFacts(name="tiny", path=str(tmp_path), architecture="llama", parameters=1234567, layers=2, heads=4,
+                       kv_heads=2, head_dim=8, experts=0, experts_per_token=0, dense_layers=(), context=256,
+                       vocab=100, dtype="float32", device="cpu", rope="default",
+                       weight_bytes=(("int4", 56_600_000), ("float32", 28_300_000)), supports_tools=False)
+    panel.show_model_info(facts)
+    labels = panel.fact_labels
+    assert labels["parameters"].text() == "1,234,567" and labels["name"].text() == "tiny"
+    assert labels["experts"].text() == "0" and labels["weights"].text() == "int4 56.6 MB + float32 28.3 MB"
 
 
 def test_dropping_a_gguf_file_opens_it(qtbot, tmp_path):

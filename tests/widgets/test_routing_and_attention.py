@@ -31,6 +31,22 @@ def test_routing_matrix_layer_switch_and_balance(qtbot):
     assert panel.load_balance(0) > 1.5 and not panel.is_dense_message_shown()
 
 
+def test_selecting_a_step_shows_its_gate_weights(qtbot):
+    panel = RoutingPanel()
+    qtbot.addWidget(panel)
+    panel.set_model_info(2, 4, 2)
+    for i in range(4):
+        panel.add_step(routed(i, i))  # step i: expert i (0.9) and expert i+1 (0.1), in both layers
+    assert panel.selected_step() == 3 and panel.gate_matrix()[3].tolist() == pytest.approx([0.9, 0.9])
+    panel.select_step(1)
+    gates = panel.gate_matrix()  # experts x layers
+    assert panel.selected_step() == 1 and "token 1" in panel.layers_plot.plotItem.titleLabel.text
+    assert gates[1].tolist() == pytest.approx([0.9, 0.9]) and gates[2].tolist() == pytest.approx([0.1, 0.1])
+    assert gates[0].sum() == 0 and gates[3].sum() == 0
+    panel.select_step(-1)  # a step this panel does not hold (an earlier request's): nothing changes
+    assert panel.selected_step() == 1
+
+
 def test_load_plot_has_token_fractions_and_mean_probabilities(qtbot):
     panel = RoutingPanel()
     qtbot.addWidget(panel)
