@@ -1,6 +1,8 @@
 """Conversation state: messages, the records of each generated step, and what happens on submit,
 stop, regenerate, clear, branch ("continue from this step with another token"), tool calls and
-failure. A failed or stopped turn never loses the conversation.
+failure. A failed or stopped turn never loses the conversation; a message that failed before its first
+token (too long for the context, ...) leaves it for the input box, so the next one is answered. Step
+records are bounded by bytes: the oldest keep only their token (app/history.py).
 
 GUI thread only, and it never touches the engine: it sends Turn requests to the worker
 (app/engine_worker.py) and gets plain records back (TurnStart, StepRecord, ToolCall, RequestDone).
@@ -9,7 +11,8 @@ from __future__ import annotations
 
 from PySide6.QtCore import QObject, Signal
 
-from app.engine_worker import Turn, TurnStart
+from app.history import HistoryBudget, step_key
+from app.turn import Turn, TurnStart
 from engine.records import RequestDone, StepRecord
 from widgets.chat_panel import spec_marks
 
@@ -29,6 +32,8 @@ class ChatController(QObject):
         self.chat, self.worker, self.sampler_params = chat_panel, worker, sampler_params
         self.messages: list[dict] = []
         self.steps: list[StepRecord] = []  # every generated step of the conversation, in order
+        self.history = HistoryBudget()  # bounds self.steps by bytes: the oldest lose their details
+        self.unsent = None  # the turn's message until its first token: (messages before it, text, tool call)
         self.busy = False
         self.tools_offered = False  # the built-in tools (the calculator), for templates that take tools
         self.tool_choice = "auto"  # "auto": a call or prose; "required": the turn's first reply must be a call
@@ -56,6 +61,7 @@ class ChatController(QObject):
     def submit(self, text: str) -> None:
         if self.busy:
             return
+        unsent = (len(self.messages), text, self.pending_call)
         if self.pending_call is not None:  # the user supplies the result of the model's tool call
             self.messages.append(self.pending_call.result_message(text))
             self.chat.add_user(f"[{self.pending_call.name} result] {text}")
@@ -64,7 +70,7 @@ class ChatController(QObject):
             self.messages.append({"role": "user", "content": text})
             self.chat.add_user(text)
             self.tool_rounds = 0
-        self._generate()
+        self._generate(unsent)
 
     def offer_tools(self, enabled: bool) -> None:
         """Offer the built-in tools (the calculator) to models whose chat template supports tools."""
@@ -85,13 +91,14 @@ class ChatController(QObject):
 
     def clear(self) -> None:
         if not self.busy:
-            self.messages, self.steps = [], []
+            self.messages, self.steps = [], self.history.reset()
             self.pending_call, self.tool_rounds = None, 0
             self._new_reply()
             self.chat.clear()
 
     def select(self, global_index: int) -> None:
         if 0 <= global_index < len(self.steps):
+            self.chat.status.setText(self.history.note(global_index, self.steps[global_index]))
             self.step_selected.emit(self.steps[global_index])
 
     def continue_with(self, step: StepRecord, token_id: int) -> None:
@@ -99,14 +106,16 @@ class ChatController(QObject):
         the model go on from there. The prompt's KV blocks are reused through the prefix cache."""
         reply = self.kept + [(s.token_id, shown(self.request_start + i, s))
                              for i, s in enumerate(self.steps[self.request_start:])]
+        key = step_key(step)  # the records held may be copies of the one selected (app/history.py)
         position = next((i for i, (_, (index, *_)) in enumerate(reply)
-                         if index >= 0 and self.steps[index] is step), None)
+                         if index >= 0 and step_key(self.steps[index]) == key), None)
         if self.busy or position is None or not self.turn_prompt_ids:
             return  # only the latest reply can be branched: earlier ones have no prompt ids kept
         if self.messages and self.messages[-1]["role"] == "assistant":
             self.messages.pop()
             self.chat.drop_last_turn()
         del self.steps[reply[position][1][0]:]  # this step and every later one
+        self.history.truncated(self.steps)
         self.kept = reply[:position]
         kept_ids = tuple(token for token, _ in self.kept) + (token_id,)
         self._begin(Turn(self.sampler_params(), prompt_ids=self.turn_prompt_ids, kept_ids=kept_ids))
@@ -132,7 +141,7 @@ class ChatController(QObject):
         system, messages = conversation_io.load(path)
         if self.busy:
             raise ValueError("a reply is being generated: stop it first")
-        self.messages, self.steps = messages, []
+        self.messages, self.steps = messages, self.history.reset()
         self._new_reply()
         self.chat.clear()
         self.chat.system.setText(system)
@@ -146,11 +155,11 @@ class ChatController(QObject):
             self.chat.add_assistant_text(interrupted_reply + " … [interrupted]")
 
     # -- requests -----------------------------------------------------------------------------
-    def _generate(self) -> None:
+    def _generate(self, unsent=None) -> None:
         system = self.chat.system.text().strip()
         messages = ([{"role": "system", "content": system}] if system else []) + self.messages
         self._new_reply()
-        self._begin(Turn(self.sampler_params(), messages=tuple(messages), tools=self._tool_mode()))
+        self._begin(Turn(self.sampler_params(), messages=tuple(messages), tools=self._tool_mode()), unsent)
 
     def _tool_mode(self) -> str:
         if not self.tools_offered:
@@ -159,8 +168,8 @@ class ChatController(QObject):
             return "offered"  # still rendered into the prompt, but the reply is no longer forced to call
         return "required" if self.tool_choice == "required" and self.tool_rounds == 0 else "auto"
 
-    def _begin(self, turn: Turn) -> None:
-        self.busy = True
+    def _begin(self, turn: Turn, unsent=None) -> None:
+        self.busy, self.unsent = True, unsent
         self.request_start = len(self.steps)
         self.kept_text = ""  # the worker sends it with the TurnStart
         self.chat.set_busy(True)
@@ -193,6 +202,7 @@ class ChatController(QObject):
     def on_steps(self, records: list[StepRecord]) -> None:
         first = len(self.steps)
         self.steps.extend(records)
+        self.history.added(self.steps)  # may replace older records by lighter copies
         self.chat.append_tokens([shown(first + i, r) for i, r in enumerate(records)])
 
     def on_tool_calls(self, calls) -> None:
@@ -203,8 +213,9 @@ class ChatController(QObject):
         self.chat.set_busy(False)
         calls, self._calls = self._calls, ()
         if done.error:
-            self.chat.end_assistant("stopped")
-            self.chat.show_error(done.error)
+            if not self._take_back(done.error):
+                self.chat.end_assistant("stopped")
+                self.chat.show_error(done.error)
             return
         result = done.results[0] if done.results else None
         reason = result.finish_reason if result else "cancelled"
@@ -217,5 +228,22 @@ class ChatController(QObject):
     def on_failed(self, message: str) -> None:
         self.busy = False
         self.chat.set_busy(False)
-        self.chat.end_assistant("failed")
-        self.chat.show_error(message)
+        if not self._take_back(message):
+            self.chat.end_assistant("failed")
+            self.chat.show_error(message)
+
+    def _take_back(self, message: str) -> bool:
+        """A turn that failed before its first token: its message leaves the conversation (kept, it would
+        fail every later turn too) for the input box. False: no new message, or an answer had begun."""
+        if self.unsent is None or len(self.steps) > self.request_start or self.kept:
+            return False
+        at, text, call = self.unsent
+        del self.messages[at:]
+        self.pending_call, self.unsent = call, None
+        self.chat.end_assistant()
+        self.chat.drop_last_turn()  # the empty reply
+        self.chat.drop_last_turn()  # and the message
+        if not self.chat.input.toPlainText().strip():  # never over what the user typed meanwhile
+            self.chat.input.setPlainText(text)
+        self.chat.show_error(f"{message}. Not sent: the message is back in the input box, to shorten or clear.")
+        return True

@@ -3,80 +3,39 @@
 The GUI thread calls the `request_*` methods, which only emit signals (queued into the worker's
 thread) or set a threading.Event (cancel), so the GUI never waits on the engine and never touches it:
 prompts are rendered, tokens detokenized, tool calls run and distributions re-derived here, and
-what comes back is plain records (engine.records, or the small frozen ones below).
+what comes back is plain records (engine.records, or the small frozen ones of app/turn.py).
 
-A reply advances one engine step per event-loop turn (a queued `_pump`), so a distribution request
-or a cancel that arrives while a reply streams is served between two steps. A second generate
-request while a reply runs is refused with `failed` (the chat controller never sends one).
+A reply advances one engine step per event-loop turn (a queued `_pump`), so a distribution request,
+an attention request or a cancel that arrives while a reply streams is served between two steps. A
+second generate request while a reply runs is refused with `failed` (the chat controller never sends
+one), and so is a turn whose prompt does not fit the model's context (app/turn.py), before any compute.
+
+The stream carries light records only (default_instrumentation): the chosen token, top-N, stored
+logits, routing and a memory snapshot; no attention, so generation runs the engine's fast path (SDPA).
+Attention is computed on request (request_attention) by replay, cancellable and cached (app/inspector.py).
 """
 from __future__ import annotations
 
 import threading
 import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from PySide6.QtCore import QObject, QStandardPaths, Qt, Signal
 
+from app.inspector import AttentionViews
+from app.turn import TOOL_MODES, ToolCall, Turn, TurnStart, prompt_does_not_fit  # noqa: F401 (re-exported)
 from engine.errors import EngineError
-from engine.records import (InstrumentOptions, LoadOptions, PromptRecord, RequestDone, SamplingParams,
-                            SpeculativeOptions, StepRecord)
+from engine.records import (DistributionView, InstrumentOptions, LoadOptions, PromptRecord, RequestDone,
+                            SamplingParams, SpeculativeOptions, StageView, StepRecord)
 
 BUILTIN_MOE_PATH = "builtin:moe"  # the model panel's second built-in model (Engine.ensure_builtin_moe)
-TOOL_MODES = ("none", "offered", "auto", "required")
 
 
-# What the panels need from every step: top tokens, stored logits for slider what-ifs, routing,
-# one layer's attention and the memory map.
-def default_instrumentation(n_layers: int) -> InstrumentOptions:
-    return InstrumentOptions(top_n=20, stored_logits=512, routing=True,
-                             attention_layers=tuple(range(n_layers)), memory=True)
-
-
-@dataclass(frozen=True)
-class Turn:
-    """A generate request: a reply to chat `messages`, or (no messages) a branch of the last reply that
-    continues `prompt_ids + kept_ids`. `tools`: "none"; "offered" (the built-in tools are rendered into
-    the prompt, the reply is free); "auto" (constrained to a call or prose); "required" (to a call)."""
-
-    params: SamplingParams
-    messages: tuple[dict, ...] = ()
-    tools: str = "none"
-    prompt_ids: tuple[int, ...] = ()
-    kept_ids: tuple[int, ...] = ()  # the reply's tokens before the branch point, then the chosen token
-    cancel: threading.Event = field(default_factory=threading.Event, compare=False)
-
-    def __post_init__(self):
-        if self.tools not in TOOL_MODES:
-            raise ValueError(f"tools must be one of {TOOL_MODES}, not {self.tools!r}")
-
-
-@dataclass(frozen=True)
-class TurnStart:
-    """Sent before a reply's first step: the whole prompt the model continues (ids and each token's text)
-    and, for a branch, how many of its last tokens belong to the reply already and their text."""
-
-    prompt: PromptRecord
-    kept: int = 0
-    kept_text: str = ""
-
-    @property
-    def chat_prompt_ids(self) -> tuple[int, ...]:
-        """The turn's prompt without the reply's kept tokens: what a later branch continues from."""
-        return self.prompt.token_ids[:len(self.prompt.token_ids) - self.kept]
-
-
-@dataclass(frozen=True)
-class ToolCall:
-    """A call of a built-in tool that a reply made, already run (`result` None: the user answers it)."""
-
-    name: str
-    arguments: dict
-    call: dict  # the entry an assistant message's `tool_calls` list holds
-    result: str | None
-
-    def result_message(self, content: str) -> dict:
-        return {"role": "tool", "name": self.name, "content": content}
+def default_instrumentation(n_layers: int = 0) -> InstrumentOptions:
+    """What the panels need from every step: top tokens, stored logits for slider what-ifs, routing and
+    the memory map. No attention rows: the attention panel asks for one layer when it is shown
+    (request_attention), so `n_layers` no longer matters (kept for callers that pass it)."""
+    return InstrumentOptions(top_n=20, stored_logits=512, routing=True, memory=True)
 
 
 class EngineWorker(QObject):
@@ -90,10 +49,13 @@ class EngineWorker(QObject):
     finished = Signal(object)  # RequestDone
     failed = Signal(str)  # a request refused or broken; the conversation is kept
     distribution = Signal(object)  # DistributionView, the answer to request_distribution
+    attention = Signal(object, int)  # AttentionView and the request's generation (request_attention's return)
+    memory = Signal(object)  # MemorySnapshot right after a load: the model's weights and KV pool, before a token
     # inputs (queued into the worker thread)
     _load = Signal(str, object, object)
     _generate = Signal(object)
     _distribution = Signal(object, object)
+    _attention = Signal(object, int, object, int)
     _set_speculative = Signal(object)
     _pump = Signal()
 
@@ -106,9 +68,11 @@ class EngineWorker(QObject):
         self._speculative = SpeculativeOptions()
         self._load_cancel = threading.Event()  # GUI thread: the latest request's, for request_cancel
         self._turn_cancel = threading.Event()
+        self.attention_views = AttentionViews()  # worker thread; its generation is bumped from the GUI thread
         self._load.connect(self._do_load)
         self._generate.connect(self._do_generate)
         self._distribution.connect(self._do_distribution)
+        self._attention.connect(self._do_attention)
         self._set_speculative.connect(self._do_speculative)
         # Queued even though sender and receiver share the thread: each step is its own event.
         self._pump.connect(self._advance, Qt.QueuedConnection)
@@ -120,10 +84,18 @@ class EngineWorker(QObject):
 
     def request_generate(self, turn: Turn) -> None:
         self._turn_cancel = turn.cancel
+        self.attention_views.bump()  # a new turn: an attention replay of the old one stops
         self._generate.emit(turn)
 
     def request_distribution(self, record: StepRecord, params: SamplingParams) -> None:
         self._distribution.emit(record, params)
+
+    def request_attention(self, token_ids, layer: int, queries: tuple[int, int]) -> int:
+        """Layer `layer`'s attention for query positions [queries) of `token_ids`, answered by `attention`
+        with the generation returned here. A newer request or turn cancels this one."""
+        generation = self.attention_views.bump()
+        self._attention.emit(tuple(token_ids), layer, tuple(queries), generation)
+        return generation
 
     def request_cancel(self) -> None:
         """Stop the latest load or reply (at its next progress report or step)."""
@@ -163,7 +135,9 @@ class EngineWorker(QObject):
             traceback.print_exc()
             return
         self._engine, self._facts = engine, facts
+        self.attention_views.clear()
         self.loaded.emit(facts)
+        self.memory.emit(engine.memory())  # the memory panel shows the new model before its first token
 
     def _do_generate(self, turn: Turn) -> None:
         if self._engine is None:
@@ -181,9 +155,13 @@ class EngineWorker(QObject):
                 ids = engine.tool_prompt_ids(messages) if tools != "none" else engine.chat_prompt_ids(messages)
             else:
                 ids = list(turn.prompt_ids) + list(turn.kept_ids)
+            problem = prompt_does_not_fit(len(ids), self._facts.context)
+            if problem:
+                self.failed.emit(problem)
+                return
             params = engine.tool_call_params(turn.params, tools == "required") if tools in ("auto", "required") \
                 else turn.params
-            request = engine.make_request(ids, params, instrument=default_instrumentation(self._facts.layers),
+            request = engine.make_request(ids, params, instrument=default_instrumentation(),
                                           speculative=self._speculative)
             kept_text = engine.decode(turn.kept_ids) if turn.kept_ids else ""
         except Exception as e:  # a template that cannot render these messages, a bad constraint, ...
@@ -234,11 +212,30 @@ class EngineWorker(QObject):
         self._speculative = options  # read when the next request is built
 
     def _do_distribution(self, record: StepRecord, params: SamplingParams) -> None:
-        """The sampler what-if: re-derived from the record's stored logits, no forward pass."""
-        if self._engine is None or not record.logit_ids:
+        """The sampler what-if: re-derived from the record's stored logits, no forward pass. A record
+        whose details the history budget dropped (app/history.py) shows its own token only."""
+        if self._engine is None:
+            return
+        if not record.logit_ids:
+            self.distribution.emit(DistributionView(record.index, record.token_id, (record.token_id,),
+                                                    (record.text,), (StageView("raw", True, (record.prob,), ()),),
+                                                    record.entropy, 1.0))
             return
         try:
             self.distribution.emit(self._engine.distribution(record, params))
         except Exception as e:  # e.g. a constraint the new params cannot compile: keep the old view
             traceback.print_exc()
             print(f"distribution: {type(e).__name__}: {e}")
+
+    def _do_attention(self, ids: tuple, layer: int, queries: tuple, generation: int) -> None:
+        """One layer's attention by replay (or from the cache), between two steps of a running reply."""
+        if self._engine is None:
+            return
+        try:
+            view = self.attention_views.view(self._engine, ids, layer, queries, generation)
+        except Exception as e:  # a layer or range the model does not have: the panel keeps what it had
+            traceback.print_exc()
+            print(f"attention: {type(e).__name__}: {e}")
+            return
+        if view is not None:
+            self.attention.emit(view, generation)

@@ -1,5 +1,7 @@
 """Memory: the KV block map (free / cached prefix / per-sequence / shared), KV bytes against what
-contiguous caches would reserve, weights by dtype, and RSS / CUDA curves over time."""
+contiguous caches would reserve, weights by dtype, and RSS / CUDA curves over time. The CUDA curves
+exist only while the snapshots come from a model on CUDA (a CPU model has none to show), and clear()
+forgets the previous model entirely (a model switch), so the panel never shows the old one's weights."""
 from __future__ import annotations
 
 from collections import deque
@@ -50,9 +52,7 @@ class MemoryPanel(QWidget):
         self.curves.setMinimumHeight(160)
         self.curves.getAxis("left").enableAutoSIPrefix(False)
         self.rss_curve_item = self.curves.plot(pen=pg.mkPen("#2e86de", width=2), name="process RSS")
-        self.cuda_curve_item = self.curves.plot(pen=pg.mkPen("#e67e22", width=2), name="CUDA allocated")
-        self.reserved_curve_item = self.curves.plot(pen=pg.mkPen("#e67e22", width=1, style=Qt.DashLine),
-                                                    name="CUDA reserved")
+        self.cuda_curve_item = self.reserved_curve_item = None  # added with the first CUDA snapshot
 
     def _layout(self) -> None:
         # Side by side: the panel usually lives in a wide, short dock under the chat.
@@ -66,10 +66,16 @@ class MemoryPanel(QWidget):
 
     # -- API ----------------------------------------------------------------------------------
     def clear(self) -> None:
+        """Forget everything shown (a model switch: the next snapshot is the new model's)."""
         self._states = []
         self._rss.clear()
         self._cuda.clear()
         self._reserved.clear()
+        self.rss_curve_item.setData(np.zeros(0))
+        self._show_cuda(False)
+        self.map_image.clear()
+        self.legend.setText("")
+        self.figures.setText("No model loaded.")
 
     def show_memory(self, snap: MemorySnapshot) -> None:
         self._states = self._block_states(snap)
@@ -78,8 +84,9 @@ class MemoryPanel(QWidget):
         self._cuda.append(snap.cuda_allocated / 2**20)
         self._reserved.append(snap.cuda_reserved / 2**20)
         self.rss_curve_item.setData(np.array(self._rss))
-        self.cuda_curve_item.setData(np.array(self._cuda) if any(self._cuda) else np.zeros(0))
-        self.reserved_curve_item.setData(np.array(self._reserved) if any(self._reserved) else np.zeros(0))
+        if self._show_cuda(any(self._reserved) or any(self._cuda)):
+            self.cuda_curve_item.setData(np.array(self._cuda))
+            self.reserved_curve_item.setData(np.array(self._reserved))
         weights = ", ".join(f"{k} {mb(v)}" for k, v in snap.weight_bytes.items())
         self.figures.setText(
             f"<b>KV cache</b>: {snap.kv_blocks_used} of {snap.kv_blocks_total} blocks used "
@@ -97,6 +104,22 @@ class MemoryPanel(QWidget):
 
     def rss_curve(self) -> np.ndarray:
         return np.array(self._rss)
+
+    def curve_names(self) -> list[str]:
+        """The curves the plot's legend lists."""
+        return [label.text for _, label in self.curves.plotItem.legend.items]
+
+    def _show_cuda(self, shown: bool) -> bool:
+        """Add the CUDA curves (and their legend entries) or remove them; returns `shown`."""
+        if shown and self.cuda_curve_item is None:
+            self.cuda_curve_item = self.curves.plot(pen=pg.mkPen("#e67e22", width=2), name="CUDA allocated")
+            self.reserved_curve_item = self.curves.plot(pen=pg.mkPen("#e67e22", width=1, style=Qt.DashLine),
+                                                        name="CUDA reserved")
+        elif not shown and self.cuda_curve_item is not None:
+            for item in (self.cuda_curve_item, self.reserved_curve_item):
+                self.curves.removeItem(item)  # its legend entry goes with it
+            self.cuda_curve_item = self.reserved_curve_item = None
+        return shown
 
     # -- drawing ------------------------------------------------------------------------------
     @staticmethod

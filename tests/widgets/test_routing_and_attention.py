@@ -1,8 +1,8 @@
-"""Routing and attention panels, fed real StepRecords."""
+"""Routing and attention panels, fed real StepRecords and AttentionViews."""
 import numpy as np
 import pytest
 
-from engine.records import AttentionRecord, RoutingRecord, StepRecord
+from engine.records import AttentionView, RoutingRecord, StepRecord
 from widgets.attention_panel import AttentionPanel
 from widgets.routing_panel import RoutingPanel
 
@@ -79,24 +79,45 @@ def test_dense_model_says_so(qtbot):
     assert panel.is_dense_message_shown()
 
 
-def attended(step: int, context: int, heads: int = 4) -> StepRecord:
-    rows = []
+def attention_view(layer: int = 0, first: int = 3, queries: int = 3, heads: int = 4) -> AttentionView:
+    """Head h of query row i looks at position h (or at itself when h is later); positions run to first+queries."""
+    weights = np.zeros((heads, queries, first + queries), dtype=np.float32)
     for h in range(heads):
-        w = np.zeros(context)
-        w[h % context] = 1.0  # head h looks at position h
-        rows.append(AttentionRecord(0, h, h // 2, tuple(w)))
-    return StepRecord(0, step, token_id=step, text="x", prob=1.0, attention=tuple(rows))
+        for i in range(queries):
+            weights[h, i, min(h, first + i)] = 1.0
+    return AttentionView(layer, first, tuple(h // 2 for h in range(heads)), weights)
 
 
-def test_attention_matrix_heads_and_mean(qtbot):
+def test_attention_view_heads_mean_and_later_positions(qtbot):
     panel = AttentionPanel()
     qtbot.addWidget(panel)
-    panel.set_model_info(1, 4, 2)
+    panel.set_model_info(2, 4, 2)
     panel.set_token_labels(["a", " b", "\n", "d", "e", "f"])
-    for i in range(3):
-        panel.add_step(attended(i, 4 + i))
+    panel.show_view(attention_view(first=3, queries=3))
     mean = panel.matrix()
-    assert mean.shape == (3, 6) and np.isnan(mean[0, 5])
+    assert mean.shape == (3, 6)
+    assert np.isnan(mean[0, 4]) and np.isnan(mean[1, 5]) and not np.isnan(mean[2, 5])  # query 3 sees 0..3
     assert mean[0, :4] == pytest.approx([0.25, 0.25, 0.25, 0.25])
     panel.head.setCurrentIndex(3)  # head 2
     assert panel.matrix()[2, 2] == 1.0 and "KV group 1 of 2" in panel.group.text()
+    assert "positions 3–5" in panel.note.text()
+
+
+def test_attention_panel_asks_for_its_layer_when_shown_and_says_it_computes(qtbot):
+    panel = AttentionPanel()
+    qtbot.addWidget(panel)
+    panel.set_model_info(2, 4, 2)
+    with qtbot.waitSignal(panel.wanted) as shown:
+        panel.show()
+    assert shown.args == [0]
+    with qtbot.waitSignal(panel.wanted) as changed:
+        panel.layer.setValue(1)
+    assert changed.args == [1] and panel.current_layer() == 1
+    panel.show_computing()
+    assert "Computing layer 1" in panel.note.text()
+    panel.show_view(attention_view(layer=0))  # an answer for another layer is not drawn as layer 1's
+    assert panel.matrix().size == 0
+    panel.layer.setValue(0)
+    assert panel.matrix().shape == (3, 6)
+    panel.clear()
+    assert panel.matrix().size == 0
