@@ -3,8 +3,10 @@ after every completed turn and every few seconds while a reply streams, so killi
 most the tokens since the last write. At the next start the last session's file is moved out of the
 way (this session's autosaves must not overwrite it before the user decides) and offered back; a file
 that cannot be read is kept aside under a `.corrupt-<time>` name and reported, never overwritten.
-Plain JSON in conversation_io's format, plus the reply that was streaming (`partial`). The writes run on
-one background thread, in order: an fsync can take tens of milliseconds, too long for the GUI thread.
+Plain JSON in conversation_io's format, plus the reply that was streaming (`partial`) and `clean_exit`:
+a session that ends normally (close) marks its last save so, and the next start offers nothing; only a
+crash or a kill leaves a file without the mark, which is offered back. The writes run on one background
+thread, in order: an fsync can take tens of milliseconds, too long for the GUI thread.
 """
 from __future__ import annotations
 
@@ -52,6 +54,7 @@ class Snapshot:
     messages: list[dict]
     partial: str  # the reply that was streaming at the last write ("" if none)
     saved_at: float
+    clean_exit: bool = False  # written by a session that ended normally: not offered
 
 class Autosave:
     def __init__(self, folder: Path):
@@ -59,13 +62,19 @@ class Autosave:
         self.path = self.folder / AUTOSAVE
         self.error = ""  # the last write's failure (a full or read-only disk), "" once a write succeeds
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="glassbox-autosave")
+        self._last: dict | None = None  # the latest save's data, marked at close
+        self.closed = False  # closed normally: every later save is marked as a clean exit too
 
     def save(self, system: str, messages: list[dict], partial: str = "", model: str = "") -> None:
         """Queue one atomic write of the whole conversation (small: text only, no step records). The
         text is built now, so later changes to `messages` cannot leak into this save."""
         data = {"format": conversation_io.FORMAT, "model": model, "system": system, "messages": messages,
-                "partial": partial, "saved_at": time.time()}
+                "partial": partial, "saved_at": time.time(), "clean_exit": self.closed}
         text = json_text(data)
+        self._last = json.loads(text)  # a copy: later changes to `messages` stay out of it
+        self._submit(text)
+
+    def _submit(self, text: str) -> None:
         try:
             self._writer.submit(self._write, text)
         except RuntimeError:  # closed (a reply that ended after the window closed): write it here
@@ -79,6 +88,11 @@ class Autosave:
             pass
 
     def close(self) -> None:
+        """The session ends normally: the last save is rewritten with its clean-exit mark, and every queued
+        save reaches the disk first. (A reply that ends after this is saved with the mark, at once.)"""
+        self.closed = True
+        if self._last is not None:
+            self._submit(json_text({**self._last, "clean_exit": True}))
         self._writer.shutdown(wait=True)
 
     def _write(self, text: str) -> None:
@@ -107,9 +121,9 @@ class Autosave:
                 notices.append(f"The autosaved conversation could not be read ({e}). It was kept as {kept}; "
                                "Glassbox starts with an empty conversation.")
                 continue
-            if snapshot.messages or snapshot.partial:
+            if (snapshot.messages or snapshot.partial) and not snapshot.clean_exit:
                 return snapshot, notices
-            path.unlink(missing_ok=True)  # nothing in it worth offering
+            path.unlink(missing_ok=True)  # nothing in it worth offering, or closed normally: nothing lost
         return None, notices
 
     def forget(self, snapshot: Snapshot) -> None:
@@ -122,6 +136,7 @@ class Autosave:
         data = json.loads(path.read_text(encoding="utf-8"))
         partial = data.get("partial") or ""
         saved_at = data.get("saved_at") or path.stat().st_mtime
-        if not isinstance(partial, str) or not isinstance(saved_at, (int, float)):
-            raise ValueError(f"{path}: 'partial' must be text and 'saved_at' a time")
-        return Snapshot(path, system, messages, partial, float(saved_at))
+        clean_exit = data.get("clean_exit", False)
+        if not isinstance(partial, str) or not isinstance(saved_at, (int, float)) or not isinstance(clean_exit, bool):
+            raise ValueError(f"{path}: 'partial' must be text, 'saved_at' a time and 'clean_exit' true or false")
+        return Snapshot(path, system, messages, partial, float(saved_at), clean_exit)

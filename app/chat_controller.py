@@ -145,11 +145,8 @@ class ChatController(QObject):
         self._new_reply()
         self.chat.clear()
         self.chat.system.setText(system)
-        for m in messages:
-            if m["role"] == "user":
-                self.chat.add_user(m["content"])
-            elif m["role"] == "assistant":
-                self.chat.add_assistant_text(m["content"])
+        for m in messages:  # user and assistant turns, tool calls and tool results alike
+            self.chat.add_message(m)
         if interrupted_reply:  # kept like a stopped reply: the user sees (and the model gets) what was there
             self.messages.append({"role": "assistant", "content": interrupted_reply})
             self.chat.add_assistant_text(interrupted_reply + " … [interrupted]")

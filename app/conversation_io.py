@@ -1,6 +1,7 @@
 """Conversations on disk: JSON with the messages and system prompt, optionally every generated
 step's record (probabilities, routing, attention, memory) for later study. Plain JSON: nothing
-in it is executed when opened."""
+in it is executed when opened. Messages are OpenAI-shaped, tool calls and tool results included;
+`load` checks every field's type and keeps only the fields a chat template reads."""
 from __future__ import annotations
 
 import dataclasses
@@ -42,9 +43,63 @@ def load(path) -> tuple[str, list[dict]]:
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ValueError(f"{path}: not a Glassbox conversation (expected format {FORMAT!r})")
     messages = data.get("messages")
-    ok = isinstance(messages, list) and all(
-        isinstance(m, dict) and m.get("role") in ("user", "assistant", "system") and isinstance(m.get("content"), str)
-        for m in messages)
-    if not ok:
+    if not isinstance(messages, list):
         raise ValueError(f"{path}: messages must be a list of {{role, content}} objects")
-    return str(data.get("system") or ""), [{"role": m["role"], "content": m["content"]} for m in messages]
+    system = data.get("system")
+    if system is not None and not isinstance(system, str):
+        raise ValueError(f"{path}: the system prompt must be text")
+    checked = []
+    for i, m in enumerate(messages):
+        try:
+            checked.append(message(m))
+        except ValueError as e:
+            raise ValueError(f"{path}: message {i + 1} {e}") from None
+    return system or "", checked
+
+
+ROLES = ("system", "user", "assistant", "tool")
+
+
+def message(m) -> dict:
+    """One message as the app writes it (OpenAI's shapes): {role, content} for system / user / assistant;
+    an assistant turn that called tools also has `tool_calls` (its content may be empty or null); a tool's
+    result is {role: "tool", content, name and/or tool_call_id}. Returns only those keys, types checked."""
+    if not isinstance(m, dict):
+        raise ValueError("is not a {role, content} object")
+    role = m.get("role")
+    if role not in ROLES:
+        raise ValueError(f"has the unknown role {role!r} (expected one of {', '.join(ROLES)})")
+    content = m.get("content")
+    calls = m.get("tool_calls")
+    if calls is not None and role != "assistant":
+        raise ValueError(f"({role}) has tool_calls, which only the assistant makes")
+    if calls is not None:
+        if not isinstance(calls, list) or not calls:
+            raise ValueError("has tool_calls that are not a non-empty list")
+        content = "" if content is None else content  # OpenAI's null content beside calls
+    if not isinstance(content, str):
+        raise ValueError(f"({role}) has no text content")
+    out = {"role": role, "content": content}
+    for key in ("name", "tool_call_id") if role == "tool" else ("name",):
+        if key in m:
+            if not isinstance(m[key], str):
+                raise ValueError(f"({role}) has a {key} that is not text")
+            out[key] = m[key]
+    if calls is not None:
+        out["tool_calls"] = [_tool_call(c) for c in calls]
+    return out
+
+
+def _tool_call(call) -> dict:
+    """{"type": "function", "function": {"name", "arguments"}} (+ "id"); arguments: an object or JSON text."""
+    function = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+        raise ValueError("has a tool call without a function name")
+    if not isinstance(function.get("arguments", {}), (dict, str)):
+        raise ValueError("has a tool call whose arguments are neither an object nor text")
+    if call.get("type", "function") != "function" or not isinstance(call.get("id", ""), str):
+        raise ValueError("has a tool call that is not a function call")
+    out = {"type": "function", "function": {"name": function["name"], "arguments": function.get("arguments", {})}}
+    if "id" in call:
+        out = {"id": call["id"], **out}
+    return out

@@ -1,12 +1,14 @@
 """The main window: docks the panels around the chat and wires them, the worker thread and the
 GUI-thread objects that each own one concern: app/chat_controller.py (the conversation),
 app/record_hub.py (records to the panels), app/model_controller.py (the loaded model and the status
-line), app/session_autosave.py (autosave and restore). Only the worker talks to the engine."""
+line), app/session_autosave.py (autosave and restore), app/dock_layout.py (where the panels sit, the
+window's size). Only the worker talks to the engine."""
 from __future__ import annotations
 
-from PySide6.QtCore import Qt, QThread
-from PySide6.QtWidgets import QDockWidget, QFileDialog, QMainWindow, QMessageBox
+from PySide6.QtCore import QThread
+from PySide6.QtWidgets import QFileDialog, QMainWindow, QMessageBox
 
+from app import dock_layout
 from app.autosave import default_folder
 from app.chat_controller import ChatController
 from app.engine_worker import EngineWorker
@@ -43,7 +45,10 @@ class MainWindow(QMainWindow):
         # whichever thread allocates (the worker's, where destroying widgets deadlocks).
         self.models = ModelController(self, self.worker, self.settings)
         self._setup_menus()
-        self.settings.restore_window(self)
+        self._shown_once = False
+        geometry, self._layout_restored = self.settings.restore_window(self, dock_layout.LAYOUT_VERSION)
+        if not geometry:
+            dock_layout.fit_first_start(self)  # no saved geometry: fit the screen the window opens on
         notices = [self.settings.notice] if self.settings.notice else []
         self.session = SessionAutosave(self, self.controller, self.models, data_dir or default_folder(),
                                        offer_restore, notices)
@@ -62,21 +67,9 @@ class MainWindow(QMainWindow):
         self.memory = MemoryPanel()
         self.model_panel = ModelPanel()
         self.model_panel.set_recent(self.settings.recent_models())
-        self.docks = {}
-        for name, widget, area in [("Model", self.model_panel, Qt.LeftDockWidgetArea),
-                                   ("Sampler", self.sampler, Qt.LeftDockWidgetArea),
-                                   ("Token probabilities", self.probabilities, Qt.RightDockWidgetArea),
-                                   ("Expert routing", self.routing, Qt.RightDockWidgetArea),
-                                   ("Attention", self.attention, Qt.RightDockWidgetArea),
-                                   ("Memory", self.memory, Qt.BottomDockWidgetArea)]:
-            dock = QDockWidget(name, self)
-            dock.setObjectName(name)  # lets saveState/restoreState find it again
-            dock.setWidget(widget)
-            self.addDockWidget(area, dock)
-            self.docks[name] = dock
-        self.tabifyDockWidget(self.docks["Token probabilities"], self.docks["Expert routing"])
-        self.tabifyDockWidget(self.docks["Expert routing"], self.docks["Attention"])
-        self.docks["Token probabilities"].raise_()
+        self.docks = dock_layout.make_docks(self, {
+            "Model": self.model_panel, "Sampler": self.sampler, "Token probabilities": self.probabilities,
+            "Expert routing": self.routing, "Attention": self.attention, "Memory": self.memory})
 
     def _wire(self) -> None:
         w, c, hub, models, session = self.worker, self.controller, self.hub, self.models, self.session
@@ -112,7 +105,8 @@ class MainWindow(QMainWindow):
 
     def _setup_menus(self) -> None:
         file_menu = self.menuBar().addMenu("&File")
-        file_menu.addAction("&Open model…", self.model_panel.choose_model, "Ctrl+O")
+        file_menu.addAction("&Open model file…", self.model_panel.choose_model, "Ctrl+O")
+        file_menu.addAction("Open model &folder…", self.model_panel.choose_folder)
         file_menu.addSeparator()
         file_menu.addAction("Open &conversation…", self._open_conversation)
         file_menu.addAction("&Save conversation…", lambda: self._save_conversation(False), "Ctrl+S")
@@ -123,10 +117,16 @@ class MainWindow(QMainWindow):
         for dock in self.docks.values():
             view.addAction(dock.toggleViewAction())
         view.addSeparator()
+        view.addAction("&Reset layout", self.reset_layout)
+        view.addSeparator()
         dark = view.addAction("&Dark theme (restart to recolour plots)")
         dark.setCheckable(True)
         dark.setChecked(self.settings.dark_theme())
         dark.toggled.connect(self._set_dark)
+
+    def reset_layout(self) -> None:
+        """View → Reset layout: every panel back where it starts, docked, shown and at its default width."""
+        dock_layout.arrange(self, self.docks)
 
     def load_model(self, path: str | None, options: LoadOptions) -> None:
         self.models.load(path, options)
@@ -152,8 +152,16 @@ class MainWindow(QMainWindow):
         self.settings.set_dark_theme(dark)
         apply_theme(QApplication.instance(), dark)
 
+    def showEvent(self, event) -> None:
+        super().showEvent(event)
+        if not self._shown_once:  # a size asked for by a caller or saved on a larger screen: fit this one
+            self._shown_once = True
+            dock_layout.keep_on_screen(self)
+            if not self._layout_restored:  # the default docks' widths, for the size the window has now
+                dock_layout.size_docks(self, self.docks)
+
     def closeEvent(self, event) -> None:
-        self.settings.save_window(self)
+        self.settings.save_window(self, dock_layout.LAYOUT_VERSION)
         self.settings.set_sampling(self.sampler.params())
         self.settings.sync()
         self.worker.request_cancel()

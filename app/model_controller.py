@@ -1,12 +1,31 @@
 """Which model is loaded: load requests with typed options (LoadOptions), the loaded model's facts
-(ModelFacts) to the panels that size themselves by it, load failures, and the status line (what is
-loaded, then each reply's speed, and failures that must not be missed). GUI thread only."""
+(ModelFacts) to the panels that size themselves by it or offer what it supports (tools), load failures,
+and the status line (what is loaded, then each reply's speed, and failures that must not be missed).
+GUI thread only."""
 from __future__ import annotations
 
-from PySide6.QtCore import QObject
+from PySide6.QtCore import QObject, QSize, Qt
+from PySide6.QtGui import QPainter
 from PySide6.QtWidgets import QLabel, QMessageBox
 
 from engine.records import LoadOptions, ModelFacts, RequestDone
+
+
+class ElidedLabel(QLabel):
+    """A one-line label that asks for its whole text but settles for a few characters, eliding the rest:
+    a long speed line must never make the status bar, and with it the window, wider. Full text as tooltip."""
+
+    def setText(self, text: str) -> None:
+        super().setText(text)
+        self.setToolTip(text)
+
+    def minimumSizeHint(self) -> QSize:
+        return QSize(self.fontMetrics().horizontalAdvance("first token…"), super().minimumSizeHint().height())
+
+    def paintEvent(self, event) -> None:
+        painter = QPainter(self)
+        text = self.fontMetrics().elidedText(self.text(), Qt.ElideRight, self.contentsRect().width())
+        painter.drawText(self.contentsRect(), int(self.alignment()), text)
 
 
 class ModelController(QObject):
@@ -14,7 +33,7 @@ class ModelController(QObject):
         super().__init__(window)
         self.worker, self.settings = worker, settings
         self.facts: ModelFacts | None = None  # the model the worker holds now
-        self.perf = QLabel("no model")
+        self.perf = ElidedLabel("no model")
         window.statusBar().addPermanentWidget(self.perf)
 
     @property
@@ -39,6 +58,7 @@ class ModelController(QObject):
         w.model_panel.show_model_info(facts)
         w.routing.set_model_info(facts.layers, facts.experts, facts.experts_per_token)
         w.attention.set_model_info(facts.layers, facts.heads, facts.kv_heads)
+        w.sampler.set_tools_available(facts.supports_tools, facts.name)
         self.settings.add_recent_model(facts.path)
         w.model_panel.set_recent(self.settings.recent_models())
         w.chat.set_busy(False)

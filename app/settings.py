@@ -1,4 +1,5 @@
-"""Typed access to QSettings: recent models, sampler values, window geometry and dock layout."""
+"""Typed access to QSettings: recent models, sampler values, window geometry and dock layout (versioned:
+a layout saved by an older dock arrangement is not restored)."""
 from __future__ import annotations
 
 import dataclasses
@@ -68,15 +69,20 @@ class Settings:
     def set_dark_theme(self, dark: bool) -> None:
         self.q.setValue("view/dark", dark)
 
-    def save_window(self, window) -> None:
+    def save_window(self, window, layout_version: int = 0) -> None:
         self.q.setValue("window/geometry", window.saveGeometry())
-        self.q.setValue("window/state", window.saveState())
+        self.q.setValue("window/state", window.saveState(layout_version))
 
-    def restore_window(self, window) -> None:
-        for key, restore in (("window/geometry", window.restoreGeometry), ("window/state", window.restoreState)):
+    def restore_window(self, window, layout_version: int = 0) -> tuple[bool, bool]:
+        """Geometry and dock layout as last saved; a layout saved under another version is left out (Qt
+        refuses it). -> (geometry restored, layout restored): what was not, the window chooses itself."""
+        restored = []
+        for key, restore in (("window/geometry", window.restoreGeometry),
+                             ("window/state", lambda state: window.restoreState(state, layout_version))):
             value = self.q.value(key)
-            if isinstance(value, (QByteArray, bytes)):  # anything else is a damaged entry: keep the default
-                restore(value)
+            # anything but bytes is a damaged entry: keep the default
+            restored.append(isinstance(value, (QByteArray, bytes)) and bool(restore(value)))
+        return restored[0], restored[1]
 
     def sync(self) -> None:
         self.q.sync()

@@ -5,6 +5,10 @@ Run under a real X server (Xvfb), not offscreen, so what is saved is what a pers
 The routing panel is also shown on an MoE, since the default model is dense: the MoEfied default
 model when a folder is given (`--moe DIR`, from `python -m engine moefy --out DIR`), otherwise a tiny
 random MoE (built with transformers, a test dependency).
+
+`--laptop` instead shows the whole window as a laptop screen holds it, filling a 1366×768 screen, after a
+short chat with the default model, and saves the X server's own picture of the screen:
+    xvfb-run -a -s "-screen 0 1366x768x24" .venv/bin/python scripts/screenshots.py --laptop
 """
 from __future__ import annotations
 
@@ -55,10 +59,12 @@ def main() -> int:
     torch.set_num_threads(2)
     OUT.mkdir(parents=True, exist_ok=True)
     app = QApplication([])
-    apply_theme(app)
+    apply_theme(app, dark="--dark" in sys.argv)
     settings = Settings("GlassboxScreenshots", "app")
     settings.q.clear()  # the same layout every time, whatever an earlier run left
-    window = MainWindow(settings=settings, autoload=False)
+    window = MainWindow(settings=settings, autoload=False, offer_restore=False)
+    if "--laptop" in sys.argv:
+        return shoot_laptop(app, window)
     window.resize(1600, 1000)
     window.show()
     window.load_model(None, LoadOptions(device="cpu"))
@@ -77,6 +83,29 @@ def main() -> int:
         shoot_tiny_moe(window)
     window.close()
     print(f"screenshots in {OUT}")
+    return 0
+
+
+def shoot_laptop(app, window) -> int:
+    """The whole screen (the window fills it), as the X server shows it."""
+    from engine.records import LoadOptions, SamplingParams
+
+    screen = app.primaryScreen()
+    window.setGeometry(screen.availableGeometry())
+    window.show()
+    window.load_model(None, LoadOptions(device="cpu"))
+    wait_for(window.worker.loaded)
+    window.sampler.set_params(SamplingParams(temperature=0.7, top_p=0.9, seed=4, max_new_tokens=40))
+    chat(window, "Explain in two sentences why the sky is blue.")
+    window.chat.input.setPlainText("")  # the placeholder shows
+    window.chat.step_clicked.emit(3)  # a token's distribution in the probabilities panel
+    settle(800)
+    suffix = "_dark" if "--dark" in sys.argv else ""
+    name = f"window_{screen.size().width()}x{screen.size().height()}{suffix}"
+    screen.grabWindow(0).save(str(OUT / f"{name}.png"))  # the root window: exactly what is on the screen
+    print(f"{OUT / name}.png: window {window.width()}x{window.height()}, minimum {window.minimumSizeHint().width()}x"
+          f"{window.minimumSizeHint().height()}")
+    window.close()
     return 0
 
 

@@ -6,8 +6,8 @@ import html
 
 from PySide6.QtCore import QUrl, Signal
 from PySide6.QtGui import QKeySequence, QShortcut
-from PySide6.QtWidgets import (QHBoxLayout, QLabel, QLineEdit, QPlainTextEdit, QPushButton, QTextBrowser,
-                               QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QHBoxLayout, QLabel, QLineEdit, QPlainTextEdit, QPushButton, QSizePolicy,
+                               QTextBrowser, QVBoxLayout, QWidget)
 
 
 def prob_colour(p: float) -> str:
@@ -29,6 +29,12 @@ def spec_marks(record) -> tuple[str, str]:
     if spec is None or record.spec_role != "resampled":
         return record.spec_role, ""
     return record.spec_role, "".join(d.text for d in spec.drafted if not d.accepted)
+
+
+def call_text(call: dict) -> str:
+    """'calculator({'expression': '2+2'})' for an OpenAI-style tool_calls entry (arguments a dict or JSON)."""
+    function = call.get("function") if isinstance(call.get("function"), dict) else call
+    return f"{function.get('name', '?')}({function.get('arguments', '')})"
 
 
 class ChatPanel(QWidget):
@@ -57,23 +63,29 @@ class ChatPanel(QWidget):
         self.clear_button = QPushButton("Clear")
         self.colour_tokens = QPushButton("Colour by probability", checkable=True, checked=True)
         self.status = QLabel("")
+        self.status.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)  # a long note never widens the chat
         self.send_button.clicked.connect(self._submit)
         self.stop_button.clicked.connect(self.stop_requested)
         self.regenerate_button.clicked.connect(self.regenerate_requested)
         self.clear_button.clicked.connect(self.clear_requested)
         self.colour_tokens.toggled.connect(lambda _: self._render())
         QShortcut(QKeySequence("Ctrl+Return"), self, activated=self._submit)
-        QShortcut(QKeySequence("Escape"), self, activated=self.stop_requested)
+        # `activated` needs a callable: a Signal object passed here made every Esc press a TypeError.
+        QShortcut(QKeySequence("Escape"), self, activated=self.stop_requested.emit)
         self.set_busy(False)
 
     def _layout(self) -> None:
+        # The colour toggle sits beside the system prompt, so the Send row stays short: its width is the
+        # chat's minimum, and with it the window's.
+        top = QHBoxLayout()
+        top.addWidget(self.system, 1)
+        top.addWidget(self.colour_tokens)
         buttons = QHBoxLayout()
-        for w in (self.send_button, self.stop_button, self.regenerate_button, self.clear_button, self.colour_tokens):
+        for w in (self.send_button, self.stop_button, self.regenerate_button, self.clear_button):
             buttons.addWidget(w)
-        buttons.addStretch(1)
-        buttons.addWidget(self.status)
+        buttons.addWidget(self.status, 1)
         layout = QVBoxLayout(self)
-        layout.addWidget(self.system)
+        layout.addLayout(top)
         layout.addWidget(self.transcript, 1)
         layout.addWidget(self.input)
         layout.addLayout(buttons)
@@ -92,6 +104,22 @@ class ChatPanel(QWidget):
         """A finished reply without per-token records (e.g. from a saved conversation)."""
         self._turns.append(f"<p><b>Model</b><br>{self._escape(text)}</p>")
         self._render()
+
+    def add_message(self, message: dict) -> None:
+        """Any message of a saved conversation, drawn as the live chat drew it: a user's or the model's
+        turn, the model's tool calls, a tool's result. System messages are the system prompt's (not shown)."""
+        role, content = message.get("role"), message.get("content") or ""
+        if role == "user":
+            self.add_user(content)
+        elif role == "assistant" and message.get("tool_calls"):
+            calls = "; ".join(call_text(call) for call in message["tool_calls"])
+            self.add_assistant_text(f"{content}\n[tool call] {calls}" if content else f"[tool call] {calls}")
+        elif role == "assistant":
+            self.add_assistant_text(content)
+        elif role == "tool":
+            name = message.get("name") or message.get("tool_call_id") or "tool"
+            self._turns.append(f"<p><b>Tool</b><br>[{self._escape(name)} result] {self._escape(content)}</p>")
+            self._render()
 
     def begin_assistant(self) -> None:
         self._live = []

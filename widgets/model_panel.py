@@ -1,13 +1,13 @@
-"""Opening a model and seeing what it is: a file/folder chooser, recent models, drag and drop,
-load options (device, dtype, weight quantization, RoPE scaling, KV budget and block size), progress, and the loaded
-model's facts. Emits open requests; never loads anything itself."""
+"""Opening a model and seeing what it is: a file chooser and a folder chooser, recent models, drag and
+drop, load options (device, dtype, weight quantization, RoPE scaling, KV budget and block size, CPU
+threads), progress, and the loaded model's facts. Emits open requests; never loads anything itself."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel,
-                               QListWidget, QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGridLayout, QHBoxLayout,
+                               QLabel, QListWidget, QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
 from engine.records import LoadOptions, ModelFacts
 
@@ -45,8 +45,11 @@ class ModelPanel(QWidget):
         self._layout()
 
     def _setup_ui(self) -> None:
-        self.open_button = QPushButton("Open model…")
+        self.open_button = QPushButton("Open model file…")
         self.open_button.clicked.connect(self.choose_model)
+        self.folder_button = QPushButton("Open model folder…")
+        self.folder_button.setToolTip("A Hugging Face model folder (config.json and safetensors)")
+        self.folder_button.clicked.connect(self.choose_folder)
         self.default_button = QPushButton("Default model")
         self.default_button.clicked.connect(lambda: self.request_open(""))
         # The default model split into 8 experts (engine/moefy/build.py): built and cached on first use.
@@ -71,6 +74,9 @@ class ModelPanel(QWidget):
         self.block_size = QComboBox()
         self.block_size.addItems(["8", "16", "32"])
         self.block_size.setCurrentText("16")
+        self.threads = QSpinBox(minimum=0, maximum=256, specialValueText="auto (physical cores)")
+        self.threads.setToolTip("CPU threads for the model's matmuls; auto uses one per physical core. "
+                                "Applied when a model is opened")
         self.recent = QListWidget()
         self.recent.setMaximumHeight(90)
         self.recent.itemDoubleClicked.connect(lambda item: self.request_open(item.text()))
@@ -79,14 +85,18 @@ class ModelPanel(QWidget):
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setVisible(False)
         self.cancel_button.clicked.connect(self.cancel_requested)
-        self.fact_labels = {key: QLabel("—") for key, _, _ in FACTS}
+        # Word-wrapped and selectable: a long model name or weights line wraps instead of widening the dock.
+        self.fact_labels = {key: QLabel("—", wordWrap=True, textInteractionFlags=Qt.TextSelectableByMouse)
+                            for key, _, _ in FACTS}
 
     def _layout(self) -> None:
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.open_button)
-        buttons.addWidget(self.default_button)
-        buttons.addWidget(self.moe_button)
+        buttons = QGridLayout()  # not one row: a row of four buttons would set the dock's minimum width
+        buttons.addWidget(self.open_button, 0, 0)
+        buttons.addWidget(self.folder_button, 0, 1)
+        buttons.addWidget(self.default_button, 1, 0, 1, 2)
+        buttons.addWidget(self.moe_button, 2, 0, 1, 2)
         options = QFormLayout()
+        options.setRowWrapPolicy(QFormLayout.WrapLongRows)  # a narrow dock puts labels above their fields
         options.addRow("Device", self.device)
         options.addRow("Dtype", self.dtype)
         options.addRow("Weights", self.quant)
@@ -97,16 +107,18 @@ class ModelPanel(QWidget):
         options.addRow("Context length", self.context)
         options.addRow("KV budget", self.kv_budget)
         options.addRow("KV block size", self.block_size)
+        options.addRow("CPU threads", self.threads)
         facts = QFormLayout()
         for key, title, _ in FACTS:
             facts.addRow(title, self.fact_labels[key])
+        recent = QLabel("Recent (double-click to open; or drop a .gguf file or a folder here)", wordWrap=True)
         progress = QHBoxLayout()
         progress.addWidget(self.progress, 1)
         progress.addWidget(self.cancel_button)
         layout = QVBoxLayout(self)
         layout.addLayout(buttons)
         layout.addLayout(options)
-        layout.addWidget(QLabel("Recent (double-click to open; or drop a .gguf file or a folder here)"))
+        layout.addWidget(recent)
         layout.addWidget(self.recent)
         layout.addLayout(progress)
         layout.addLayout(facts)
@@ -117,7 +129,8 @@ class ModelPanel(QWidget):
         rope = f"{self.rope.currentText()}:{self.rope_factor.value():g}" if self.rope.currentIndex() > 0 else None
         return LoadOptions(device=self.device.currentText(), dtype=self.dtype.currentText(),
                            quant=self.quant.currentText(), rope_scaling=rope, kv_budget_gib=self.kv_budget.value(),
-                           kv_block_size=int(self.block_size.currentText()), context_length=self.context.value())
+                           kv_block_size=int(self.block_size.currentText()), context_length=self.context.value(),
+                           threads=self.threads.value())
 
     def request_open(self, path: str) -> None:
         self.progress.setVisible(True)
@@ -126,9 +139,14 @@ class ModelPanel(QWidget):
         self.open_requested.emit(path, self.options())
 
     def choose_model(self) -> None:
+        """A GGUF file; Cancel ends it (a folder has its own button: choose_folder)."""
         path, _ = QFileDialog.getOpenFileName(self, "Open a GGUF model", "", "GGUF models (*.gguf);;All files (*)")
-        if not path:
-            path = QFileDialog.getExistingDirectory(self, "…or a Hugging Face model folder")
+        if path:
+            self.request_open(path)
+
+    def choose_folder(self) -> None:
+        """A Hugging Face model folder."""
+        path = QFileDialog.getExistingDirectory(self, "Open a Hugging Face model folder")
         if path:
             self.request_open(path)
 

@@ -33,7 +33,9 @@ class ProbabilitiesPanel(QWidget):
         self._layout()
 
     def _setup_ui(self) -> None:
-        self.title = QLabel("No step selected: click a generated token in the chat.")
+        # Word-wrapped, and the alternatives' box may be narrower than its longest item: neither a step's
+        # title nor a long token may widen the dock (and so the window).
+        self.title = QLabel("No step selected: click a generated token in the chat.", wordWrap=True)
         self.bars = pg.PlotWidget()
         self.bars.setLabel("left", "probability")
         self.bars.getAxis("left").enableAutoSIPrefix(False)  # probabilities, not "x0.001" units
@@ -42,8 +44,10 @@ class ProbabilitiesPanel(QWidget):
         self.cumulative.setLabel("left", "cumulative")
         self.cumulative.setLabel("bottom", "tokens, most likely first (after the sampler)")
         self.cumulative.setMaximumHeight(170)
-        self.alternative = QComboBox()
-        self.continue_button = QPushButton("Continue from here with this token")
+        self.alternative = QComboBox(sizeAdjustPolicy=QComboBox.AdjustToMinimumContentsLengthWithIcon,
+                                     minimumContentsLength=6)
+        self.continue_button = QPushButton("Continue with this token",
+                                           toolTip="Continue the reply from this step with the chosen token instead")
         self.continue_button.clicked.connect(self._continue)
         self.continue_button.setEnabled(False)
 
@@ -80,8 +84,9 @@ class ProbabilitiesPanel(QWidget):
         self._draw_cumulative(final, view.top_p)
         chosen = view.token_texts[view.token_ids.index(view.chosen_token_id)] \
             if view.chosen_token_id in view.token_ids else f"id {view.chosen_token_id}"
-        self.title.setText(f"Step {view.step_index}: chose “{display_text(chosen)}” · entropy "
-                           f"{view.entropy:.2f} nats · {int((final > 0).sum())} of {len(final)} shown tokens remain")
+        entropy = max(0.0, view.entropy)  # a certain step: rounding (or -0.0) would read "-0.00"
+        self.title.setText(f"Step {view.step_index}: chose “{display_text(chosen)}” · entropy {entropy:.2f} nats · "
+                           f"{int((final > 0).sum())} of {len(final)} shown tokens remain")
 
     def _continue(self) -> None:
         if self.alternative.currentIndex() >= 0:

@@ -37,6 +37,7 @@ class RoutingPanel(QWidget):
 
     def _setup_ui(self) -> None:
         self.dense_label = QLabel("This model is dense: every token uses the same MLP, there are no experts to route.")
+        self.dense_label.setWordWrap(True)  # a narrow dock must not scroll sideways to read it
         self.layer = QSpinBox(prefix="layer ")
         self.layer.valueChanged.connect(self._redraw)
         self.balance = QLabel("")

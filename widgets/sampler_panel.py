@@ -9,6 +9,14 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QPlainTextEdit,
                                QSlider, QSpinBox, QVBoxLayout, QWidget)
 
+
+def narrow(combo: QComboBox, characters: int = 8) -> QComboBox:
+    """A combo box that may be narrower than its longest item (the popup still shows it whole): the
+    longest example's name must not set the dock's width."""
+    combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+    combo.setMinimumContentsLength(characters)
+    return combo
+
 from engine.records import SamplingParams, SpeculativeOptions
 
 # name -> (minimum, maximum, step, decimals); decimals 0 means an integer knob
@@ -86,6 +94,8 @@ class _Knob(QWidget):
         self.spin.setValue(value)
 
 
+TOOLS_TIP = "for models whose chat template takes tools; the call is constrained to the tool's schema and " \
+            "answered in the chat"
 DRAFTERS = ("off", "ngram", "self-layers:20", "self-int4")  # editable: a draft model's path can be typed in
 
 
@@ -134,13 +144,15 @@ class SamplerPanel(QWidget):
                                               "grammar (Lark, or llama.cpp GBNF with root ::= ...)")
         self.constraint_text.setMaximumHeight(110)
         self.constraint_kind.currentIndexChanged.connect(self._emit)
-        self.offer_tools = QCheckBox("Offer tools (calculator)", toolTip="for models whose chat template takes tools; "
-                                    "the call is constrained to the tool's schema and answered in the chat")
+        self.offer_tools = QCheckBox("Offer tools (calculator)", toolTip=TOOLS_TIP)
         self.offer_tools.toggled.connect(self.tools_changed)
         self.constraint_text.textChanged.connect(self._emit)
 
     def _layout(self) -> None:
+        for combo in (self.presets, self.drafter, self.constraint_kind, self.constraint_examples):
+            narrow(combo)
         form = QFormLayout(self)
+        form.setRowWrapPolicy(QFormLayout.WrapLongRows)  # a narrow dock puts labels above their fields
         form.addRow("Preset", self.presets)
         for name, knob in self.knobs.items():
             form.addRow(LABELS[name], knob)
@@ -169,6 +181,14 @@ class SamplerPanel(QWidget):
         kind, text = self.constraint_kind.currentData(), self.constraint_text.toPlainText()
         values["constraint_kind"], values["constraint"] = (kind, text) if kind and text.strip() else ("", "")
         return dataclasses.replace(self._extra, **values)
+
+    def set_tools_available(self, available: bool, model: str = "") -> None:
+        """Tools can be offered only to a model whose chat template takes them: otherwise the box is
+        disabled and its tooltip says why (its check is kept for the next model that does)."""
+        self.offer_tools.setEnabled(available)
+        self.offer_tools.setToolTip(TOOLS_TIP if available else
+                                    f"Not available: the chat template of {model or 'this model'} takes no tools, "
+                                    "so offering the calculator would change nothing")
 
     def speculative(self) -> SpeculativeOptions:
         name = self.drafter.currentText().strip()

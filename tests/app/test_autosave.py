@@ -176,3 +176,36 @@ def test_saved_after_every_turn_and_while_a_reply_streams(qtbot, folders, hf_che
         assert growing and all(reply.startswith(p) for p in growing)  # each periodic save: the reply so far
     finally:
         window.close()
+
+
+def test_a_normal_close_marks_the_autosave_and_the_next_start_offers_nothing(qtbot, folders):
+    data, _ = folders
+    window = window_for(qtbot, folders)
+    window.controller.messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    window.session.save()
+    window.close()
+    saved = json.loads((data / "autosave.json").read_text())
+    assert saved["clean_exit"] is True and saved["messages"][-1]["content"] == "hello"
+    window = window_for(qtbot, folders)
+    try:
+        assert window.session.restore_offer is None and not window.session.notices
+        assert not list(data.glob("unsaved-*.json")) and not (data / "autosave.json").exists()
+    finally:
+        window.close()
+
+
+def test_only_an_unclosed_session_is_offered(tmp_path):
+    crashed = Autosave(tmp_path / "crashed")
+    crashed.save("", [{"role": "user", "content": "lost"}], partial="Hal")
+    crashed.flush()  # no close(): as after a crash or a kill
+    assert json.loads((tmp_path / "crashed" / "autosave.json").read_text())["clean_exit"] is False
+    snapshot, _ = Autosave(tmp_path / "crashed").take_unsaved()
+    assert snapshot is not None and snapshot.partial == "Hal" and not snapshot.clean_exit
+    closed = Autosave(tmp_path / "closed")
+    closed.save("", [{"role": "user", "content": "kept"}])
+    closed.close()
+    closed.save("", [{"role": "user", "content": "kept"}, {"role": "assistant", "content": "late"}])  # after close
+    saved = json.loads((tmp_path / "closed" / "autosave.json").read_text())
+    assert saved["clean_exit"] is True and saved["messages"][-1]["content"] == "late"
+    assert Autosave(tmp_path / "closed").take_unsaved() == (None, [])
+    assert not list((tmp_path / "closed").iterdir())  # nothing pending, nothing kept

@@ -73,3 +73,80 @@ def test_sigkill_mid_generation_then_restore(qtbot, tmp_path):
         assert saved["messages"] == window.controller.messages
     finally:
         window.close()
+
+
+# A tool conversation as the app holds it (app/chat_controller.py, app/engine_worker.py's ToolCall): the
+# user's question, the model's call (empty content), the tool's result, the model's answer.
+TOOL_MESSAGES = [{"role": "user", "content": "What is 17 * 23?"},
+                 {"role": "assistant", "content": "",
+                  "tool_calls": [{"type": "function", "function": {"name": "calculator",
+                                                                   "arguments": {"expression": "17 * 23"}}}]},
+                 {"role": "tool", "name": "calculator", "content": "391"},
+                 {"role": "assistant", "content": "17 * 23 = 391."}]
+
+# The app without a model, in its own process: it takes the conversation, autosaves it, says "saved", then
+# either quits normally (File → Quit closes the window) or waits to be killed.
+SESSION = """
+import json, sys
+from PySide6.QtCore import QTimer
+from PySide6.QtWidgets import QApplication
+from app.main_window import MainWindow
+from app.settings import Settings
+app = QApplication([])
+window = MainWindow(settings=Settings(path=sys.argv[1]), autoload=False, offer_restore=False)
+window.show()
+window.controller.messages = json.loads(sys.argv[2])
+window.session.save()
+window.session.autosaver.flush()
+print("saved", flush=True)
+if sys.argv[3] == "quit":
+    QTimer.singleShot(100, window.close)
+    QTimer.singleShot(200, app.quit)
+sys.exit(app.exec())
+"""
+
+
+def run_session(tmp_path, ending: str) -> Path:
+    data = tmp_path / "data"
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "GLASSBOX_DATA_DIR": str(data)}
+    app = subprocess.Popen([sys.executable, "-c", SESSION, str(tmp_path / "first.ini"), json.dumps(TOOL_MESSAGES),
+                            ending], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []  # Qt's warnings may come first
+        while not lines or lines[-1] not in ("saved\n", ""):
+            lines.append(app.stdout.readline())
+        assert lines[-1] == "saved\n", "".join(lines)[-3000:]
+        if ending == "kill":
+            app.send_signal(signal.SIGKILL)
+        assert app.wait(60) == (-signal.SIGKILL if ending == "kill" else 0), app.stdout.read()[-3000:]
+    finally:
+        if app.poll() is None:
+            app.kill()
+            app.wait(30)
+    return data
+
+
+def test_a_killed_tool_conversation_is_offered_and_restored_whole(qtbot, tmp_path):
+    data = run_session(tmp_path, "kill")
+    window = MainWindow(settings=Settings(path=str(tmp_path / "restart.ini")), autoload=False, data_dir=data)
+    qtbot.addWidget(window)
+    try:
+        assert not window.session.notices  # not set aside as corrupt
+        assert window.session.restore_offer is not None and window.session.restore_offer.isVisible()
+        window.session.restore_offer.restore_button.click()
+        assert window.controller.messages == TOOL_MESSAGES
+        shown = window.chat.transcript_text()
+        assert "What is 17 * 23?" in shown and "17 * 23 = 391." in shown
+    finally:
+        window.close()
+
+
+def test_a_normal_quit_offers_nothing_at_the_next_start(qtbot, tmp_path):
+    data = run_session(tmp_path, "quit")
+    window = MainWindow(settings=Settings(path=str(tmp_path / "restart.ini")), autoload=False, data_dir=data)
+    qtbot.addWidget(window)
+    try:
+        assert window.session.restore_offer is None and not window.session.notices
+        assert window.controller.messages == [] and not list(data.glob("unsaved-*.json"))
+    finally:
+        window.close()

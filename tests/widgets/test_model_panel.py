@@ -45,3 +45,31 @@ def test_dropping_a_gguf_file_opens_it(qtbot, tmp_path):
     with qtbot.waitSignal(panel.open_requested) as blocker:
         panel.dropEvent(event)
     assert blocker.args[0] == str(model)
+
+
+def test_cancel_in_the_open_dialog_ends_it_and_a_folder_has_its_own_button(qtbot, tmp_path, monkeypatch):
+    from PySide6.QtWidgets import QFileDialog
+
+    panel = ModelPanel()
+    qtbot.addWidget(panel)
+    asked, opened = [], []
+    panel.open_requested.connect(lambda path, options: opened.append(path))
+    monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *a, **k: asked.append("file") or ("", ""))
+    monkeypatch.setattr(QFileDialog, "getExistingDirectory", lambda *a, **k: asked.append("folder") or "")
+    panel.open_button.click()  # the user cancels the file chooser
+    assert asked == ["file"] and opened == []  # no second dialog, nothing opened
+    folder = str(tmp_path / "hf-model")
+    monkeypatch.setattr(QFileDialog, "getExistingDirectory", lambda *a, **k: asked.append("folder") or folder)
+    panel.folder_button.click()
+    assert asked == ["file", "folder"] and opened == [folder]
+    monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *a, **k: (str(tmp_path / "m.gguf"), "GGUF"))
+    panel.choose_model()
+    assert opened == [folder, str(tmp_path / "m.gguf")]
+
+
+def test_cpu_threads_reach_the_load_options(qtbot):
+    panel = ModelPanel()
+    qtbot.addWidget(panel)
+    assert panel.options().threads == 0 and panel.threads.text() == "auto (physical cores)"
+    panel.threads.setValue(6)
+    assert panel.options().threads == 6 and panel.options() == LoadOptions(threads=6)

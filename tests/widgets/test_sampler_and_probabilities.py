@@ -53,3 +53,16 @@ def test_probabilities_follow_the_sampler_without_the_model(qtbot):
     panel.show_distribution(distribution_view(rec, SamplingParams(temperature=0.0), TEXTS.__getitem__))
     assert (panel.bar_heights()["final"] > 0).sum() == 1
     assert "Paris" in panel.title.text()
+
+
+def test_offer_tools_is_disabled_with_the_reason_when_the_template_takes_none(qtbot):
+    panel = SamplerPanel()
+    qtbot.addWidget(panel)
+    panel.set_tools_available(False, "SmolLM2")
+    assert not panel.offer_tools.isEnabled()
+    assert "SmolLM2" in panel.offer_tools.toolTip() and "takes no tools" in panel.offer_tools.toolTip()
+    panel.set_tools_available(True, "Qwen")
+    assert panel.offer_tools.isEnabled() and "takes no tools" not in panel.offer_tools.toolTip()
+    with qtbot.waitSignal(panel.tools_changed) as blocker:
+        panel.offer_tools.click()
+    assert blocker.args == [True]

@@ -1,0 +1,131 @@
+"""A window that fits a laptop (issue 18): minimum size at most 1280×720 with every dock open, Send, Stop
+and the status line inside the window at that size, nothing that widens the window during use, a first
+start that fits the screen, the dock layout remembered across a restart and View → Reset layout."""
+from __future__ import annotations
+
+from PySide6.QtCore import QPoint, QRect, Qt
+from PySide6.QtWidgets import QApplication, QScrollArea
+
+from app.dock_layout import DEFAULT_AREAS
+from app.main_window import MainWindow
+from app.settings import Settings
+from engine.records import ModelFacts
+
+LAPTOP = (1280, 720)
+
+
+def window_for(qtbot, tmp_path, name: str = "settings.ini") -> MainWindow:
+    window = MainWindow(settings=Settings(path=str(tmp_path / name)), autoload=False, data_dir=tmp_path / "data",
+                        offer_restore=False)
+    qtbot.addWidget(window)
+    return window
+
+
+def inside(window, widget) -> bool:
+    rect = QRect(widget.mapTo(window, QPoint(0, 0)), widget.size())
+    return widget.isVisible() and window.rect().contains(rect)
+
+
+def long_facts() -> ModelFacts:
+    name = "A-model-with-a-very-long-name-that-goes-on-and-on-" * 3
+    return ModelFacts(name=name, path="/x/" + name, architecture="llama", parameters=123_456_789_012, layers=2,
+                      heads=4, kv_heads=2, head_dim=8, experts=0, experts_per_token=0, dense_layers=(), context=256,
+                      vocab=100, dtype="float32", device="cpu", rope="yarn:4 (original 8192) " * 4,
+                      weight_bytes=tuple((f"kind{i}", 10_000_000 * (i + 1)) for i in range(8)), supports_tools=False)
+
+
+def test_minimum_size_fits_a_laptop_with_every_dock_open(qtbot, tmp_path):
+    window = window_for(qtbot, tmp_path)
+    window.show()
+    qtbot.waitExposed(window)
+    assert all(dock.toggleViewAction().isChecked() for dock in window.docks.values())
+    for dock in window.docks.values():  # whichever tab is in front
+        dock.raise_()
+        QApplication.processEvents()
+        hint, minimum = window.minimumSizeHint(), window.minimumSize()
+        assert hint.width() <= LAPTOP[0] and hint.height() <= LAPTOP[1], (dock.objectName(), hint)
+        assert minimum.width() <= LAPTOP[0] and minimum.height() <= LAPTOP[1]
+    window.resize(*LAPTOP)
+    QApplication.processEvents()
+    assert (window.width(), window.height()) == LAPTOP
+    for widget in (window.chat.send_button, window.chat.stop_button, window.chat.input, window.statusBar()):
+        assert inside(window, widget), widget
+    for dock in window.docks.values():  # every panel reachable: docked inside the window, in a scroll area
+        assert not dock.isFloating() and isinstance(dock.widget(), QScrollArea)
+        dock.raise_()
+        QApplication.processEvents()
+        assert inside(window, dock), dock.objectName()
+    window.close()
+
+
+def test_long_texts_never_make_the_window_wider(qtbot, tmp_path):
+    window = window_for(qtbot, tmp_path)
+    window.show()
+    window.resize(*LAPTOP)
+    qtbot.waitExposed(window)
+    window.models.on_loaded(long_facts())  # the model panel's facts, the status line
+    window.models.perf.setText("first token 123456 ms · prefill 99999 tok/s (123456 computed, 654321 cached) · "
+                               "decode 12345.6 tok/s " * 3)
+    window.statusBar().showMessage("a long message " * 40)
+    window.probabilities.title.setText("Step 12345: chose “a-very-long-token-text” · entropy 3.21 nats " * 3)
+    window.chat.status.setText("a long note " * 40)
+    QApplication.processEvents()
+    assert window.width() == LAPTOP[0] and window.minimumSizeHint().width() <= LAPTOP[0]
+    assert inside(window, window.chat.send_button) and inside(window, window.statusBar())
+    assert window.models.perf.toolTip().startswith("first token")  # elided on screen, whole in the tooltip
+    window.close()
+
+
+def test_the_first_start_fits_the_available_screen(qtbot, tmp_path):
+    window = window_for(qtbot, tmp_path)
+    window.show()
+    qtbot.waitExposed(window)
+    screen = window.screen().availableGeometry()
+    assert screen.contains(window.frameGeometry())
+    assert window.width() >= 0.8 * screen.width() or window.width() == window.minimumSizeHint().width()
+    window.close()
+    asked_too_big = window_for(qtbot, tmp_path, "other.ini")
+    asked_too_big.resize(screen.width() + 600, screen.height() + 600)  # e.g. a caller's fixed size
+    asked_too_big.show()
+    qtbot.waitExposed(asked_too_big)
+    assert screen.contains(asked_too_big.frameGeometry())
+    asked_too_big.close()
+
+
+def test_layout_is_remembered_and_reset_restores_the_default(qtbot, tmp_path):
+    window = window_for(qtbot, tmp_path)
+    window.show()
+    qtbot.waitExposed(window)
+    window.addDockWidget(Qt.LeftDockWidgetArea, window.docks["Attention"])  # the user moves one
+    window.docks["Memory"].hide()  # and closes another
+    window.close()  # saves geometry and layout
+    again = window_for(qtbot, tmp_path)
+    again.show()
+    qtbot.waitExposed(again)
+    assert again.dockWidgetArea(again.docks["Attention"]) == Qt.LeftDockWidgetArea
+    assert not again.docks["Memory"].toggleViewAction().isChecked()
+    again.docks["Sampler"].setFloating(True)
+    reset = next(a for a in again.menuBar().actions() if a.text() == "&View").menu()
+    next(a for a in reset.actions() if a.text() == "&Reset layout").trigger()
+    QApplication.processEvents()
+    for name, dock in again.docks.items():
+        assert again.dockWidgetArea(dock) == DEFAULT_AREAS[name] and not dock.isFloating()
+        assert dock.toggleViewAction().isChecked()
+    tabbed = {d.objectName() for d in again.tabifiedDockWidgets(again.docks["Token probabilities"])}
+    assert tabbed == {"Expert routing", "Attention", "Memory"}
+    assert {d.objectName() for d in again.tabifiedDockWidgets(again.docks["Model"])} == {"Sampler"}
+    again.close()
+
+
+def test_a_layout_saved_by_the_old_arrangement_is_not_restored(qtbot, tmp_path):
+    window = window_for(qtbot, tmp_path)
+    window.docks["Memory"].hide()
+    old = window.saveState(0)  # version 0: what the stacked docks' layout was saved as
+    window.close()
+    window.settings.q.setValue("window/state", old)
+    window.settings.sync()
+    again = window_for(qtbot, tmp_path)
+    again.show()
+    qtbot.waitExposed(again)
+    assert again.docks["Memory"].toggleViewAction().isChecked()  # the default arrangement instead
+    again.close()
