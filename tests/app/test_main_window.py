@@ -130,9 +130,11 @@ def test_routing_fills_for_moe_and_attention_for_dense(qtbot, settings, hf_check
     dense_dir, _ = hf_checkpoint("llama", seed=1)
     window = open_window(qtbot, settings, dense_dir)
     try:
+        window.show()  # attention is computed on demand, for a panel on screen (tests/app/test_live_window.py)
+        window.docks["Attention"].raise_()
         chat(qtbot, window, "t1 t2 t3", max_new_tokens=6)
         assert window.routing.is_dense_message_shown()
-        assert window.attention.matrix().size > 0
+        qtbot.waitUntil(lambda: window.attention.matrix().size > 0, timeout=TIMEOUT)
     finally:
         close_window(window)
 
