@@ -76,10 +76,10 @@ def load_checkpoint(path: str | Path | None = None, dtype: torch.dtype = torch.f
         raise ModelFormatError(path, f"not a GGUF file (starts with {magic!r}) and not a model directory")
     from engine.loaders.gguf_file import load_gguf
 
-    # The tokenizer is built before the tensors: its construction is one Rust call that holds the GIL
-    # (~65 ms for the default model's 49k vocabulary on a quiet 2-core box), and right after torch
-    # ops the OpenMP threads still spin on the sibling core and stretch it to ~75-110 ms, a GUI
-    # thread waiting for the GIL all the while.
+    # The tokenizer is built before the tensors: in process its construction is one Rust call that
+    # holds the GIL (~65 ms for the default model's 49k vocabulary on a quiet 2-core box), and right
+    # after torch ops the OpenMP threads still spin on the sibling core and stretch it. (Off the main
+    # thread it is built in a helper process instead: engine/text/tokenizer_service.py.)
     tokenizer = []
     config, tensors, _ = load_gguf(path, dtype=dtype, progress=progress, keep_packed=keep_packed,
                                    on_metadata=lambda meta: tokenizer.append(Tokenizer.from_gguf_metadata(meta, path)))

@@ -1,6 +1,7 @@
 """One Tokenizer over the three places a vocabulary can come from: an HF directory with
 tokenizer.json or a sentencepiece tokenizer.model, or the vocabulary embedded in a GGUF file
-(rebuilt in engine/text/tokenizer_gguf.py). Also owns special tokens, the per-token display text
+(rebuilt in engine/text/tokenizer_gguf.py; off the main thread both `tokenizers` builds run in a helper
+process, engine/text/tokenizer_service.py). Also owns special tokens, the per-token display text
 and a streaming decoder that never emits half a UTF-8 character. Chat templates: chat_template.py.
 """
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 from tokenizers import Tokenizer as HFTokenizer
 
 from engine.errors import ModelFormatError
+from engine.text import tokenizer_service
 from engine.text.tokenizer_gguf import CONTROL, byte_alphabet, checked_metadata, gguf_backend
 
 REPLACEMENT = "\ufffd"
@@ -92,11 +94,14 @@ class Tokenizer:
         self.special_ids = frozenset(special | set(self.eos_ids) | ({bos_id} if bos_id is not None else set()))
         self.bos_token = self._name(bos_id) if bos_id is not None else ""
         self.eos_token = self._name(self.eos_ids[0]) if self.eos_ids else ""
+        self._texts: dict[int, str] = {}  # token_text's answers: every step's top-N asks again (~0.2 ms each)
 
     @classmethod
     def from_gguf_metadata(cls, meta: dict, path) -> "Tokenizer":
         meta = checked_metadata(meta, path)
-        backend = gguf_backend(meta, path)
+        # Off the main thread (the window's worker) the build runs in a helper process: it holds the GIL.
+        backend = tokenizer_service.build(lambda: gguf_backend(meta, path),
+                                          lambda: tokenizer_service.gguf_backend(meta, path))
         eos = [meta.get(f"tokenizer.ggml.{k}_token_id") for k in ("eos", "eot", "eom")]
         types = meta.get("tokenizer.ggml.token_type") or ()
         eos += [i for i in map(backend.token_to_id, TURN_ENDS) if i is not None and types[i:i + 1] == [CONTROL]]
@@ -112,7 +117,8 @@ class Tokenizer:
         config = {**_read_json(path / "special_tokens_map.json"), **config}
         if (path / "tokenizer.json").is_file():
             try:
-                backend = HFTokenizer.from_file(str(path / "tokenizer.json"))
+                backend = tokenizer_service.build(lambda: HFTokenizer.from_file(str(path / "tokenizer.json")),
+                                                  lambda: tokenizer_service.file_backend(path / "tokenizer.json"))
             except Exception as e:  # tokenizers raises plain Exception on malformed files
                 raise ModelFormatError(path / "tokenizer.json", f"invalid tokenizer: {e}") from None
         elif (path / "tokenizer.model").is_file():
@@ -138,9 +144,10 @@ class Tokenizer:
             bos = bos if bos is not None else backend.sp.bos_id()
             eos.append(backend.sp.eos_id())
         add_bos = config.get("add_bos_token")
-        if add_bos is None and isinstance(backend, HFTokenizer):  # then the post-processor decides
+        if add_bos is None and not isinstance(backend, _SentencePieceBackend):  # the post-processor decides
             try:
-                add_bos = bos is not None and backend.encode("a", add_special_tokens=True).ids[:1] == [bos]
+                ids = backend.encode("a", add_special_tokens=True)
+                add_bos = bos is not None and getattr(ids, "ids", ids)[:1] == [bos]  # a RemoteBackend gives ids
             except Exception as e:  # e.g. a WordLevel vocabulary without its unknown token
                 raise ModelFormatError(path / "tokenizer.json", f"the tokenizer cannot encode text: {e}") from None
         return cls(backend, bos_id=bos if bos is None or bos >= 0 else None, eos_ids=_unique(eos),
@@ -149,7 +156,8 @@ class Tokenizer:
     # use ---------------------------------------------------------------------------------------
     @property
     def backend(self):
-        """The `tokenizers` (or sentencepiece) object underneath: llguidance and MoEfication read it as is."""
+        """The `tokenizers` (or sentencepiece) object underneath, or its stand-in in the helper process
+        (tokenizer_service.RemoteBackend: to_str, save, id_to_token): llguidance and MoEfication read it."""
         return self._backend
 
     @property
@@ -178,7 +186,14 @@ class Tokenizer:
     def token_text(self, token_id: int) -> str:
         """One token as a person should read it on its own (probability panels, token labels): special
         tokens by name, a word's leading space kept, bytes that are not whole UTF-8 as <0xNN>."""
-        piece = self._backend.id_to_token(int(token_id))
+        token_id = int(token_id)
+        text = self._texts.get(token_id)
+        if text is None:
+            text = self._texts[token_id] = self._token_text(token_id)
+        return text
+
+    def _token_text(self, token_id: int) -> str:
+        piece = self._backend.id_to_token(token_id)
         if piece is None:
             return f"<unknown id {token_id}>"
         if token_id in self.special_ids:

@@ -6,8 +6,6 @@ from sentencepiece scores and which tokens stay whole; the Tokenizer API lives i
 """
 from __future__ import annotations
 
-import time
-
 from tokenizers import AddedToken, Regex, Tokenizer as HFTokenizer, decoders, models, normalizers, pre_tokenizers
 
 from engine.errors import ModelFormatError
@@ -165,15 +163,11 @@ def _bpe(vocab: dict, merges: list, path, **options) -> HFTokenizer:
         if left not in vocab or right not in vocab or left + right not in vocab:
             raise ModelFormatError(path, f"metadata tokenizer.ggml.merges: merging {left!r} and {right!r} "
                                          "names a piece that is not in the vocabulary")
-    # One Rust call that holds the GIL throughout: ~80 ms for a 49k vocabulary on a 2-core AVX2 box
-    # (tokenizers has no GIL-free constructor; from_file / from_str hold it longer). Sleep a moment
-    # first so that a GUI thread waiting for the GIL runs its pending events just before the stall,
-    # not ~10 ms into it. The wrap in a Tokenizer is a second, shorter call.
-    time.sleep(0.015)
+    # One Rust call that holds the GIL throughout: ~50-120 ms for a 49k vocabulary on a 2-core box
+    # (tokenizers has no GIL-free constructor; from_file / from_str hold it longer). So the window's
+    # worker thread builds it in a helper process (engine/text/tokenizer_service.py).
     try:
-        model = models.BPE(vocab, merges, **options)
-        time.sleep(0.001)  # and let it run between the two calls
-        return HFTokenizer(model)
+        return HFTokenizer(models.BPE(vocab, merges, **options))
     except Exception as e:  # tokenizers raises plain Exception on what it refuses
         raise ModelFormatError(path, f"the vocabulary cannot be built: {e}") from None
 

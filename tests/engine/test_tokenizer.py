@@ -1,7 +1,10 @@
 """Our tokenizer against transformers' on the default model's GGUF vocabulary (and on other GGUF
 split rules), against sentencepiece on a model trained here, the tokenizer.json path, and the
-streaming decoder against one-shot decoding."""
+streaming decoder against one-shot decoding. The `tokenizers` pipelines are checked both where the
+CLI builds them (in process) and where the window's worker does (off the main thread: in the helper
+process of engine/text/tokenizer_service.py)."""
 import json
+import threading
 
 import pytest
 from hypothesis import given, settings
@@ -11,6 +14,9 @@ from engine.errors import ModelFormatError
 from engine.loaders.gguf_file import read_metadata
 from engine.text.tokenizer import Tokenizer
 from engine.text.tokenizer_gguf import BYTE, CONTROL, NORMAL, UNKNOWN
+from engine.text.tokenizer_service import RemoteBackend
+
+WHERE = ["in process", "helper process"]
 
 MIXED = (
     "Hello, world! It's 2026 and the café serves crème brûlée. I'M camelCase XMLHttpRequest don't\n"
@@ -29,9 +35,36 @@ def meta(default_gguf):
     return read_metadata(default_gguf)
 
 
-@pytest.fixture(scope="module")
-def tok(meta, default_gguf):
-    return Tokenizer.from_gguf_metadata(meta, default_gguf)
+def off_main_thread(build):
+    """build() on another thread, as the window's worker runs it: there the pipeline is built (and used)
+    in the helper process. Its result or its exception."""
+    result = {}
+
+    def run():
+        try:
+            result["value"] = build()
+        except BaseException as e:  # re-raised on the test's thread
+            result["error"] = e
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
+
+
+def built(where: str, build):
+    if where == "in process":
+        return build()
+    tokenizer = off_main_thread(build)
+    assert isinstance(tokenizer.backend, RemoteBackend)
+    return tokenizer
+
+
+@pytest.fixture(scope="module", params=WHERE)
+def tok(request, meta, default_gguf):
+    return built(request.param, lambda: Tokenizer.from_gguf_metadata(meta, default_gguf))
 
 
 @pytest.mark.parametrize("text", [MIXED] + SHORT)
@@ -41,16 +74,19 @@ def test_ids_equal_transformers_and_round_trip(tok, hf_default_tokenizer, text):
     assert tok.decode(ids) == text
 
 
+@pytest.mark.parametrize("where", WHERE)
 @pytest.mark.parametrize("pre", ["llama-bpe", "qwen2", "tekken", "gpt-4o"])
-def test_split_rule_per_pre_type_equals_transformers(meta, default_gguf, pre):
+def test_split_rule_per_pre_type_equals_transformers(meta, default_gguf, pre, where):
     """The default vocabulary under other `tokenizer.ggml.pre` names: each split rule gives
     transformers' ids, and they differ from GPT-2's (so the rule is really in use)."""
     from transformers.integrations.gguf.gguf_tokenizer_mapping import convert_gguf_tokenizer, get_gguf_tokenizer
 
     arch, tokenizer_dict, _ = get_gguf_tokenizer(str(default_gguf))
     reference, _ = convert_gguf_tokenizer(arch, dict(tokenizer_dict, pre_tokenizer_type=pre))
-    ours = Tokenizer.from_gguf_metadata(dict(meta, **{"tokenizer.ggml.pre": pre}), default_gguf)
-    gpt2 = Tokenizer.from_gguf_metadata(dict(meta, **{"tokenizer.ggml.pre": "gpt2"}), default_gguf)
+    def rule(name):
+        return built(where, lambda: Tokenizer.from_gguf_metadata(dict(meta, **{"tokenizer.ggml.pre": name}), default_gguf))
+
+    ours, gpt2 = rule(pre), rule("gpt2")
     assert ours.encode(MIXED) == reference.encode(MIXED, add_special_tokens=False).ids != gpt2.encode(MIXED)
     assert ours.decode(ours.encode(MIXED)) == MIXED
 
@@ -92,13 +128,14 @@ def test_stream_decoder_equals_decode_on_any_ids(tok, ids):
     assert "".join(stream.push(i) for i in ids) + stream.flush() == tok.decode(ids)
 
 
-def test_tokenizer_json_directory(tmp_path, tok):
-    tok._backend.save(str(tmp_path / "tokenizer.json"))
+@pytest.mark.parametrize("where", WHERE)
+def test_tokenizer_json_directory(tmp_path, tok, where):
+    tok.backend.save(str(tmp_path / "tokenizer.json"))
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{{ messages[0]['content'] }}"}))
     (tmp_path / "special_tokens_map.json").write_text(json.dumps(
         {"bos_token": {"content": "<|im_start|>"}, "eos_token": "<|im_end|>"}))
     (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [2, 0]}))
-    loaded = Tokenizer.from_hf_dir(tmp_path)
+    loaded = built(where, lambda: Tokenizer.from_hf_dir(tmp_path))
     assert loaded.encode(MIXED) == tok.encode(MIXED) and loaded.decode(tok.encode(MIXED)) == MIXED
     assert loaded.eos_ids == (2, 0) and loaded.bos_id == 1 and loaded.special_ids >= {0, 1, 2}
     assert loaded.chat_template == "{{ messages[0]['content'] }}"
@@ -128,8 +165,8 @@ def sp(spm_dir):
     return sentencepiece.SentencePieceProcessor(model_file=str(spm_dir / "tokenizer.model"))
 
 
-@pytest.fixture(scope="module")
-def spm_gguf(sp, spm_dir):
+@pytest.fixture(scope="module", params=WHERE)
+def spm_gguf(request, sp, spm_dir):
     """The same vocabulary as a GGUF 'llama' file stores it: pieces + scores + types, no merges."""
     n = sp.GetPieceSize()
     kinds = [UNKNOWN if sp.IsUnknown(i) else CONTROL if sp.IsControl(i) else BYTE if sp.IsByte(i) else NORMAL
@@ -138,7 +175,7 @@ def spm_gguf(sp, spm_dir):
             "tokenizer.ggml.scores": [sp.GetScore(i) for i in range(n)], "tokenizer.ggml.token_type": kinds,
             "tokenizer.ggml.bos_token_id": sp.bos_id(), "tokenizer.ggml.eos_token_id": sp.eos_id(),
             "tokenizer.ggml.unknown_token_id": sp.unk_id()}
-    return Tokenizer.from_gguf_metadata(meta, spm_dir / "spm.gguf")
+    return built(request.param, lambda: Tokenizer.from_gguf_metadata(meta, spm_dir / "spm.gguf"))
 
 
 # 😀, ü, 漢 are not in the training text: they go through byte fallback.
@@ -214,3 +251,34 @@ def test_bad_tokenizer_files(tmp_path):
     with pytest.raises(ModelFormatError, match="2 tokens but 1 token types"):
         Tokenizer.from_gguf_metadata({"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.tokens": ["a", "b"],
                                       "tokenizer.ggml.token_type": [1]}, "x.gguf")
+
+
+def test_the_helper_process_reports_errors_as_the_process_itself_does(tmp_path):
+    """A vocabulary `tokenizers` would refuse, and a broken tokenizer.json: the same ModelFormatError,
+    with the same message, whichever process built it."""
+    bad = {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.tokens": ["a", "b"], "tokenizer.ggml.merges": ["a c"]}
+    with pytest.raises(ModelFormatError, match="not in the vocabulary") as here:
+        Tokenizer.from_gguf_metadata(bad, tmp_path / "x.gguf")
+    with pytest.raises(ModelFormatError) as there:
+        off_main_thread(lambda: Tokenizer.from_gguf_metadata(bad, tmp_path / "x.gguf"))
+    assert str(there.value) == str(here.value)
+    (tmp_path / "tokenizer.json").write_text("{broken")
+    with pytest.raises(ModelFormatError, match="tokenizer.json: invalid tokenizer"):
+        off_main_thread(lambda: Tokenizer.from_hf_dir(tmp_path))
+    assert off_main_thread(lambda: Tokenizer.from_gguf_metadata(
+        {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.tokens": ["a", "b", "ab"], "tokenizer.ggml.merges": ["a b"]},
+        "y.gguf")).encode("abba") == [2, 1, 0]  # and it still serves after the failures
+
+
+def test_without_a_helper_process_the_worker_builds_in_process(monkeypatch, meta, default_gguf):
+    """Where no subprocess can start (a sandbox), building off the main thread falls back to this process."""
+    from engine.text import tokenizer_service
+
+    def refuse():
+        raise OSError("no subprocesses here")
+
+    monkeypatch.setattr(tokenizer_service, "_service", tokenizer_service._Service())
+    monkeypatch.setattr(tokenizer_service, "_spawn", refuse)
+    tok = off_main_thread(lambda: Tokenizer.from_gguf_metadata(meta, default_gguf))
+    assert not isinstance(tok.backend, RemoteBackend) and tok.encode("Paris")
+    assert not tokenizer_service.wanted()  # and it does not try again
