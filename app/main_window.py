@@ -54,7 +54,7 @@ class MainWindow(QMainWindow):
                                        offer_restore, notices)
         self._wire()
         if autoload:
-            self.load_model(model_path, LoadOptions())
+            self.load_model(model_path, LoadOptions(threads=0))  # one matmul thread per physical core
 
     def _setup_panels(self) -> None:
         self.chat = ChatPanel()

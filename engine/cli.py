@@ -5,6 +5,7 @@ import argparse
 import json
 import sys
 
+from engine.device import physical_cores
 from engine.errors import EngineError
 from engine.records import GenerationDone, SamplingParams, TokenStep
 
@@ -15,7 +16,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
     p.add_argument("--rope-scaling", metavar="TYPE:FACTOR",
                    help="override RoPE scaling, e.g. yarn:4, linear:2, dynamic:2, llama3:8, none")
-    p.add_argument("--threads", type=int, help="CPU threads for matmuls (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=0,
+                   help=f"CPU threads for matmuls (default 0: one per physical core, {physical_cores()} here)")
     p.add_argument("--kv-block-size", type=int, default=16, help="tokens per KV cache block")
     p.add_argument("--context-length", type=int, default=0, help="context in tokens (default: the model's)")
     p.add_argument("--kv-budget", type=float, default=0.5,
@@ -33,6 +35,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 def _add_sampling_args(p: argparse.ArgumentParser, temperature: float) -> None:
     p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--ignore-eos", action="store_true",
+                   help="keep generating past end-of-sequence: exactly --max-new-tokens tokens (benchmarks)")
     p.add_argument("--temperature", type=float, default=temperature, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--top-p", type=float, default=1.0)
@@ -54,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m engine", description="Glassbox engine, no GUI")
     sub = parser.add_subparsers(dest="command", required=True)
     gen = sub.add_parser("generate", help="continue a prompt (or answer it with --chat) and exit")
-    gen.add_argument("--prompt", required=True)
+    prompt = gen.add_mutually_exclusive_group(required=True)
+    prompt.add_argument("--prompt")
+    prompt.add_argument("--prompt-file", metavar="FILE", help="read the prompt from this UTF-8 file")
     gen.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     gen.add_argument("--system", help="system prompt (with --chat)")
     gen.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
@@ -98,16 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load(args):
-    from engine.device import set_threads
     from engine.engine import Engine
     from engine.records import LoadOptions
 
-    set_threads(args.threads)
     options = LoadOptions(device=args.device, dtype=args.dtype, rope_scaling=args.rope_scaling,
                           kv_budget_gib=args.kv_budget, kv_gpu_fraction=min(args.kv_budget, 0.9),
                           kv_block_size=args.kv_block_size, context_length=args.context_length,
                           quant=args.quant, quant_exact=args.quant_exact, quant_head=args.quant_head,
-                          expert_offload=args.expert_offload)
+                          expert_offload=args.expert_offload, threads=args.threads)  # Engine.load applies it
     return Engine.load(args.model, options)
 
 
@@ -116,24 +120,25 @@ def _params(args) -> SamplingParams:
                           typical_p=args.typical_p, repetition_penalty=args.repetition_penalty,
                           presence_penalty=args.presence_penalty, frequency_penalty=args.frequency_penalty,
                           stop=tuple(args.stop), max_new_tokens=args.max_new_tokens, seed=args.seed,
-                          **_constraint(args))
+                          ignore_eos=args.ignore_eos, **_constraint(args))
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
 
 
 def _constraint(args) -> dict:
     """--json-schema FILE | --regex R | --grammar FILE as SamplingParams fields (none given: no constraint)."""
-    def read(path: str) -> str:
-        try:
-            with open(path, encoding="utf-8") as f:
-                return f.read()
-        except OSError as e:
-            raise ValueError(f"cannot read {path}: {e.strerror}") from None
-
     if getattr(args, "json_schema", None):
-        return {"constraint_kind": "json_schema", "constraint": read(args.json_schema)}
+        return {"constraint_kind": "json_schema", "constraint": _read(args.json_schema)}
     if getattr(args, "regex", None):
         return {"constraint_kind": "regex", "constraint": args.regex}
     if getattr(args, "grammar", None):
-        return {"constraint_kind": "grammar", "constraint": read(args.grammar)}
+        return {"constraint_kind": "grammar", "constraint": _read(args.grammar)}
     return {}
 
 
@@ -163,12 +168,13 @@ def _stream(engine, prompt_ids, params, echo: bool, speculative=None) -> Generat
 
 
 def cmd_generate(args) -> int:
+    text = args.prompt if args.prompt is not None else _read(args.prompt_file)
     engine = _load(args)
     if args.chat:
         messages = ([{"role": "system", "content": args.system}] if args.system else [])
-        prompt_ids = engine.chat_prompt_ids(messages + [{"role": "user", "content": args.prompt}])
+        prompt_ids = engine.chat_prompt_ids(messages + [{"role": "user", "content": text}])
     else:
-        prompt_ids = engine.prompt_ids(args.prompt)
+        prompt_ids = engine.prompt_ids(text)
     if args.n > 1 or args.best_of or args.beams:
         return _many(engine, prompt_ids, args)
     done = _stream(engine, prompt_ids, _params(args), echo=not args.json, speculative=_spec(args))

@@ -14,7 +14,7 @@ from typing import Iterator
 import torch
 
 from engine.config import ModelConfig, RopeScaling
-from engine.device import pick_device, pick_dtype
+from engine.device import freeze_heap, pick_device, pick_dtype, set_threads, yield_to_gui
 from engine.errors import ContextOverflow, EngineError
 from engine.instrumentation.distribution import distribution_view
 from engine.instrumentation.quality import compare
@@ -62,6 +62,15 @@ class Engine:
     def load(cls, path: str | Path | None = None, options: LoadOptions | None = None,
              progress: ProgressCallback | None = None) -> "Engine":
         options = options or LoadOptions()
+        # Off the main thread (the window's worker) a GUI thread shares our GIL and our cores: keep the
+        # collector's full passes short (loading allocates enough to trigger one), let the GUI thread win
+        # the CPU when it wants it, and build the tokenizer out of process (engine/text/tokenizer_service.py).
+        beside_gui = threading.current_thread() is not threading.main_thread()
+        if beside_gui:
+            freeze_heap()
+            yield_to_gui()  # before set_threads starts OpenMP's threads: they inherit the priority
+        if options.threads is not None:
+            set_threads(options.threads)  # on the thread that will run the engine: OpenMP counts per thread
         device = pick_device(options.device)
         dtype = pick_dtype(options.dtype, device)
         check_mode(options.quant)
@@ -79,7 +88,10 @@ class Engine:
         else:
             model = build_model(config, ckpt.tensors, device, dtype, options.quant, head=options.quant_head,
                                 exact=options.quant_exact)
-        return cls(model, ckpt.tokenizer, ckpt.source, options)
+        engine = cls(model, ckpt.tokenizer, ckpt.source, options)
+        if beside_gui:
+            freeze_heap()  # the model's own objects too: passes while chatting walk only the records
+        return engine
 
     # -- what was loaded ----------------------------------------------------------------------
     def facts(self) -> ModelFacts:

@@ -21,12 +21,14 @@ class LoadOptions:
     # MoE on a GPU too small for every expert: experts stay in CPU memory, the used ones are copied
     # per step (engine/runtime/moe_offload.py). Float weights only.
     expert_offload: bool = False
-    threads: int = 0  # CPU threads for the engine's matmuls; 0 = the machine's physical cores (engine/device.py)
+    # CPU threads for the engine's matmuls: 0 = one per physical core (engine/device.py); None = leave the
+    # process's setting alone (scripts and benchmarks that set torch's count themselves).
+    threads: int | None = None
 
     def __post_init__(self):
         if self.kv_budget_gib <= 0 or not 0 < self.kv_gpu_fraction < 1:
             raise ValueError("the KV budget must be positive and the GPU fraction in (0, 1)")
-        if self.threads < 0:
+        if self.threads is not None and self.threads < 0:
             raise ValueError(f"threads must be >= 0 (0: one per physical core), got {self.threads}")
         if self.kv_block_size < 1 or self.context_length < 0:
             raise ValueError("the KV block size must be >= 1 and the context length >= 0")

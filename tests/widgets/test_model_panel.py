@@ -21,7 +21,8 @@ def test_options_recent_and_facts(qtbot, tmp_path):
     path, options = blocker.args
     assert path.endswith("a.gguf") and isinstance(options, LoadOptions)
     assert options == LoadOptions(device="cpu", dtype="bfloat16", rope_scaling="yarn:4", context_length=16384,
-                                  quant="int4-g32", kv_budget_gib=0.5, kv_block_size=16)
+                                  quant="int4-g32", kv_budget_gib=0.5, kv_block_size=16,
+                                  threads=0)  # the window always says: auto is one thread per physical core
     panel.rope.setCurrentText("from model")
     assert panel.options().rope_scaling is None
     facts = ModelFacts(name="tiny", path=str(tmp_path), architecture="llama", parameters=1234567, layers=2, heads=4,
