@@ -2,6 +2,7 @@
 snapshots. Everything leaves here as Python numbers; only what the request asked for is computed."""
 from __future__ import annotations
 
+import os
 import time
 from array import array
 from typing import Callable
@@ -13,9 +14,12 @@ from engine.records import MemorySnapshot, StepRecord, TokenProb
 from engine.sampling import run_chain
 
 
-def _top(tokenizer, probs: torch.Tensor, n: int) -> tuple[TokenProb, ...]:
+def _top(tokenizer, probs: torch.Tensor, n: int, positive: bool = False) -> tuple[TokenProb, ...]:
+    """The n most likely tokens; with `positive`, only those the sampler left any probability (after a
+    greedy or top-k chain the rest are zeros in arbitrary order, and every step's record keeps them)."""
     values, ids = torch.topk(probs, min(n, probs.shape[-1]))
-    return tuple(TokenProb(int(i), tokenizer.token_text(int(i)), float(v)) for v, i in zip(values, ids))
+    return tuple(TokenProb(int(i), tokenizer.token_text(int(i)), float(v)) for v, i in zip(values, ids)
+                 if not positive or v > 0)
 
 
 def step_record(tokenizer, request_id: int, request, seq, token: int, logits: torch.Tensor, probe, row: int,
@@ -41,7 +45,7 @@ def step_record(tokenizer, request_id: int, request, seq, token: int, logits: to
     fields["entropy"] = float(torch.special.entr(final).sum())  # -sum p log p, with 0 log 0 = 0
     if options.top_n:
         fields["top_before"] = _top(tokenizer, raw, options.top_n)
-        fields["top_after"] = _top(tokenizer, final, options.top_n)
+        fields["top_after"] = _top(tokenizer, final, options.top_n, positive=True)
     if options.stored_logits:
         m = logits.shape[-1] if options.stored_logits < 0 else min(options.stored_logits, logits.shape[-1])
         values, ids = torch.topk(logits, m)
@@ -61,8 +65,19 @@ def step_record(tokenizer, request_id: int, request, seq, token: int, logits: to
                       step_ms=step_ms, **fields, **marks)
 
 
-def memory_snapshot(blocks, pool, max_seq_len: int, model, tables: dict) -> MemorySnapshot:
-    """The KV pool and weights now. `tables`: each live sequence's name ("request.sample") -> BlockTable."""
+_process: psutil.Process | None = None  # this process, kept: making one reads /proc each time
+
+
+def _rss() -> int:
+    global _process
+    if _process is None or _process.pid != os.getpid():  # a forked child measures itself
+        _process = psutil.Process()
+    return _process.memory_info().rss
+
+
+def memory_snapshot(blocks, pool, max_seq_len: int, weight_bytes: dict[str, int], tables: dict) -> MemorySnapshot:
+    """The KV pool and weights now. `weight_bytes`: the model's (Decoder.weight_bytes); `tables`: each live
+    sequence's name ("request.sample") -> BlockTable."""
     stats = blocks.stats()
     filled: dict[int, int] = {}  # block -> slots holding K/V (the fullest sharer decides)
     for table in tables.values():
@@ -81,5 +96,5 @@ def memory_snapshot(blocks, pool, max_seq_len: int, model, tables: dict) -> Memo
         # a contiguous cache reserves the model's whole context for every live sequence
         kv_contiguous_bytes=len(tables) * max_seq_len * per_token,
         block_tables={name: tuple(t.block_ids) for name, t in tables.items()}, block_refs=tuple(blocks.ref_count),
-        cached_blocks=tuple(blocks.cached), weight_bytes=model.weight_bytes(),
-        process_rss=psutil.Process().memory_info().rss, cuda_allocated=cuda_alloc, cuda_reserved=cuda_reserved)
+        cached_blocks=tuple(blocks.cached), weight_bytes=dict(weight_bytes),
+        process_rss=_rss(), cuda_allocated=cuda_alloc, cuda_reserved=cuda_reserved)

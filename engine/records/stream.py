@@ -140,7 +140,7 @@ class StepRecord:
     seq_index: int = 0  # which of the request's samples / beams
     entropy: float = 0.0  # of the sampling distribution, in nats
     top_before: tuple[TokenProb, ...] = ()  # the model's raw distribution
-    top_after: tuple[TokenProb, ...] = ()  # after the sampler chain
+    top_after: tuple[TokenProb, ...] = ()  # after the sampler chain: the top-N it left any probability
     # Stored raw logits (ids and values) for re-sampling what-ifs: array("i") / array("f") from the engine
     # (compact: 4 bytes a number), or any sequence of numbers.
     logit_ids: Sequence[int] = ()

@@ -42,6 +42,23 @@ class KVPool:
         shape = (config.n_layers, num_blocks * block_size, config.n_kv_heads, config.head_dim)  # [L, N*P, K, d]
         self.k = _lazy_zeros(shape, device, dtype)
         self.v = _lazy_zeros(shape, device, dtype)
+        # Where each layer's K/V are gathered for attention, reused by every layer and step and grown by
+        # doubling: gathering into fresh tensors made 2 context-sized allocations per layer per step, and
+        # their growing sizes left the allocator's heap ~15 KB per token of context bigger (measured).
+        self._gather: list[torch.Tensor] = []
+
+    def gather(self, layer: int, read_slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer `layer`'s K and V at read_slots [B, S]: [B, S, K, d] each, in the shared buffers (valid
+        until the next call: a layer's attention uses them before the next layer gathers)."""
+        B, S = read_slots.shape
+        rows = B * S
+        if not self._gather or self._gather[0].shape[0] < rows:
+            capacity = max(rows, 2 * self._gather[0].shape[0] if self._gather else 0)
+            self._gather = [self.k.new_empty((capacity, *self.k.shape[2:])) for _ in range(2)]
+        flat = read_slots.reshape(-1)
+        k = torch.index_select(self.k[layer], 0, flat, out=self._gather[0][:rows])
+        v = torch.index_select(self.v[layer], 0, flat, out=self._gather[1][:rows])
+        return k.view(B, S, *k.shape[1:]), v.view(B, S, *v.shape[1:])
 
     @property
     def nbytes(self) -> int:
@@ -84,8 +101,7 @@ class PagedView:
         pool_k, pool_v = self.pool.k[layer], self.pool.v[layer]
         pool_k.index_copy_(0, self.slots, k.transpose(1, 2).reshape(B * T, K, d))
         pool_v.index_copy_(0, self.slots, v.transpose(1, 2).reshape(B * T, K, d))
-        k_all = pool_k[self.read_slots]  # [B, S, K, d]
-        v_all = pool_v[self.read_slots]
+        k_all, v_all = self.pool.gather(layer, self.read_slots)  # [B, S, K, d]
         return k_all.transpose(1, 2), v_all.transpose(1, 2)
 
     def mask(self, window: int | None) -> torch.Tensor:

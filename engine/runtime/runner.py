@@ -49,6 +49,7 @@ class Runner:
         self.forward_calls = 0  # model forward passes so far
         # Batch-1 decode through CUDA graphs on a GPU (engine/runtime/static_decode.py); None: always the paged view.
         self.static = StaticDecoder(model, self.pool) if device.type == "cuda" else None
+        self._weight_bytes: dict[str, int] | None = None  # the model's, for memory snapshots (walked once)
 
     # -- the caller's API -----------------------------------------------------------------------
     def submit(self, request: GenerationRequest, drafter=None, rejection: str | None = None) -> int:
@@ -78,7 +79,9 @@ class Runner:
     def memory(self):
         live = [s for r in self._running.values() for s in r.sequences]
         names = {id(s): f"{r.id}.{s.index}" for r in self._running.values() for s in r.sequences}
-        return memory_snapshot(self.blocks, self.pool, self.config.max_seq_len, self.model,
+        if self._weight_bytes is None:  # a walk of every module: ~1 ms, too much for every step
+            self._weight_bytes = self.model.weight_bytes()
+        return memory_snapshot(self.blocks, self.pool, self.config.max_seq_len, self._weight_bytes,
                                {names[id(s)]: s.table for s in live})
 
     # -- the strategies' verbs --------------------------------------------------------------------

@@ -101,3 +101,21 @@ def test_copy_blocks_and_budget():
     pool.k[:, 0:BLOCK] = 1.0
     pool.copy_blocks([(0, 3)])
     assert torch.all(pool.k[:, 3 * BLOCK:4 * BLOCK] == 1.0) and torch.all(pool.k[:, BLOCK:3 * BLOCK] == 0.0)
+
+
+def test_gathered_kv_equals_indexing_and_reuses_one_buffer():
+    """Every layer's K/V are gathered into one shared buffer pair (no context-sized allocations per layer
+    and step): the numbers equal plain indexing, and the buffer grows by doubling, not per step."""
+    config = ModelConfig(arch="llama", vocab_size=64, dim=32, n_layers=3, n_heads=4, n_kv_heads=2, head_dim=8,
+                         hidden_dim=64)
+    pool = KVPool(config, num_blocks=8, block_size=4)
+    pool.k.normal_()
+    pool.v.normal_()
+    buffers = set()
+    for blocks in ([3], [3, 5], [3, 5, 1], [3, 5, 1, 6]):
+        slots = torch.tensor([[b * 4 + i for b in blocks for i in range(4)]])
+        for layer in range(config.n_layers):
+            k, v = pool.gather(layer, slots)
+            assert torch.equal(k, pool.k[layer][slots]) and torch.equal(v, pool.v[layer][slots])
+        buffers.add(pool._gather[0].data_ptr())
+    assert len(buffers) <= 3  # 4, 8 then 16 rows: grown twice for four context lengths
