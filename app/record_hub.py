@@ -1,6 +1,9 @@
 """Records from the worker to the panels. Steps are buffered as they arrive and handed to the chat
-controller and the panels together on a ~30 Hz timer, so fast decoding cannot flood the GUI with
-redraws. The selected step (the newest while a reply streams, or the token clicked in the chat) is
+controller and the panels together on a timer whose period adapts to what the redraws cost: the GUI
+thread's CPU time per tick (its handlers and the paints that follow, measured with time.thread_time)
+is kept under GUI_SHARE of the wall time, between 30 and 2 ticks a second. The GUI thread shares the
+engine's GIL and cores, so every millisecond it spends drawing is one the decode loop may wait: a fast
+machine gets 30 Hz panels, a small one fewer redraws instead of a slower model. The selected step (the newest while a reply streams, or the token clicked in the chat) is
 shown in the routing panel and its sampler what-if is asked of the worker, which answers with a
 DistributionView for the probabilities panel (wired in app/main_window.py).
 
@@ -12,13 +15,26 @@ after a load (a new model: the old one's figures are cleared first).
 The worker's `attention` and `memory` signals are connected here (to GUI-thread slots, so queued)."""
 from __future__ import annotations
 
+import time
+
 from PySide6.QtCore import QObject, QTimer
 
 from app.history import step_key
 from app.inspector import AttentionInspector
 from engine.records import MemorySnapshot, RequestDone, StepRecord
 
-REDRAW_MS = 33
+REDRAW_MS = 33  # the fastest tick
+SLOWEST_MS = 500
+GUI_SHARE = 0.05  # of the wall time, the GUI thread's CPU time while a reply streams
+
+
+def next_interval(previous_ms: float, gui_cpu_s: float, wall_s: float) -> float:
+    """The tick period that keeps the GUI thread's CPU time at GUI_SHARE, given what the last period cost
+    (gui_cpu_s of GUI-thread CPU over wall_s); smoothed, so one slow paint does not halve the frame rate."""
+    if wall_s <= 0:
+        return previous_ms
+    wanted = 1000 * gui_cpu_s / GUI_SHARE
+    return min(SLOWEST_MS, max(REDRAW_MS, 0.5 * previous_ms + 0.5 * wanted))
 
 
 class RecordHub(QObject):
@@ -32,6 +48,7 @@ class RecordHub(QObject):
         self.routed: list[tuple] = []  # step_key of the steps the routing panel holds, in its order
         self.timer = QTimer(self, interval=REDRAW_MS, timeout=self.flush)
         self.timer.start()
+        self._clock = (time.perf_counter(), time.thread_time())  # at the last tick that drew
         worker.memory.connect(self.on_model_memory)
 
     # -- from the worker (queued, GUI thread) -------------------------------------------------
@@ -55,6 +72,7 @@ class RecordHub(QObject):
         the last tick to the controller and the panels, once. At the end of a reply the attention panel,
         if on screen, asks for the finished reply's view."""
         if self.pending:
+            self._pace()
             records, self.pending = self.pending, []
             self.controller.on_steps(records)
             for r in records:
@@ -68,6 +86,15 @@ class RecordHub(QObject):
             self.select(last)
         if args and isinstance(args[0], RequestDone):
             self.inspector.refresh()
+
+    def _pace(self) -> None:
+        """Set the next tick from the GUI thread's CPU time since the last tick that drew (this tick's
+        drawing is paid for by the next period). thread_time() is the calling (GUI) thread's CPU time."""
+        wall, cpu = time.perf_counter(), time.thread_time()
+        then_wall, then_cpu = self._clock
+        self._clock = (wall, cpu)
+        if wall - then_wall < 2 * SLOWEST_MS / 1000:  # an idle gap says nothing of the drawing's cost
+            self.timer.setInterval(round(next_interval(self.timer.interval(), cpu - then_cpu, wall - then_wall)))
 
     # -- selection ----------------------------------------------------------------------------
     def select(self, record: StepRecord) -> None:

@@ -3,11 +3,15 @@ input box. Emits what the user asks for; knows nothing about the engine or threa
 from __future__ import annotations
 
 import html
+from contextlib import contextmanager
 
 from PySide6.QtCore import QUrl, Signal
-from PySide6.QtGui import QKeySequence, QShortcut
+from PySide6.QtGui import QKeySequence, QShortcut, QTextCharFormat, QTextCursor
 from PySide6.QtWidgets import (QHBoxLayout, QLabel, QLineEdit, QPlainTextEdit, QPushButton, QSizePolicy,
                                QTextBrowser, QVBoxLayout, QWidget)
+
+
+CURSOR_MARK = "▍"  # ends the reply being streamed
 
 
 def prob_colour(p: float) -> str:
@@ -47,7 +51,10 @@ class ChatPanel(QWidget):
     def __init__(self, parent=None):
         super().__init__(parent)
         self._turns: list[str] = []  # finished turns as HTML
-        self._live: list[str] = []  # the assistant turn being streamed, one span per token
+        self._live: list[tuple] = []  # the assistant turn being streamed: (index, text, prob, *marks) per token
+        # The document ends with the live turn's cursor mark (▍) and holds every token of _live: streamed
+        # tokens are then appended in place, not by re-rendering the whole conversation on every tick.
+        self._live_shown = False
         self._setup_ui()
         self._layout()
 
@@ -55,6 +62,8 @@ class ChatPanel(QWidget):
         self.system = QLineEdit(placeholderText="System prompt (optional)")
         self.transcript = QTextBrowser(openLinks=False)
         self.transcript.anchorClicked.connect(self._on_anchor)
+        # Read-only: an undo stack would keep every streamed tick's insertion for as long as the chat lives.
+        self.transcript.document().setUndoRedoEnabled(False)
         self.input = QPlainTextEdit(placeholderText="Message — Ctrl+Enter to send, Esc to stop")
         self.input.setMaximumHeight(90)
         self.send_button = QPushButton("Send")
@@ -126,17 +135,23 @@ class ChatPanel(QWidget):
         self._render()
 
     def append_tokens(self, tokens: list[tuple]) -> None:
-        """Several streamed tokens at once: one re-render however many arrive between redraws. Each is
-        (index, text, prob), optionally followed by spec_marks(record)."""
+        """Several streamed tokens at once, appended at the end of the transcript in place of the cursor
+        mark: the cost of a tick is the new tokens', not the conversation's. Each is (index, text, prob),
+        optionally followed by spec_marks(record)."""
+        if not self._live_shown:
+            self._live.extend(tokens)
+            return self._render()
         self._live.extend(tokens)
-        self._render()
+        self._replace_mark(self._spans(tokens), mark=True)
 
     def end_assistant(self, note: str = "") -> None:
-        body = self._live_html()
-        suffix = f" <i style='color:#888'>[{html.escape(note)}]</i>" if note else ""
-        self._turns.append(f"<p><b>Model</b><br>{body}{suffix}</p>")
-        self._live = []
-        self._render()
+        suffix = f"<i style='color:#888'>&nbsp;[{html.escape(note)}]</i>" if note else ""
+        self._turns.append(f"<p><b>Model</b><br>{self._live_html()}{suffix}</p>")
+        live_shown, self._live, self._live_shown = self._live_shown, [], False
+        if live_shown:  # the document already holds the turn: drop the mark, add the note
+            self._replace_mark(suffix, mark=False)
+        else:
+            self._render()
 
     def show_error(self, message: str) -> None:
         self._turns.append(f"<p style='color:#b00020'><b>Error</b>: {html.escape(message)}</p>")
@@ -165,23 +180,52 @@ class ChatPanel(QWidget):
         return html.escape(text).replace("\n", "<br>")
 
     def _live_html(self) -> str:
+        return self._spans(self._live)
+
+    def _spans(self, tokens) -> str:
         spans = []
-        for index, text, prob, *marks in self._live:
+        for index, text, prob, *marks in tokens:
             role, rejected = (marks + ["", ""])[:2]
             style = f"background:{prob_colour(prob)};color:#111" if self.colour_tokens.isChecked() else "color:inherit"
             if rejected:
                 spans.append(f"<span style='text-decoration:line-through;color:#999'>{self._escape(rejected)}</span>")
-            style = f"text-decoration:none;{style};{SPEC_STYLE.get(role, '')}"
+            style = f"text-decoration:none;white-space:pre-wrap;{style};{SPEC_STYLE.get(role, '')}"
             note = f", {role} (speculative)" if role else ""
             spans.append(f"<a href='step:{index}' style='{style}' "
                          f"title='p = {prob:.3f}{note}'>{self._escape(text)}</a>")
         return "".join(spans)
 
     def _render(self) -> None:
-        live = f"<p><b>Model</b><br>{self._live_html()}▍</p>" if self._live or self.stop_button.isEnabled() else ""
+        """The whole conversation, from the HTML kept per turn (a new turn, a toggle, a clear)."""
+        self._live_shown = bool(self._live) or self.stop_button.isEnabled()
+        live = f"<p><b>Model</b><br>{self._live_html()}{CURSOR_MARK}</p>" if self._live_shown else ""
         self.transcript.setHtml("".join(self._turns) + live)
         bar = self.transcript.verticalScrollBar()
         bar.setValue(bar.maximum())
+
+    def _replace_mark(self, fragment: str, mark: bool) -> None:
+        """Replace the live turn's trailing cursor mark by `fragment` (HTML), and the mark again if `mark`."""
+        with self._following():
+            cursor = QTextCursor(self.transcript.document())
+            cursor.movePosition(QTextCursor.End)
+            cursor.movePosition(QTextCursor.PreviousCharacter, QTextCursor.KeepAnchor)
+            if cursor.selectedText() == CURSOR_MARK:
+                cursor.removeSelectedText()
+            else:
+                cursor.movePosition(QTextCursor.End)
+            if fragment:
+                cursor.insertHtml(fragment)
+            if mark:
+                cursor.insertText(CURSOR_MARK, QTextCharFormat())  # plain: not part of the last token's link
+
+    @contextmanager
+    def _following(self):
+        """Keep the transcript scrolled to the end if it was there (a reader who scrolled up stays put)."""
+        bar = self.transcript.verticalScrollBar()
+        at_end = bar.value() >= bar.maximum() - 4
+        yield
+        if at_end:
+            bar.setValue(bar.maximum())
 
     def _on_anchor(self, url: QUrl) -> None:
         if url.toString().startswith("step:"):

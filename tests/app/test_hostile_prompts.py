@@ -36,6 +36,10 @@ def send(qtbot, window, text: str, typed: bool = True) -> None:
             window.chat.send_button.click()
         else:  # text no keyboard produces (lone surrogates) goes straight to the controller
             window.controller.submit(text)
+    # waitSignal's callback runs in the worker thread as `finished` is emitted: the GUI-thread slots of that
+    # emission (the controller's, the autosave's) are still queued. Deliver them before looking.
+    qtbot.waitUntil(lambda: not window.controller.busy, timeout=10_000)
+    QApplication.processEvents()
     qtbot.waitUntil(lambda: not window.controller.busy, timeout=10_000)
 
 

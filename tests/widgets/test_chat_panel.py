@@ -34,3 +34,46 @@ def test_tool_messages_are_shown(qtbot):
     assert "hidden" not in text and "What is 17 * 23?" in text and "It is 391." in text
     assert "[tool call] calculator({'expression': '17 * 23'})" in text
     assert "[calculator result] 391" in text and "[call_9 result] 7" in text
+
+
+def _anchors(panel) -> list[tuple[str, str]]:
+    """(href, text) of every link in the transcript, in order: each streamed token is one."""
+    found, block = [], panel.transcript.document().begin()
+    while block.isValid():
+        it = block.begin()
+        while not it.atEnd():
+            fragment = it.fragment()
+            if fragment.charFormat().isAnchor():
+                found.append((fragment.charFormat().anchorHref(), fragment.text()))
+            it += 1
+        block = block.next()
+    return found
+
+
+def test_streamed_tokens_are_appended_in_place_as_a_full_render_draws_them(qtbot):
+    """Streaming appends each tick's tokens at the end (no re-render of the conversation): the transcript
+    reads, and links, exactly as the same turn drawn at once; the cursor mark goes at the end of the reply."""
+    tokens = [(0, "Hello", 0.9), (1, " wor", 0.4), (2, "ld", 0.7), (3, "!\n", 0.2), (4, "<b>", 0.5), (5, " ok", 1.0)]
+    streamed, whole = ChatPanel(), ChatPanel()
+    for panel in (streamed, whole):
+        qtbot.addWidget(panel)
+        panel.add_user("hi")
+        panel.set_busy(True)
+        panel.begin_assistant()
+    rendered = []
+    for batch in (tokens[:1], tokens[1:3], tokens[3:]):
+        streamed.append_tokens(batch)
+        rendered.append(streamed.transcript.toHtml())
+    whole._live = list(tokens)
+    whole._render()
+    assert streamed.transcript_text() == whole.transcript_text()
+    assert streamed.transcript_text().endswith("<b> ok▍")
+    assert _anchors(streamed) == _anchors(whole) == [(f"step:{i}", text.replace("\n", "\u2028"))  # <br>: a line separator
+                                                  for i, text, _ in tokens]
+    for panel in (streamed, whole):
+        panel.set_busy(False)
+        panel.end_assistant("length limit")
+    assert streamed.transcript_text() == whole.transcript_text()
+    assert streamed.transcript_text().endswith("<b> ok [length limit]")
+    streamed.colour_tokens.setChecked(False)  # a full re-render from the kept HTML: the same text
+    assert streamed.transcript_text() == whole.transcript_text()
