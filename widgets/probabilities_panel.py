@@ -39,11 +39,31 @@ class ProbabilitiesPanel(QWidget):
         self.bars = pg.PlotWidget()
         self.bars.setLabel("left", "probability")
         self.bars.getAxis("left").enableAutoSIPrefix(False)  # probabilities, not "x0.001" units
-        self.bars.addLegend(offset=(-10, 10))
+        self.legend = self.bars.addLegend(offset=(-10, 10))
+        # The plot items are made once and given new data per step: clearing and re-adding them (and the
+        # legend's entries) cost the GUI thread ~10 ms a redraw, which the decode loop waited for.
+        empty = {"x": np.zeros(0), "height": np.zeros(0), "width": 0.4}
+        self.raw_item = pg.BarGraphItem(**empty, brush=RAW, name="model (raw)")
+        self.final_item = pg.BarGraphItem(**empty, brush=KEPT, name="after sampler")  # brush: the legend's swatch
+        self.removed_items = {stage: pg.BarGraphItem(**empty, brush=colour, name=f"removed by {stage.replace('_', '-')}")
+                              for stage, colour in STAGE_COLOURS.items()}
+        self.bars.addItem(self.raw_item)
+        self.bars.addItem(self.final_item)
+        for item in self.removed_items.values():
+            self.bars.addItem(item)
+            self.legend.removeItem(item)  # listed only while a stage removed something
+        self._listed: set[str] = set()
+        self.bars.setLabel("bottom", "candidate tokens (chosen one in yellow)")
         self.cumulative = pg.PlotWidget()
         self.cumulative.setLabel("left", "cumulative")
         self.cumulative.setLabel("bottom", "tokens, most likely first (after the sampler)")
         self.cumulative.setMaximumHeight(170)
+        self.cumulative.setYRange(0, 1.05)
+        self.curve = self.cumulative.plot([], [], pen=pg.mkPen(KEPT, width=2), symbol="o", symbolSize=5)
+        self.top_p_line = pg.InfiniteLine(1.0, angle=0, pen=pg.mkPen("#c0392b", style=Qt.DashLine), label="",
+                                          labelOpts={"position": 0.9})
+        self.cumulative.addItem(self.top_p_line)
+        self.top_p_line.setVisible(False)
         self.alternative = QComboBox(sizeAdjustPolicy=QComboBox.AdjustToMinimumContentsLengthWithIcon,
                                      minimumContentsLength=6)
         self.continue_button = QPushButton("Continue with this token",
@@ -64,8 +84,13 @@ class ProbabilitiesPanel(QWidget):
     # -- API ----------------------------------------------------------------------------------
     def clear(self) -> None:
         self._view, self._heights, self._removed = None, {}, {}
-        self.bars.clear()
-        self.cumulative.clear()
+        empty = {"x": np.zeros(0), "height": np.zeros(0)}
+        for item in (self.raw_item, self.final_item, *self.removed_items.values()):
+            item.setOpts(**empty)
+        self._list_stages(set())
+        self.bars.getAxis("bottom").setTicks([[]])
+        self.curve.setData([], [])
+        self.top_p_line.setVisible(False)
 
     def show_distribution(self, view: DistributionView) -> None:
         self._view = view
@@ -101,28 +126,34 @@ class ProbabilitiesPanel(QWidget):
 
     # -- drawing ------------------------------------------------------------------------------
     def _draw_bars(self, view: DistributionView, raw: np.ndarray, final: np.ndarray) -> None:
-        self.bars.clear()
         x = np.arange(len(view.token_ids))
         self._heights = {"raw": raw, "final": final}
-        self.bars.addItem(pg.BarGraphItem(x=x - 0.2, height=raw, width=0.4, brush=RAW, name="model (raw)"))
-        brushes = [CHOSEN if t == view.chosen_token_id else KEPT for t in view.token_ids]
-        self.bars.addItem(pg.BarGraphItem(x=x + 0.2, height=final, width=0.4, brushes=brushes,
-                                          name="after sampler"))
-        for stage, colour in STAGE_COLOURS.items():
+        self.raw_item.setOpts(x=x - 0.2, height=raw)
+        self.final_item.setOpts(x=x + 0.2, height=final,
+                                brushes=[CHOSEN if t == view.chosen_token_id else KEPT for t in view.token_ids])
+        present = set()
+        for stage, item in self.removed_items.items():
             idx = [i for i, t in enumerate(view.token_ids) if self._removed.get(t) == stage]
-            if idx:  # a removed token's raw bar is outlined in the colour of the stage that cut it
-                self.bars.addItem(pg.BarGraphItem(x=x[idx] - 0.2, height=raw[idx], width=0.4, brush=colour,
-                                                  name=f"removed by {stage.replace('_', '-')}"))
-        axis = self.bars.getAxis("bottom")
-        axis.setTicks([[(i, display_text(t)[:7]) for i, t in enumerate(view.token_texts)]])
-        self.bars.setLabel("bottom", "candidate tokens (chosen one in yellow)")
+            # a removed token's raw bar is drawn in the colour of the stage that cut it
+            item.setOpts(x=x[idx] - 0.2, height=raw[idx])
+            if idx:
+                present.add(stage)
+        self._list_stages(present)
+        self.bars.getAxis("bottom").setTicks([[(i, display_text(t)[:7]) for i, t in enumerate(view.token_texts)]])
+
+    def _list_stages(self, present: set[str]) -> None:
+        """The legend names the stages that removed a shown token, and only those."""
+        for stage in self._listed - present:
+            self.legend.removeItem(self.removed_items[stage])
+        for stage in STAGE_COLOURS:
+            if stage in present - self._listed:
+                self.legend.addItem(self.removed_items[stage], self.removed_items[stage].opts["name"])
+        self._listed = set(present)
 
     def _draw_cumulative(self, final: np.ndarray, top_p: float) -> None:
-        self.cumulative.clear()
         ordered = np.sort(final)[::-1]
-        self.cumulative.plot(np.arange(1, len(ordered) + 1), np.cumsum(ordered), pen=pg.mkPen(KEPT, width=2),
-                             symbol="o", symbolSize=5)
+        self.curve.setData(np.arange(1, len(ordered) + 1), np.cumsum(ordered))
+        self.top_p_line.setVisible(top_p < 1.0)
         if top_p < 1.0:
-            self.cumulative.addItem(pg.InfiniteLine(top_p, angle=0, pen=pg.mkPen("#c0392b", style=Qt.DashLine),
-                                                    label=f"top-p {top_p:.2f}", labelOpts={"position": 0.9}))
-        self.cumulative.setYRange(0, 1.05)
+            self.top_p_line.setValue(top_p)
+            self.top_p_line.label.setFormat(f"top-p {top_p:.2f}")
