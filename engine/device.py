@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gc
 import os
-import threading
 
 import torch
 
@@ -70,19 +69,3 @@ def freeze_heap() -> None:
     frees frozen objects; only cyclic garbage already unreachable now is never collected (measured:
     a few hundred small objects per load)."""
     gc.freeze()
-
-
-BACKGROUND_NICE = 5  # beside a GUI: the GUI thread wins the CPU when it wants it (weight 1024 vs 335)
-
-
-def yield_to_gui() -> None:
-    """Run the calling thread (and the OpenMP threads it starts later, which inherit it) a few nice
-    levels below the rest of the process, so a GUI thread sharing the cores is served first and the
-    engine still gets every cycle the GUI leaves. Linux only (nice is per thread there); idempotent."""
-    try:
-        target = min(19, os.getpriority(os.PRIO_PROCESS, os.getpid()) + BACKGROUND_NICE)
-        tid = threading.get_native_id()
-        if os.getpriority(os.PRIO_PROCESS, tid) < target:
-            os.setpriority(os.PRIO_PROCESS, tid, target)
-    except (AttributeError, OSError):  # no per-thread nice (macOS, Windows): nothing to do
-        pass

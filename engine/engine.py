@@ -14,7 +14,7 @@ from typing import Iterator
 import torch
 
 from engine.config import ModelConfig, RopeScaling
-from engine.device import freeze_heap, pick_device, pick_dtype, set_threads, yield_to_gui
+from engine.device import freeze_heap, pick_device, pick_dtype, set_threads
 from engine.errors import ContextOverflow, EngineError
 from engine.instrumentation.distribution import distribution_view
 from engine.instrumentation.quality import compare
@@ -63,12 +63,13 @@ class Engine:
              progress: ProgressCallback | None = None) -> "Engine":
         options = options or LoadOptions()
         # Off the main thread (the window's worker) a GUI thread shares our GIL and our cores: keep the
-        # collector's full passes short (loading allocates enough to trigger one), let the GUI thread win
-        # the CPU when it wants it, and build the tokenizer out of process (engine/text/tokenizer_service.py).
+        # collector's full passes short (loading allocates enough to trigger one) and build the tokenizer
+        # out of process (engine/text/tokenizer_service.py). The engine's thread keeps its priority: the
+        # window paces its redraws instead (app/record_hub.py), and a lower nice lost the CPU to every
+        # other process on the machine, not just to the GUI.
         beside_gui = threading.current_thread() is not threading.main_thread()
         if beside_gui:
             freeze_heap()
-            yield_to_gui()  # before set_threads starts OpenMP's threads: they inherit the priority
         if options.threads is not None:
             set_threads(options.threads)  # on the thread that will run the engine: OpenMP counts per thread
         device = pick_device(options.device)

@@ -82,11 +82,13 @@ def main() -> int:
                 print(f"context {prompt_tokens} run {run + 1}: window {window[-1]:.1f} engine {engine[-1]:.1f} tok/s, "
                       f"RSS {growth[-1]:+.1f} KB/token", flush=True)
             w, e = statistics.median(window), statistics.median(engine)
-            rows.append((prompt_tokens, w, e, w / e, statistics.median(growth)))
-    print("\n| context (tokens) | window decode tok/s | engine decode tok/s | window / engine | window RSS growth KB/token |")
-    print("|---|---|---|---|---|")
-    for prompt_tokens, w, e, ratio, g in rows:
-        print(f"| {prompt_tokens} | {w:.1f} | {e:.1f} | {ratio:.2f} | {g:.1f} |")
+            paired = statistics.median(a / b for a, b in zip(window, engine))  # each run beside its neighbour
+            rows.append((prompt_tokens, w, e, w / e, paired, statistics.median(growth)))
+    print("\n| context (tokens) | window decode tok/s | engine decode tok/s | ratio of medians | median of run pairs' ratios "
+          "| window RSS growth KB/token |")
+    print("|---|---|---|---|---|---|")
+    for prompt_tokens, w, e, ratio, paired, g in rows:
+        print(f"| {prompt_tokens} | {w:.1f} | {e:.1f} | {ratio:.2f} | {paired:.2f} | {g:.1f} |")
     return 0
 
 
