@@ -2,7 +2,6 @@
 the thread that runs the engine; and the collector's heap frozen when a GUI thread shares the GIL."""
 import gc
 import os
-import threading
 
 import pytest
 import torch
@@ -11,24 +10,7 @@ from engine.cli import build_parser
 from engine.device import physical_cores, set_threads, thread_count
 from engine.engine import Engine
 from engine.records import LoadOptions
-
-
-def on_a_thread(fn):
-    """fn() on a new thread, as the window's worker runs the engine: its result or its exception."""
-    result = {}
-
-    def run():
-        try:
-            result["value"] = fn()
-        except BaseException as e:  # re-raised on the test's thread
-            result["error"] = e
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join()
-    if "error" in result:
-        raise result["error"]
-    return result["value"]
+from tests.threads import on_a_thread
 
 
 def test_physical_cores_is_a_count_of_this_machine():

@@ -4,7 +4,6 @@ streaming decoder against one-shot decoding. The `tokenizers` pipelines are chec
 CLI builds them (in process) and where the window's worker does (off the main thread: in the helper
 process of engine/text/tokenizer_service.py)."""
 import json
-import threading
 
 import pytest
 from hypothesis import given, settings
@@ -15,6 +14,7 @@ from engine.loaders.gguf_file import read_metadata
 from engine.text.tokenizer import Tokenizer
 from engine.text.tokenizer_gguf import BYTE, CONTROL, NORMAL, UNKNOWN
 from engine.text.tokenizer_service import RemoteBackend
+from tests.threads import on_a_thread
 
 WHERE = ["in process", "helper process"]
 
@@ -38,20 +38,7 @@ def meta(default_gguf):
 def off_main_thread(build):
     """build() on another thread, as the window's worker runs it: there the pipeline is built (and used)
     in the helper process. Its result or its exception."""
-    result = {}
-
-    def run():
-        try:
-            result["value"] = build()
-        except BaseException as e:  # re-raised on the test's thread
-            result["error"] = e
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join()
-    if "error" in result:
-        raise result["error"]
-    return result["value"]
+    return on_a_thread(build)
 
 
 def built(where: str, build):
