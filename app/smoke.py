@@ -35,7 +35,7 @@ class SmokeRun(QObject):
         self.prompt, self.tokens, self.measure = prompt, tokens, measure
         self.params = PARAMS if tokens == TOKENS else SamplingParams(temperature=0, max_new_tokens=tokens,
                                                                      ignore_eos=True)
-        self.rss_first = self.rss_last = 0.0  # MiB at the first token and at the end of the reply
+        self.rss_first = self.rss_last = 0.0  # MiB at the first token and at the last
         self.started = process_start()
         self.marks: dict[str, float] = {"window": self.elapsed()}
         window.worker.loaded.connect(self.on_loaded)
@@ -58,9 +58,12 @@ class SmokeRun(QObject):
     def on_step(self, record) -> None:
         self.marks.setdefault("first_token", self.elapsed())
         if self.measure:
-            # Read once here and once at the end: reading /proc on every token cost the GUI thread (and so
-            # the decode loop) more than a panel's redraw.
-            self.rss_first = self.rss_first or rss_mib()
+            # Read at the first and the last token only (EOS is ignored: the last is the tokens-th): reading
+            # /proc on every token cost the GUI thread (and so the decode loop) more than a panel's redraw.
+            if not self.rss_first:
+                self.rss_first = rss_mib()
+            if record.index == self.tokens - 1:
+                self.rss_last = rss_mib()
 
     def on_finished(self, done) -> None:
         ids = list(done.results[0].token_ids) if done.results else []
@@ -74,7 +77,6 @@ class SmokeRun(QObject):
                        f"{self.measured(done) if self.measure else ''}path={self.facts.path}")
 
     def measured(self, done) -> str:
-        self.rss_last = rss_mib()  # the reply's RequestDone arrives right after its last token
         n = len(done.results[0].token_ids)
         decode = (n - 1) / (done.decode_ms / 1000) if done.decode_ms > 0 and n > 1 else 0.0
         return (f"prompt_tokens={done.prompt_tokens} decode_tok_s={decode:.2f} rss_start_mb={self.rss_first:.1f} "
