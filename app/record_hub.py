@@ -3,8 +3,10 @@ controller and the panels together on a timer whose period adapts to what the re
 thread's CPU time per tick (its handlers and the paints that follow, measured with time.thread_time)
 is kept under GUI_SHARE of the wall time, between 30 and 2 ticks a second. The GUI thread shares the
 engine's GIL and cores, so every millisecond it spends drawing is one the decode loop may wait: a fast
-machine gets 30 Hz panels, a small one fewer redraws instead of a slower model. The selected step (the newest while a reply streams, or the token clicked in the chat) is
-shown in the routing panel and its sampler what-if is asked of the worker, which answers with a
+machine gets 30 Hz panels, a small one fewer redraws instead of a slower model.
+
+The selected step (the newest while a reply streams, or the token clicked in the chat) is shown in the
+routing panel and its sampler what-if is asked of the worker, which answers with a
 DistributionView for the probabilities panel (wired in app/main_window.py).
 
 Attention is not in the records: the AttentionInspector (app/inspector.py) is handed the request's
