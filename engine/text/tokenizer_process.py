@@ -5,6 +5,7 @@ answers ("ok", value) or ("err", kind, payload). Imports nothing heavy (no torch
 from __future__ import annotations
 
 import itertools
+import json
 import sys
 from multiprocessing.connection import Connection
 
@@ -51,6 +52,7 @@ def serve(conn) -> None:
         "decode": lambda h, ids, skip: tokenizers[h].decode(ids, skip_special_tokens=skip),
         "token_to_id": lambda h, token: tokenizers[h].token_to_id(token),
         "to_str": lambda h: tokenizers[h].to_str(),
+        "decoder": lambda h: json.loads(tokenizers[h].to_str()).get("decoder"),
         "save": lambda h, path: tokenizers[h].save(path),
     }
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the terminal is for the app, which may go on

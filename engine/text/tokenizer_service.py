@@ -8,7 +8,8 @@ needs the GIL for every event it handles, waits. So when the caller is not the m
 else in this process may want to run: a GUI), the pipeline is built in a child process and used from
 there: this process holds a RemoteBackend, the part of the `tokenizers` API engine/text/tokenizer.py
 uses, whose calls wait on a pipe with the GIL released. Every token's piece and its text on its own
-are fetched once, in chunks, so the per-token display text costs no round trip. One child serves the
+are fetched once, in chunks, so the per-token display text costs no round trip, and decode runs here
+from those pieces where the pipeline allows (engine/text/piece_decoder.py): streaming costs none either. One child serves the
 whole process and exits at end of file on its socket: when this process exits or is killed.
 """
 from __future__ import annotations
@@ -25,6 +26,7 @@ from multiprocessing.connection import Connection
 
 from engine.errors import EngineError, ModelFormatError
 from engine.text import tokenizer_process
+from engine.text.piece_decoder import PieceDecoder
 
 START_TIMEOUT_S = 60.0  # the child imports `tokenizers` (a second or two on a busy 2-core box)
 CHUNK = 8192  # ids per table fetch: each unpickling holds the GIL for a few ms only
@@ -152,6 +154,8 @@ class RemoteBackend:
             pieces, alone = _service.call("table", handle, start, min(start + CHUNK, vocab_size))
             self._pieces += pieces
             self._alone += alone
+        # Decoding here, from the pieces, when the pipeline allows: no round trip per generated token.
+        self._local = PieceDecoder.for_pipeline(_service.call("decoder", handle), self._pieces, self._alone, special)
         weakref.finalize(self, _service.release, handle)
 
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
@@ -160,6 +164,8 @@ class RemoteBackend:
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
         if len(ids) == 1 and not skip_special_tokens and 0 <= ids[0] < self._vocab_size:
             return self._alone[ids[0]]
+        if self._local is not None and all(0 <= i < self._vocab_size for i in ids):
+            return self._local.decode(ids, skip_special_tokens)
         return _service.call("decode", self.handle, list(ids), skip_special_tokens)
 
     def id_to_token(self, i: int):

@@ -269,3 +269,66 @@ def test_without_a_helper_process_the_worker_builds_in_process(monkeypatch, meta
     tok = off_main_thread(lambda: Tokenizer.from_gguf_metadata(meta, default_gguf))
     assert not isinstance(tok.backend, RemoteBackend) and tok.encode("Paris")
     assert not tokenizer_service.wanted()  # and it does not try again
+
+
+def helper_decode(tokenizer, ids, skip=False):
+    """The helper process's own `tokenizers` decode: what RemoteBackend's local decoding must equal."""
+    from engine.text.tokenizer_service import _service
+
+    return _service.call("decode", tokenizer.backend.handle, list(ids), skip)
+
+
+@pytest.fixture(scope="module")
+def remote_vocabularies(meta, default_gguf, spm_dir, sp, tmp_path_factory):
+    """A helper-process tokenizer for each decoder pipeline: byte-level (the default GGUF; a
+    tokenizer.json with added tokens outside the byte alphabet, special and not) and sentencepiece
+    style with its leading-space strip (GGUF 'llama') and without (add_space_prefix false)."""
+    from tokenizers import AddedToken
+    from tokenizers import Tokenizer as HFTokenizer
+
+    default = off_main_thread(lambda: Tokenizer.from_gguf_metadata(meta, default_gguf))
+    directory = tmp_path_factory.mktemp("added")
+    extended = HFTokenizer.from_str(Tokenizer.from_gguf_metadata(meta, default_gguf).backend.to_str())
+    extended.add_tokens([AddedToken("    \n", normalized=False), AddedToken("héllo wörld", normalized=False)])
+    extended.add_special_tokens([AddedToken("<tool call>", special=True)])
+    extended.save(str(directory / "tokenizer.json"))
+    added = off_main_thread(lambda: Tokenizer.from_hf_dir(directory))
+    n = sp.GetPieceSize()
+    kinds = [UNKNOWN if sp.IsUnknown(i) else CONTROL if sp.IsControl(i) else BYTE if sp.IsByte(i) else NORMAL
+             for i in range(n)]
+    spm = {"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": [sp.IdToPiece(i) for i in range(n)],
+           "tokenizer.ggml.scores": [sp.GetScore(i) for i in range(n)], "tokenizer.ggml.token_type": kinds}
+    with_prefix = off_main_thread(lambda: Tokenizer.from_gguf_metadata(spm, spm_dir / "spm.gguf"))
+    no_prefix = off_main_thread(lambda: Tokenizer.from_gguf_metadata(
+        {**spm, "tokenizer.ggml.add_space_prefix": False}, spm_dir / "spm.gguf"))
+    return {"byte-level gguf": default, "byte-level json, added tokens": added,
+            "sentencepiece, strip": with_prefix, "sentencepiece, no strip": no_prefix}
+
+
+@pytest.mark.parametrize("name", ["byte-level gguf", "byte-level json, added tokens", "sentencepiece, strip",
+                                  "sentencepiece, no strip"])
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_local_decoding_equals_the_helpers_tokenizers(remote_vocabularies, name, data):
+    """RemoteBackend decodes here, from the pieces (engine/text/piece_decoder.py), so streaming a reply
+    costs no round trip to the helper: on any ids (byte pieces that split or break UTF-8, special and
+    added tokens, leading spaces) it equals the helper's `tokenizers`, special tokens skipped or not."""
+    tok = remote_vocabularies[name]
+    assert tok.backend._local is not None  # these pipelines decode locally
+    n, special = tok.vocab_size, sorted(tok.special_ids)
+    bytes_ = [i for i in range(n) if len(tok.backend.id_to_token(i)) == 1 or tok.is_byte_piece(i)]
+    some = st.one_of(st.integers(0, n - 1), st.sampled_from(bytes_), st.sampled_from(special),
+                     st.integers(n - 3, n - 1))
+    ids = data.draw(st.lists(some, max_size=24))
+    skip = data.draw(st.booleans())
+    assert tok.decode(ids, skip_special_tokens=skip) == helper_decode(tok, ids, skip)
+
+
+def test_text_round_trips_through_local_decoding(remote_vocabularies):
+    tok = remote_vocabularies["byte-level json, added tokens"]
+    text = "x    \nhéllo wörld<tool call> " + MIXED
+    assert tok.decode(tok.encode(text)) == text == helper_decode(tok, tok.encode(text))
+    for name in ("sentencepiece, strip", "sentencepiece, no strip"):
+        spm = remote_vocabularies[name]
+        for text in SPM_TEXTS:
+            assert spm.decode(spm.encode(text)) == helper_decode(spm, spm.encode(text))
