@@ -18,7 +18,11 @@ def _top(tokenizer, probs: torch.Tensor, n: int, positive: bool = False) -> tupl
     """The n most likely tokens; with `positive`, only those the sampler left any probability (after a
     greedy or top-k chain the rest are zeros in arbitrary order, and every step's record keeps them)."""
     values, ids = torch.topk(probs, min(n, probs.shape[-1]))
-    return tuple(TokenProb(int(i), tokenizer.token_text(int(i)), float(v)) for v, i in zip(values, ids)
+    return _tokens(tokenizer, ids, values, positive)
+
+
+def _tokens(tokenizer, ids: torch.Tensor, probs: torch.Tensor, positive: bool = False) -> tuple[TokenProb, ...]:
+    return tuple(TokenProb(i, tokenizer.token_text(i), v) for i, v in zip(ids.tolist(), probs.tolist())
                  if not positive or v > 0)
 
 
@@ -35,26 +39,37 @@ def step_record(tokenizer, request_id: int, request, seq, token: int, logits: to
     text = "" if is_eos else seq.detokenizer.push(token)
     raw = torch.softmax(logits, dim=-1)
     fields: dict = {}
-    if options.top_n or params.greedy is False:
-        history = list(request.prompt_ids) + seq.generated[:-1] if params.penalised else ()
-        chain = run_chain(logits, params, history, trace=False, allowed=seq.allowed)
-        final = chain.probs
-    else:
-        final = raw
-    prob = float((raw if params.greedy else final)[token])
-    fields["entropy"] = float(torch.special.entr(final).sum())  # -sum p log p, with 0 log 0 = 0
-    if options.top_n:
-        fields["top_before"] = _top(tokenizer, raw, options.top_n)
-        fields["top_after"] = _top(tokenizer, final, options.top_n, positive=True)
+    # The stored logits' top-M (sorted) also gives the top-N before the sampler: softmax keeps the order.
+    m = 0
     if options.stored_logits:
         m = logits.shape[-1] if options.stored_logits < 0 else min(options.stored_logits, logits.shape[-1])
-        values, ids = torch.topk(logits, m)
+    top_values, top_ids = torch.topk(logits, min(max(m, options.top_n), logits.shape[-1])) \
+        if m or options.top_n else (None, None)
+    if params.temperature == 0.0:
+        # Greedy: the chain ends on the argmax alone (apply_temperature), which is the token just sampled,
+        # so its distribution is one-hot there; running the chain again would only confirm it.
+        final = None
+        prob, fields["entropy"] = float(raw[token]), 0.0
+    elif options.top_n or params.greedy is False:
+        history = list(request.prompt_ids) + seq.generated[:-1] if params.penalised else ()
+        final = run_chain(logits, params, history, trace=False, allowed=seq.allowed).probs
+        prob = float((raw if params.greedy else final)[token])
+        fields["entropy"] = float(torch.special.entr(final).sum())  # -sum p log p, with 0 log 0 = 0
+    else:
+        final = raw
+        prob, fields["entropy"] = float(raw[token]), float(torch.special.entr(raw).sum())
+    if options.top_n:
+        ids = top_ids[:options.top_n]
+        fields["top_before"] = _tokens(tokenizer, ids, raw[ids])
+        fields["top_after"] = (TokenProb(token, tokenizer.token_text(token), 1.0),) if final is None \
+            else _top(tokenizer, final, options.top_n, positive=True)
+    if m:
         # Compact arrays, not tuples of Python floats: 4 bytes a number instead of ~32 (a long chat keeps
         # every step's record).
-        fields["logit_ids"] = array("i", ids.to(torch.int32).numpy().tobytes())
-        fields["logit_values"] = array("f", values.numpy().tobytes())
+        fields["logit_ids"] = array("i", top_ids[:m].to(torch.int32).numpy().tobytes())
+        fields["logit_values"] = array("f", top_values[:m].numpy().tobytes())
         if seq.allowed is not None:  # structured output: what the constraint let through
-            fields["logit_allowed"] = tuple(seq.allowed[ids].tolist())
+            fields["logit_allowed"] = tuple(seq.allowed[top_ids[:m]].tolist())
     if probe is not None and options.routing:
         fields["routing"] = probe.routing_for(row)
     if probe is not None and options.attention_layers:

@@ -170,3 +170,39 @@ def test_cancel_out_of_blocks_and_long_prompts_leave_nothing_behind(hf_checkpoin
     stats = engine.blocks.stats()
     assert stats.used == 0 and stats.free + stats.cached_free == stats.total
     engine.blocks.check_invariants([])
+
+
+@pytest.mark.parametrize("params", [
+    SamplingParams(temperature=0, max_new_tokens=6, ignore_eos=True),
+    SamplingParams(temperature=0.8, top_k=20, top_p=0.9, repetition_penalty=1.3, seed=3, max_new_tokens=6,
+                   ignore_eos=True),
+], ids=["greedy", "sampled"])
+def test_step_record_summaries_equal_the_chain_on_the_full_logits(hf_checkpoint, params):
+    """The record's probability, entropy and top tokens before and after the sampler are those of the
+    chain run on the step's full logits (the record takes shortcuts: one top-k for the stored logits and
+    the top before the sampler, no second chain when greedy)."""
+    from engine.sampling import run_chain
+
+    directory, _ = hf_checkpoint("llama")
+    engine = make_engine(directory)
+    prompt = [1, 5, 9, 13]
+    options = InstrumentOptions(top_n=8, stored_logits=64)
+    (records, _), = run(engine, GenerationRequest(tuple(prompt), params, instrument=options))
+    generated = [r.token_id for r in records[0]]
+    for i, rec in enumerate(records[0]):
+        tokens = prompt + generated[:i]
+        logits = recompute(engine.model, tokens).float()
+        raw = torch.softmax(logits, -1)
+        history = tokens if params.penalised else ()
+        final = run_chain(logits, params, history).probs
+        assert final[rec.token_id] > 0
+        assert rec.prob == pytest.approx(float((raw if params.greedy else final)[rec.token_id]), abs=1e-5)
+        assert rec.entropy == pytest.approx(float(torch.special.entr(final).sum()), abs=1e-4)
+        top = torch.topk(raw, 8)
+        assert [t.token_id for t in rec.top_before] == top.indices.tolist()
+        assert [t.prob for t in rec.top_before] == pytest.approx(top.values.tolist(), abs=1e-6)
+        after = {t.token_id: t.prob for t in rec.top_after}
+        kept = torch.topk(final, 8)
+        assert after == pytest.approx({int(i): float(v) for i, v in zip(kept.indices, kept.values) if v > 0},
+                                      abs=1e-6)
+        assert list(rec.logit_ids) == torch.topk(logits, 64).indices.tolist()
