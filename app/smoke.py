@@ -8,7 +8,9 @@ import: a cold start to the first token.
 `--smoke --prompt-file FILE --max-new-tokens N` is the window's benchmark: FILE's text is sent as the
 user's message (greedy, EOS ignored, the default panels open) and the summary line adds prompt_tokens,
 decode_tok_s (the engine's own definition: tokens after the first over the time since the first, as
-`python -m engine generate` prints it) and this process's RSS in MiB at the first and the last token.
+`python -m engine generate` prints it), this process's RSS in MiB at the first and the last token, and
+gui_cpu_share: the GUI thread's CPU time over the wall time between those tokens (what the window's
+drawing takes from the decode loop on a small machine; app/record_hub.py aims at GUI_SHARE).
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ class SmokeRun(QObject):
         self.params = PARAMS if tokens == TOKENS else SamplingParams(temperature=0, max_new_tokens=tokens,
                                                                      ignore_eos=True)
         self.rss_first = self.rss_last = 0.0  # MiB at the first token and at the last
+        self.gui_first = self.gui_last = (0.0, 0.0)  # (wall, GUI-thread CPU) seconds at those tokens
         self.started = process_start()
         self.marks: dict[str, float] = {"window": self.elapsed()}
         window.worker.loaded.connect(self.on_loaded)
@@ -62,8 +65,10 @@ class SmokeRun(QObject):
             # /proc on every token cost the GUI thread (and so the decode loop) more than a panel's redraw.
             if not self.rss_first:
                 self.rss_first = rss_mib()
+                self.gui_first = (time.perf_counter(), time.thread_time())
             if record.index == self.tokens - 1:
                 self.rss_last = rss_mib()
+                self.gui_last = (time.perf_counter(), time.thread_time())
 
     def on_finished(self, done) -> None:
         ids = list(done.results[0].token_ids) if done.results else []
@@ -79,8 +84,9 @@ class SmokeRun(QObject):
     def measured(self, done) -> str:
         n = len(done.results[0].token_ids)
         decode = (n - 1) / (done.decode_ms / 1000) if done.decode_ms > 0 and n > 1 else 0.0
+        wall, cpu = (b - a for a, b in zip(self.gui_first, self.gui_last))
         return (f"prompt_tokens={done.prompt_tokens} decode_tok_s={decode:.2f} rss_start_mb={self.rss_first:.1f} "
-                f"rss_end_mb={self.rss_last:.1f} ")
+                f"rss_end_mb={self.rss_last:.1f} gui_cpu_share={cpu / wall if wall > 0 else 0:.3f} ")
 
     def check_dialogs(self) -> None:
         dialog = QApplication.activeModalWidget()
