@@ -81,19 +81,46 @@ def step_record(tokenizer, request_id: int, request, seq, token: int, logits: to
 
 
 _process: psutil.Process | None = None  # this process, kept: making one reads /proc each time
+_rss_read: tuple[float, int] = (-1.0, 0)  # (when, bytes) of the last read
+RSS_MAX_AGE_S = 0.05
 
 
 def _rss() -> int:
-    global _process
+    """This process's resident set, read at most every RSS_MAX_AGE_S: a snapshot is taken on every step of
+    an instrumented request, and reading /proc each time cost ~0.1 ms a token for a figure the window draws
+    a few times a second."""
+    global _process, _rss_read
+    now = time.monotonic()
+    if now - _rss_read[0] < RSS_MAX_AGE_S and _process is not None and _process.pid == os.getpid():
+        return _rss_read[1]
     if _process is None or _process.pid != os.getpid():  # a forked child measures itself
         _process = psutil.Process()
-    return _process.memory_info().rss
+    _rss_read = (now, _process.memory_info().rss)
+    return _rss_read[1]
 
 
-def memory_snapshot(blocks, pool, max_seq_len: int, weight_bytes: dict[str, int], tables: dict) -> MemorySnapshot:
+def memory_snapshot(blocks, pool, max_seq_len: int, weight_bytes: dict[str, int], tables: dict,
+                    previous: MemorySnapshot | None = None) -> MemorySnapshot:
     """The KV pool and weights now. `weight_bytes`: the model's (Decoder.weight_bytes); `tables`: each live
-    sequence's name ("request.sample") -> BlockTable."""
-    stats = blocks.stats()
+    sequence's name ("request.sample") -> BlockTable. Parts equal to `previous`'s (the last snapshot) are
+    `previous`'s own objects: the block map changes once a block of tokens, and a long reply keeps a
+    snapshot per step (728 reference counts are ~6 KB)."""
+    refs = tuple(blocks.ref_count)
+    if previous is not None and refs == previous.block_refs:
+        refs = previous.block_refs
+        used, shared = previous.kv_blocks_used, previous.kv_blocks_shared
+    else:
+        used, shared = len(refs) - refs.count(0), sum(1 for r in refs if r > 1)
+    cached = tuple(blocks.cached)
+    if previous is not None and cached == previous.cached_blocks:
+        cached = previous.cached_blocks
+    old_tables = previous.block_tables if previous is not None else {}
+    block_tables = {}
+    for name, table in tables.items():
+        ids = tuple(table.block_ids)
+        block_tables[name] = old_tables[name] if old_tables.get(name) == ids else ids
+    if block_tables == old_tables:
+        block_tables = old_tables
     filled: dict[int, int] = {}  # block -> slots holding K/V (the fullest sharer decides)
     for table in tables.values():
         for i, block in enumerate(table.block_ids):
@@ -104,12 +131,13 @@ def memory_snapshot(blocks, pool, max_seq_len: int, weight_bytes: dict[str, int]
     if pool.k.is_cuda:
         cuda_alloc, cuda_reserved = torch.cuda.memory_allocated(), torch.cuda.memory_reserved()
     return MemorySnapshot(
-        kv_blocks_total=stats.total, kv_blocks_used=stats.used, kv_blocks_shared=stats.shared,
-        kv_blocks_cached_free=stats.cached_free, kv_blocks_free=stats.free, kv_block_size=blocks.block_size,
+        kv_blocks_total=blocks.num_blocks, kv_blocks_used=used, kv_blocks_shared=shared,
+        kv_blocks_cached_free=len(blocks.cached), kv_blocks_free=len(blocks.free), kv_block_size=blocks.block_size,
         kv_bytes_per_block=per_block, kv_tokens=sum(t.num_tokens for t in tables.values()),
         kv_slots_filled=sum(filled.values()),
         # a contiguous cache reserves the model's whole context for every live sequence
         kv_contiguous_bytes=len(tables) * max_seq_len * per_token,
-        block_tables={name: tuple(t.block_ids) for name, t in tables.items()}, block_refs=tuple(blocks.ref_count),
-        cached_blocks=tuple(blocks.cached), weight_bytes=dict(weight_bytes),
+        block_tables=block_tables, block_refs=refs, cached_blocks=cached,
+        weight_bytes=previous.weight_bytes if previous is not None and previous.weight_bytes == weight_bytes
+        else dict(weight_bytes),
         process_rss=_rss(), cuda_allocated=cuda_alloc, cuda_reserved=cuda_reserved)

@@ -50,6 +50,7 @@ class Runner:
         # Batch-1 decode through CUDA graphs on a GPU (engine/runtime/static_decode.py); None: always the paged view.
         self.static = StaticDecoder(model, self.pool) if device.type == "cuda" else None
         self._weight_bytes: dict[str, int] | None = None  # the model's, for memory snapshots (walked once)
+        self._last_memory = None  # the last MemorySnapshot: the next shares its unchanged parts
 
     # -- the caller's API -----------------------------------------------------------------------
     def submit(self, request: GenerationRequest, drafter=None, rejection: str | None = None) -> int:
@@ -81,8 +82,9 @@ class Runner:
         names = {id(s): f"{r.id}.{s.index}" for r in self._running.values() for s in r.sequences}
         if self._weight_bytes is None:  # a walk of every module: ~1 ms, too much for every step
             self._weight_bytes = self.model.weight_bytes()
-        return memory_snapshot(self.blocks, self.pool, self.config.max_seq_len, self._weight_bytes,
-                               {names[id(s)]: s.table for s in live})
+        self._last_memory = memory_snapshot(self.blocks, self.pool, self.config.max_seq_len, self._weight_bytes,
+                                            {names[id(s)]: s.table for s in live}, self._last_memory)
+        return self._last_memory
 
     # -- the strategies' verbs --------------------------------------------------------------------
     def run_tokens(self, table: BlockTable, tokens: list[int]) -> torch.Tensor:

@@ -206,3 +206,24 @@ def test_step_record_summaries_equal_the_chain_on_the_full_logits(hf_checkpoint,
         assert after == pytest.approx({int(i): float(v) for i, v in zip(kept.indices, kept.values) if v > 0},
                                       abs=1e-6)
         assert list(rec.logit_ids) == torch.topk(logits, 64).indices.tolist()
+
+
+def test_memory_snapshots_share_what_did_not_change(hf_checkpoint):
+    """Every step of an instrumented request carries a memory snapshot; the block map changes once a block
+    of tokens, so consecutive snapshots share those parts (a long reply keeps every step's record)."""
+    directory, _ = hf_checkpoint("llama")
+    engine = make_engine(directory, num_blocks=64, block_size=4)
+    request = GenerationRequest((1, 2, 3), SamplingParams(temperature=0, max_new_tokens=12, ignore_eos=True),
+                                instrument=InstrumentOptions(memory=True))
+    (records, _), = run(engine, request)
+    snaps = [r.memory for r in records[0]]
+    shared = 0
+    for before, after in zip(snaps, snaps[1:]):
+        assert after.kv_blocks_used == sum(1 for r in after.block_refs if r > 0)
+        assert after.kv_tokens == before.kv_tokens + 1
+        if after.block_refs == before.block_refs:
+            assert after.block_refs is before.block_refs and after.block_tables is before.block_tables
+            shared += 1
+        else:  # a new block: its own map, and the table that grew
+            assert after.block_refs is not before.block_refs and after.kv_blocks_used == before.kv_blocks_used + 1
+    assert shared >= 6  # 12 tokens in blocks of 4: three new blocks, the other steps unchanged
