@@ -6,7 +6,8 @@ prompts are rendered, tokens detokenized, tool calls run and distributions re-de
 what comes back is plain records (engine.records, or the small frozen ones of app/turn.py).
 
 A reply advances one engine step per event-loop turn (a queued `_pump`), so a distribution request,
-an attention request or a cancel that arrives while a reply streams is served between two steps. A
+an attention request or a cancel that arrives while a reply streams is served between two steps. Its
+steps go to the GUI thread in batches (`steps`, every STEP_BATCH_S; the first token at once). A
 second generate request while a reply runs is refused with `failed` (the chat controller never sends
 one), and so is a turn whose prompt does not fit the model's context (app/turn.py), before any compute.
 
@@ -17,6 +18,7 @@ Attention is computed on request (request_attention) by replay, cancellable and 
 from __future__ import annotations
 
 import threading
+import time
 import traceback
 from pathlib import Path
 
@@ -28,7 +30,11 @@ from engine.errors import EngineError
 from engine.records import (DistributionView, InstrumentOptions, LoadOptions, PromptRecord, RequestDone,
                             SamplingParams, SpeculativeOptions, StageView, StepRecord)
 
-BUILTIN_MOE_PATH = "builtin:moe"  # the model panel's second built-in model (Engine.ensure_builtin_moe)
+BUILTIN_MOE_PATH = "builtin:moe"
+# Steps cross to the GUI thread in batches: a queued signal per token cost the GUI thread (which shares the
+# cores and the GIL with the decode loop) a wake-up and a dispatch per token, and the panels redraw at most
+# ~30 times a second anyway (app/record_hub.py).
+STEP_BATCH_S = 0.03  # the model panel's second built-in model (Engine.ensure_builtin_moe)
 
 
 def default_instrumentation(n_layers: int = 0) -> InstrumentOptions:
@@ -44,7 +50,7 @@ class EngineWorker(QObject):
     load_progress = Signal(int, int)  # done bytes, total bytes
     load_failed = Signal(str)
     turn_started = Signal(object)  # TurnStart
-    step = Signal(object)  # StepRecord
+    steps = Signal(object)  # tuple[StepRecord, ...]: the steps of the last STEP_BATCH_S (or fewer), in order
     tool_calls = Signal(object)  # tuple[ToolCall, ...]: sent just before `finished` when the reply made calls
     finished = Signal(object)  # RequestDone
     failed = Signal(str)  # a request refused or broken; the conversation is kept
@@ -66,6 +72,8 @@ class EngineWorker(QObject):
         self._stream = None  # the running reply's Engine.stream iterator
         self._running = ("none", 0, "")  # and its tool mode, kept tokens and their text (see TurnStart)
         self._speculative = SpeculativeOptions()
+        self._outbox: list[StepRecord] = []  # steps not yet sent, and when the last batch went
+        self._sent_at = 0.0
         self._load_cancel = threading.Event()  # GUI thread: the latest request's, for request_cancel
         self._turn_cancel = threading.Event()
         self.attention_views = AttentionViews()  # worker thread; its generation is bumped from the GUI thread
@@ -179,21 +187,33 @@ class EngineWorker(QObject):
             item = next(self._stream)
         except StopIteration:
             self._stream = None
+            self._send_steps()
             return
         except Exception as e:  # the engine cleans up its own blocks on errors it knows; report the rest
             self._stream = None
+            self._send_steps()
             self.failed.emit(f"{type(e).__name__}: {e}")
             traceback.print_exc()
             return
         if isinstance(item, PromptRecord):
+            self._sent_at = time.perf_counter()  # the prefill takes longer: the first token goes out at once
             self.turn_started.emit(TurnStart(item, *self._running[1:]))
         elif isinstance(item, StepRecord):
-            self.step.emit(item)
+            self._outbox.append(item)
+            if time.perf_counter() - self._sent_at >= STEP_BATCH_S:
+                self._send_steps()
         elif isinstance(item, RequestDone):
             self._stream = None
+            self._send_steps()
             self._finish(item)
             return
         self._pump.emit()
+
+    def _send_steps(self) -> None:
+        if self._outbox:
+            batch, self._outbox = tuple(self._outbox), []
+            self.steps.emit(batch)
+        self._sent_at = time.perf_counter()
 
     def _finish(self, done: RequestDone) -> None:
         tools, _, kept_text = self._running

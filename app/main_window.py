@@ -81,7 +81,7 @@ class MainWindow(QMainWindow):
         w.load_progress.connect(self.model_panel.show_progress)
         w.turn_started.connect(c.on_turn_started)
         w.turn_started.connect(hub.on_turn_started)
-        w.step.connect(hub.on_step)
+        w.steps.connect(hub.on_steps)
         w.tool_calls.connect(c.on_tool_calls)
         w.finished.connect(hub.flush)
         w.finished.connect(c.on_finished)

@@ -42,7 +42,7 @@ class SmokeRun(QObject):
         self.started = process_start()
         self.marks: dict[str, float] = {"window": self.elapsed()}
         window.worker.loaded.connect(self.on_loaded)
-        window.worker.step.connect(self.on_step)
+        window.worker.steps.connect(self.on_steps)
         window.worker.finished.connect(self.on_finished)
         # Failures show a modal dialog (load failed, generation failed): report its text and stop.
         self.poll = QTimer(self, interval=200, timeout=self.check_dialogs)
@@ -58,7 +58,7 @@ class SmokeRun(QObject):
         self.window.sampler.set_params(self.params)
         self.window.controller.submit(self.prompt)
 
-    def on_step(self, record) -> None:
+    def on_steps(self, records) -> None:
         self.marks.setdefault("first_token", self.elapsed())
         if self.measure:
             # Read at the first and the last token only (EOS is ignored: the last is the tokens-th): reading
@@ -66,7 +66,7 @@ class SmokeRun(QObject):
             if not self.rss_first:
                 self.rss_first = rss_mib()
                 self.gui_first = (time.perf_counter(), time.thread_time())
-            if record.index == self.tokens - 1:
+            if records[-1].index == self.tokens - 1:
                 self.rss_last = rss_mib()
                 self.gui_last = (time.perf_counter(), time.thread_time())
 
