@@ -11,8 +11,9 @@ DistributionView for the probabilities panel (wired in app/main_window.py).
 
 Attention is not in the records: the AttentionInspector (app/inspector.py) is handed the request's
 token ids and asks the worker for a view only while the attention panel is on screen, at the end of a
-reply or when the panel asks. The memory panel gets each step's snapshot, and the worker's snapshot
-after a load (a new model: the old one's figures are cleared first).
+reply or when the panel asks. The memory panel gets the newest step's snapshot every MEMORY_EVERY_S and
+at the end of a reply, and the worker's snapshot after a load (a new model: the old one's figures are
+cleared first).
 
 The worker's `attention` and `memory` signals are connected here (to GUI-thread slots, so queued)."""
 from __future__ import annotations
@@ -27,6 +28,7 @@ from engine.records import MemorySnapshot, RequestDone, StepRecord
 
 REDRAW_MS = 33  # the fastest tick
 SLOWEST_MS = 500
+MEMORY_EVERY_S = 0.5  # the memory panel's figures and RSS curve while a reply streams, and at its end
 GUI_SHARE = 0.05  # of the wall time, the GUI thread's CPU time while a reply streams
 
 
@@ -51,6 +53,8 @@ class RecordHub(QObject):
         self.timer = QTimer(self, interval=REDRAW_MS, timeout=self.flush)
         self.timer.start()
         self._clock = (time.perf_counter(), time.thread_time())  # at the last tick that drew
+        self._memory_at = 0.0  # when the memory panel was last given a snapshot
+        self._pending_memory: MemorySnapshot | None = None  # the newest step's, not yet shown
         worker.memory.connect(self.on_model_memory)
 
     # -- from the worker (queued, GUI thread) -------------------------------------------------
@@ -60,12 +64,13 @@ class RecordHub(QObject):
         self.routing.clear()
         self.inspector.start(start.prompt)
 
-    def on_step(self, record: StepRecord) -> None:
-        self.pending.append(record)
+    def on_steps(self, records: tuple[StepRecord, ...]) -> None:
+        self.pending.extend(records)
 
     def on_model_memory(self, snapshot: MemorySnapshot) -> None:
         """A model was loaded: its weights and empty KV pool, before the first token."""
         self.inspector.reset()
+        self._pending_memory = None
         self.memory.clear()
         self.memory.show_memory(snapshot)
 
@@ -84,9 +89,14 @@ class RecordHub(QObject):
             self.inspector.add(records)
             last = records[-1]
             if last.memory is not None:
-                self.memory.show_memory(last.memory)
+                self._pending_memory = last.memory
             self.select(last)
-        if args and isinstance(args[0], RequestDone):
+        done = bool(args) and isinstance(args[0], RequestDone)
+        # The memory panel's text and curves relayout a panel: twice a second is enough to watch memory.
+        if self._pending_memory is not None and (done or time.perf_counter() - self._memory_at >= MEMORY_EVERY_S):
+            self.memory.show_memory(self._pending_memory)
+            self._pending_memory, self._memory_at = None, time.perf_counter()
+        if done:
             self.inspector.refresh()
 
     def _pace(self) -> None:

@@ -47,7 +47,7 @@ class MemoryPanel(QWidget):
         self.figures.setWordWrap(True)
         self.curves = pg.PlotWidget(title="process memory")
         self.curves.setLabel("left", "MB")
-        self.curves.setLabel("bottom", "snapshot (one per generated token)")
+        self.curves.setLabel("bottom", "snapshot (two a second while generating)")
         self.curves.addLegend()
         self.curves.setMinimumHeight(160)
         self.curves.getAxis("left").enableAutoSIPrefix(False)
@@ -78,8 +78,10 @@ class MemoryPanel(QWidget):
         self.figures.setText("No model loaded.")
 
     def show_memory(self, snap: MemorySnapshot) -> None:
-        self._states = self._block_states(snap)
-        self._draw_map(snap)
+        states = self._block_states(snap)
+        if states != self._states or self.map_image.image is None:  # the map changes once a block of tokens
+            self._states = states
+            self._draw_map(snap)
         self._rss.append(snap.process_rss / 2**20)
         self._cuda.append(snap.cuda_allocated / 2**20)
         self._reserved.append(snap.cuda_reserved / 2**20)
