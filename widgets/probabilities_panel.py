@@ -29,6 +29,7 @@ class ProbabilitiesPanel(QWidget):
         self._view: DistributionView | None = None
         self._heights: dict[str, np.ndarray] = {}
         self._removed: dict[int, str] = {}
+        self._cumulative: np.ndarray | None = None  # the curve as drawn
         self._setup_ui()
         self._layout()
 
@@ -90,6 +91,7 @@ class ProbabilitiesPanel(QWidget):
         self._list_stages(set())
         self.bars.getAxis("bottom").setTicks([[]])
         self.curve.setData([], [])
+        self._cumulative = None
         self.top_p_line.setVisible(False)
 
     def show_distribution(self, view: DistributionView) -> None:
@@ -134,8 +136,9 @@ class ProbabilitiesPanel(QWidget):
         present = set()
         for stage, item in self.removed_items.items():
             idx = [i for i, t in enumerate(view.token_ids) if self._removed.get(t) == stage]
-            # a removed token's raw bar is drawn in the colour of the stage that cut it
-            item.setOpts(x=x[idx] - 0.2, height=raw[idx])
+            if idx or len(item.opts["height"]):  # an empty item stays empty without redrawing
+                # a removed token's raw bar is drawn in the colour of the stage that cut it
+                item.setOpts(x=x[idx] - 0.2, height=raw[idx])
             if idx:
                 present.add(stage)
         self._list_stages(present)
@@ -151,8 +154,10 @@ class ProbabilitiesPanel(QWidget):
         self._listed = set(present)
 
     def _draw_cumulative(self, final: np.ndarray, top_p: float) -> None:
-        ordered = np.sort(final)[::-1]
-        self.curve.setData(np.arange(1, len(ordered) + 1), np.cumsum(ordered))
+        cumulative = np.cumsum(np.sort(final)[::-1])
+        if self._cumulative is None or not np.array_equal(cumulative, self._cumulative):  # greedy: always one-hot
+            self._cumulative = cumulative
+            self.curve.setData(np.arange(1, len(cumulative) + 1), cumulative)
         self.top_p_line.setVisible(top_p < 1.0)
         if top_p < 1.0:
             self.top_p_line.setValue(top_p)
