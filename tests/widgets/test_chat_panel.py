@@ -50,6 +50,17 @@ def _anchors(panel) -> list[tuple[str, str]]:
     return found
 
 
+def _block_tops(panel) -> list[tuple[str, float]]:
+    """Each paragraph's text and where the layout puts it."""
+    document, found = panel.transcript.document(), []
+    panel.transcript.resize(400, 300)
+    block = document.begin()
+    while block.isValid():
+        found.append((block.text(), document.documentLayout().blockBoundingRect(block).top()))
+        block = block.next()
+    return found
+
+
 def test_streamed_tokens_are_appended_in_place_as_a_full_render_draws_them(qtbot):
     """Streaming appends each tick's tokens at the end (no re-render of the conversation): the transcript
     reads, and links, exactly as the same turn drawn at once; the cursor mark goes at the end of the reply."""
@@ -68,8 +79,11 @@ def test_streamed_tokens_are_appended_in_place_as_a_full_render_draws_them(qtbot
     whole._render()
     assert streamed.transcript_text() == whole.transcript_text()
     assert streamed.transcript_text().endswith("<b> ok▍")
-    assert _anchors(streamed) == _anchors(whole) == [(f"step:{i}", text.replace("\n", "\u2028"))  # <br>: a line separator
-                                                  for i, text, _ in tokens]
+    # One link per token and line: the reply's lines are paragraphs (Qt relayouts a whole paragraph per
+    # insertion), spaced and placed exactly as the full render places them.
+    assert _anchors(streamed) == _anchors(whole) == [(f"step:{i}", line) for i, text, _ in tokens
+                                                     for line in text.split("\n") if line]
+    assert _block_tops(streamed) == _block_tops(whole) and len(_block_tops(whole)) == 3  # hi, Hello world!, <b> ok
     for panel in (streamed, whole):
         panel.set_busy(False)
         panel.end_assistant("length limit")
