@@ -38,10 +38,12 @@ STEP_BATCH_S = 0.03  # the model panel's second built-in model (Engine.ensure_bu
 
 
 def default_instrumentation(n_layers: int = 0) -> InstrumentOptions:
-    """What the panels need from every step: top tokens, stored logits for slider what-ifs, routing and
-    the memory map. No attention rows: the attention panel asks for one layer when it is shown
-    (request_attention), so `n_layers` no longer matters (kept for callers that pass it)."""
-    return InstrumentOptions(top_n=20, stored_logits=512, routing=True, memory=True)
+    """What the panels need from every step: the stored logits the probabilities panel re-derives its
+    views from (the top 512, sorted), routing and the memory map; and the top 5 tokens before and after
+    the sampler, which no panel draws but a conversation exported with its records keeps (Python
+    objects: 20 of them cost ~4.6 KB a token). No attention rows: the attention panel asks for one layer
+    when it is shown (request_attention), so `n_layers` no longer matters (kept for callers that pass it)."""
+    return InstrumentOptions(top_n=5, stored_logits=512, routing=True, memory=True)
 
 
 class EngineWorker(QObject):
