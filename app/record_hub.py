@@ -1,13 +1,14 @@
 """Records from the worker to the panels. Steps are buffered as they arrive and handed to the chat
 controller and the panels together on a timer whose period adapts to what the redraws cost: the GUI
 thread's CPU time per tick (its handlers and the paints that follow, measured with time.thread_time)
-is kept under GUI_SHARE of the wall time, between 30 and 2 ticks a second. The GUI thread shares the
+is kept under GUI_SHARE (3%) of the wall time, between 30 and 2 ticks a second. The GUI thread shares the
 engine's GIL and cores, so every millisecond it spends drawing is one the decode loop may wait: a fast
 machine gets 30 Hz panels, a small one fewer redraws instead of a slower model.
 
 The selected step (the newest while a reply streams, or the token clicked in the chat) is shown in the
 routing panel and its sampler what-if is asked of the worker, which answers with a
-DistributionView for the probabilities panel (wired in app/main_window.py).
+DistributionView for the probabilities panel (wired in app/main_window.py); while a reply streams, at
+most every DISTRIBUTION_EVERY_S.
 
 Attention is not in the records: the AttentionInspector (app/inspector.py) is handed the request's
 token ids and asks the worker for a view only while the attention panel is on screen, at the end of a
@@ -29,7 +30,13 @@ from engine.records import MemorySnapshot, RequestDone, StepRecord
 REDRAW_MS = 33  # the fastest tick
 SLOWEST_MS = 500
 MEMORY_EVERY_S = 0.5  # the memory panel's figures and RSS curve while a reply streams, and at its end
-GUI_SHARE = 0.05  # of the wall time, the GUI thread's CPU time while a reply streams
+# The newest step's sampler what-if while a reply streams (a click or a slider is answered at once): the
+# worker computes it between two decode steps, and bars that change 30 times a second are not read anyway.
+DISTRIBUTION_EVERY_S = 0.25
+# Of the wall time, the GUI thread's CPU time while a reply streams. At 5% the window decoded at ~0.85x
+# the engine on 2 cores (the GUI's Python holds the GIL the decode loop's Python needs, and its paints
+# take a core from the matmul threads); at 3% the redraws come ~10 times a second on the default model.
+GUI_SHARE = 0.03
 
 
 def next_interval(previous_ms: float, gui_cpu_s: float, wall_s: float) -> float:
@@ -55,6 +62,8 @@ class RecordHub(QObject):
         self._clock = (time.perf_counter(), time.thread_time())  # at the last tick that drew
         self._memory_at = 0.0  # when the memory panel was last given a snapshot
         self._pending_memory: MemorySnapshot | None = None  # the newest step's, not yet shown
+        self._asked_at = 0.0  # when the newest step's what-if was last asked for while streaming
+        self._distribution_due = False  # the selected step's what-if is not yet asked for
         worker.memory.connect(self.on_model_memory)
 
     # -- from the worker (queued, GUI thread) -------------------------------------------------
@@ -90,8 +99,10 @@ class RecordHub(QObject):
             last = records[-1]
             if last.memory is not None:
                 self._pending_memory = last.memory
-            self.select(last)
+            self.select(last, following=True)
         done = bool(args) and isinstance(args[0], RequestDone)
+        if done and self._distribution_due:
+            self.show_distribution()
         # The memory panel's text and curves relayout a panel: twice a second is enough to watch memory.
         if self._pending_memory is not None and (done or time.perf_counter() - self._memory_at >= MEMORY_EVERY_S):
             self.memory.show_memory(self._pending_memory)
@@ -109,17 +120,24 @@ class RecordHub(QObject):
             self.timer.setInterval(round(next_interval(self.timer.interval(), cpu - then_cpu, wall - then_wall)))
 
     # -- selection ----------------------------------------------------------------------------
-    def select(self, record: StepRecord) -> None:
+    def select(self, record: StepRecord, following: bool = False) -> None:
+        """Show `record`: clicked in the chat, or (`following`) the newest step of a streaming reply, whose
+        what-if is asked for at most every DISTRIBUTION_EVERY_S (and at the reply's end)."""
         self.selected = record
         key = step_key(record)
         # Searched from the end: while a reply streams the newest step is selected on every tick.
         index = next((i for i in range(len(self.routed) - 1, -1, -1) if self.routed[i] == key), -1)
         self.routing.select_step(index)  # -1 (an earlier request's step) leaves the panel as it is
+        if following and time.perf_counter() - self._asked_at < DISTRIBUTION_EVERY_S:
+            self._distribution_due = True
+            return
+        self._asked_at = time.perf_counter() if following else 0.0
         self.show_distribution()
 
     def show_distribution(self, *_) -> None:
         """Ask the worker for the selected step under the sampler's current values (no forward pass; a
         step whose details were dropped shows its own token only)."""
+        self._distribution_due = False
         if self.selected is not None:
             self.worker.request_distribution(self.selected, self.sampler_params())
 
