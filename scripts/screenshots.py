@@ -97,6 +97,8 @@ def shoot_laptop(app, window) -> int:
     wait_for(window.worker.loaded)
     window.sampler.set_params(SamplingParams(temperature=0.7, top_p=0.9, seed=4, max_new_tokens=40))
     chat(window, "Explain in two sentences why the sky is blue.")
+    window.sampler.set_params(SamplingParams(temperature=0.7, top_p=0.9, seed=4, max_new_tokens=70))
+    chat(window, "Give me three tips for staying healthy, as a numbered list.")  # a reply of several lines
     window.chat.input.setPlainText("")  # the placeholder shows
     window.chat.step_clicked.emit(3)  # a token's distribution in the probabilities panel
     settle(800)
