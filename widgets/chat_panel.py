@@ -236,26 +236,36 @@ class ChatPanel(QWidget):
         the mark again if `mark`."""
         with self._following():
             cursor = QTextCursor(self.transcript.document())
+            # One edit block, and one insertion per line: the document lays a changed paragraph out again
+            # for every insertion otherwise (a tick's links one by one cost more than the whole tick).
+            cursor.beginEditBlock()
             cursor.movePosition(QTextCursor.End)
             cursor.movePosition(QTextCursor.PreviousCharacter, QTextCursor.KeepAnchor)
             if cursor.selectedText() == CURSOR_MARK:
                 cursor.removeSelectedText()
             else:
                 cursor.movePosition(QTextCursor.End)
+            line: list[str] = []
             for segment in segments:
-                if segment is LINE_BREAK:  # the line so far keeps no space below; the new one none above
-                    above = QTextBlockFormat(cursor.blockFormat())
-                    margin = above.bottomMargin()  # the turn's last line's: moves to the new last line
-                    above.setBottomMargin(0)
-                    cursor.setBlockFormat(above)
-                    line = QTextBlockFormat(above)
-                    line.setTopMargin(0)
-                    line.setBottomMargin(margin)
-                    cursor.insertBlock(line, QTextCharFormat())
-                elif segment:
-                    cursor.insertHtml(segment)
+                if segment is not LINE_BREAK:
+                    line.append(segment)
+                    continue
+                if any(line):
+                    cursor.insertHtml("".join(line))
+                line = []
+                above = QTextBlockFormat(cursor.blockFormat())  # the line so far: no space below it now
+                margin = above.bottomMargin()  # the turn's last line's, which moves to the new last line
+                above.setBottomMargin(0)
+                cursor.setBlockFormat(above)
+                below = QTextBlockFormat(above)
+                below.setTopMargin(0)
+                below.setBottomMargin(margin)
+                cursor.insertBlock(below, QTextCharFormat())
+            if any(line):
+                cursor.insertHtml("".join(line))
             if mark:
                 cursor.insertText(CURSOR_MARK, QTextCharFormat())  # plain: not part of the last token's link
+            cursor.endEditBlock()
 
     @contextmanager
     def _following(self):
