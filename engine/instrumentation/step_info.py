@@ -66,7 +66,10 @@ def step_record(tokenizer, request_id: int, request, seq, token: int, logits: to
     if m:
         # Compact arrays, not tuples of Python floats: 4 bytes a number instead of ~32 (a long chat keeps
         # every step's record).
-        fields["logit_ids"] = array("i", top_ids[:m].to(torch.int32).numpy().tobytes())
+        # Ids in 2 bytes where the vocabulary allows (SmolLM's 49,152, Llama 2's 32,000): 1 KB a token saved.
+        ids = top_ids[:m].to(torch.int32).numpy()
+        fields["logit_ids"] = array("H", ids.astype("uint16").tobytes()) if logits.shape[-1] <= 1 << 16 \
+            else array("i", ids.tobytes())
         fields["logit_values"] = array("f", top_values[:m].numpy().tobytes())
         if seq.allowed is not None:  # structured output: what the constraint let through
             fields["logit_allowed"] = tuple(seq.allowed[top_ids[:m]].tolist())
