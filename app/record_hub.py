@@ -35,7 +35,8 @@ MEMORY_EVERY_S = 0.5  # the memory panel's figures and RSS curve while a reply s
 DISTRIBUTION_EVERY_S = 0.25
 # Of the wall time, the GUI thread's CPU time while a reply streams. At 5% the window decoded at ~0.85x
 # the engine on 2 cores (the GUI's Python holds the GIL the decode loop's Python needs, and its paints
-# take a core from the matmul threads); at 3% the redraws come ~10 times a second on the default model.
+# take a core from the matmul threads); at 3% it decodes at ~0.94x, and a redraw with every default panel
+# costing ~11 ms of GUI CPU there, the window redraws about 3 times a second (docs/benchmarks.md).
 GUI_SHARE = 0.03
 
 
