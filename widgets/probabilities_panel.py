@@ -3,9 +3,12 @@ sampler chain leaves, tokens coloured by the stage that removed them, the chosen
 the cumulative curve with the top-p line. Draws DistributionView records only."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QFontMetrics
 from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from engine.records import DistributionView
@@ -14,6 +17,8 @@ STAGE_COLOURS = {"constraint": "#6d4c41",  # structured output: tokens the gramm
                  "penalties": "#8e44ad", "temperature": "#7f8c8d", "top_k": "#e67e22", "top_p": "#c0392b",
                  "min_p": "#16a085", "typical_p": "#2c3e50"}
 RAW, KEPT, CHOSEN = "#b0c4de", "#2e86de", "#f1c40f"
+GAP_PX = 6  # between two token labels on the x axis
+MAX_STRIDE = 4  # label at least every fourth candidate
 
 
 def display_text(text: str) -> str:
@@ -30,6 +35,7 @@ class ProbabilitiesPanel(QWidget):
         self._heights: dict[str, np.ndarray] = {}
         self._removed: dict[int, str] = {}
         self._cumulative: np.ndarray | None = None  # the curve as drawn
+        self._ticks: list[str] = []  # the x axis's labels as drawn
         self._setup_ui()
         self._layout()
 
@@ -55,6 +61,11 @@ class ProbabilitiesPanel(QWidget):
             self.legend.removeItem(item)  # listed only while a stage removed something
         self._listed: set[str] = set()
         self.bars.setLabel("bottom", "candidate tokens (chosen one in yellow)")
+        # Token labels are elided to their bar's width, so they never run together; the whole token (and its
+        # probabilities) is the plot's tooltip where the mouse is.
+        self.bars.getViewBox().sigResized.connect(lambda *_: self._label_ticks())
+        self.bars.getViewBox().sigXRangeChanged.connect(lambda *_: self._label_ticks())
+        self.bars.scene().sigMouseMoved.connect(self._hover)
         self.cumulative = pg.PlotWidget()
         self.cumulative.setLabel("left", "cumulative")
         self.cumulative.setLabel("bottom", "tokens, most likely first (after the sampler)")
@@ -89,6 +100,7 @@ class ProbabilitiesPanel(QWidget):
         for item in (self.raw_item, self.final_item, *self.removed_items.values()):
             item.setOpts(**empty)
         self._list_stages(set())
+        self._ticks = []
         self.bars.getAxis("bottom").setTicks([[]])
         self.curve.setData([], [])
         self._cumulative = None
@@ -142,7 +154,42 @@ class ProbabilitiesPanel(QWidget):
             if idx:
                 present.add(stage)
         self._list_stages(present)
-        self.bars.getAxis("bottom").setTicks([[(i, display_text(t)[:7]) for i, t in enumerate(view.token_texts)]])
+        self._label_ticks()
+
+    def tick_labels(self) -> list[str]:
+        """The x axis's labels as drawn (elided), for tests."""
+        return list(self._ticks)
+
+    def _label_ticks(self) -> None:
+        """Label every candidate whose text fits its bar's width, else every second (third, ...) one, each
+        elided to the room it has: labels never run together; the tooltip names every bar whole."""
+        texts = [display_text(t) for t in (self._view.token_texts if self._view is not None else ())]
+        axis = self.bars.getAxis("bottom")
+        low, high = self.bars.getViewBox().viewRange()[0]
+        slot = self.bars.getViewBox().width() / max(high - low, 1e-9)  # pixels per bar position
+        metrics = QFontMetrics(axis.style.get("tickFont") or axis.font())
+        widths = sorted(metrics.horizontalAdvance(t) + GAP_PX for t in texts)
+        stride = min(MAX_STRIDE, max(1, math.ceil(widths[len(widths) // 2] / max(slot, 1.0)))) if texts else 1
+        room = max(0, int(stride * slot) - GAP_PX)
+        ticks = [metrics.elidedText(t, Qt.ElideRight, room) if i % stride == 0 else "" for i, t in enumerate(texts)]
+        if ticks != self._ticks:  # an axis regenerates its text on every setTicks
+            self._ticks = ticks
+            axis.setTicks([list(enumerate(ticks))])
+
+    def _hover(self, position) -> None:
+        """The candidate under the mouse as the plot's tooltip: its whole text and probabilities."""
+        view = self._view
+        if view is None or not self.bars.getViewBox().sceneBoundingRect().contains(position):
+            self.bars.setToolTip("")
+            return
+        i = round(self.bars.getViewBox().mapSceneToView(position).x())
+        if not 0 <= i < len(view.token_ids):
+            self.bars.setToolTip("")
+            return
+        raw, final = self._heights.get("raw", ()), self._heights.get("final", ())
+        removed = self._removed.get(view.token_ids[i])
+        self.bars.setToolTip(f"“{display_text(view.token_texts[i])}” (id {view.token_ids[i]}): model {raw[i]:.4f}, "
+                             f"after the sampler {final[i]:.4f}" + (f", removed by {removed}" if removed else ""))
 
     def _list_stages(self, present: set[str]) -> None:
         """The legend names the stages that removed a shown token, and only those."""

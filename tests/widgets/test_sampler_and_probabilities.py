@@ -66,3 +66,39 @@ def test_offer_tools_is_disabled_with_the_reason_when_the_template_takes_none(qt
     with qtbot.waitSignal(panel.tools_changed) as blocker:
         panel.offer_tools.click()
     assert blocker.args == [True]
+
+
+def test_token_labels_never_run_together_and_the_whole_token_is_the_tooltip(qtbot):
+    """Long tokens are elided to their bar's width (they used to overlap); hovering a bar names it whole."""
+    from PySide6.QtGui import QFontMetrics
+
+    panel = ProbabilitiesPanel()
+    qtbot.addWidget(panel)
+    panel.resize(360, 520)
+    panel.show()
+    qtbot.waitExposed(panel)
+    texts = [" internationalization", " the", "\n", " Constantinople", " a", " it"]
+    panel.show_distribution(distribution_view(record(), SamplingParams(temperature=1.0, top_k=2), texts.__getitem__))
+    qtbot.wait(50)  # the view's range settles on the new bars
+    box, axis = panel.bars.getViewBox(), panel.bars.getAxis("bottom")
+    low, high = box.viewRange()[0]
+    slot = box.width() / (high - low)
+    metrics = QFontMetrics(axis.style.get("tickFont") or axis.font())
+    labels = panel.tick_labels()
+    shown = [(i, label) for i, label in enumerate(labels) if label]
+    assert len(labels) == 6 and shown[0][0] == 0 and len(shown) >= 2
+    assert shown[0][1] != "␣internationalization" and shown[0][1].endswith("…")  # did not fit: elided
+    for (i, a), (j, b) in zip(shown, shown[1:]):  # centred on their bars: half of each fits between them
+        assert (metrics.horizontalAdvance(a) + metrics.horizontalAdvance(b)) / 2 <= (j - i) * slot
+    centre = box.mapViewToScene(pg_point(0, 0.2))
+    panel.bars.scene().sigMouseMoved.emit(centre)
+    assert "␣internationalization" in panel.bars.toolTip() and "model 0.5000" in panel.bars.toolTip()
+    panel.resize(900, 520)  # wider: whole words come back
+    qtbot.waitUntil(lambda: panel.tick_labels()[:4] == ["␣internationalization", "␣the", "⏎", "␣Constantinople"],
+                    timeout=2000)
+
+
+def pg_point(x, y):
+    from PySide6.QtCore import QPointF
+
+    return QPointF(x, y)
