@@ -20,7 +20,16 @@ HISTORY = 300
 
 
 def mb(n: int) -> str:
-    return f"{n / 2**20:,.1f} MB"
+    """Decimal megabytes, as the model panel and the status line count them (ModelFacts.weights)."""
+    return f"{n / 1e6:,.1f} MB"
+
+
+def sequence_name(key: str, keys: list[str]) -> str:
+    """'request 3', or 'request 3 · sample 1' when the request has several (a snapshot names a sequence
+    'request.sample')."""
+    request, _, sample = key.partition(".")
+    several = sum(k.partition(".")[0] == request for k in keys) > 1
+    return f"request {request}" + (f" · sample {sample}" if several else "")
 
 
 class MemoryPanel(QWidget):
@@ -82,9 +91,9 @@ class MemoryPanel(QWidget):
         if states != self._states or self.map_image.image is None:  # the map changes once a block of tokens
             self._states = states
             self._draw_map(snap)
-        self._rss.append(snap.process_rss / 2**20)
-        self._cuda.append(snap.cuda_allocated / 2**20)
-        self._reserved.append(snap.cuda_reserved / 2**20)
+        self._rss.append(snap.process_rss / 1e6)
+        self._cuda.append(snap.cuda_allocated / 1e6)
+        self._reserved.append(snap.cuda_reserved / 1e6)
         self.rss_curve_item.setData(np.array(self._rss))
         if self._show_cuda(any(self._reserved) or any(self._cuda)):
             self.cuda_curve_item.setData(np.array(self._cuda))
@@ -149,4 +158,4 @@ class MemoryPanel(QWidget):
         swatch = lambda c, t: f"<span style='background:{c};border:1px solid #999'>&nbsp;&nbsp;&nbsp;</span> {t}"  # noqa: E731
         self.legend.setText(" ".join([swatch(PALETTE[FREE], "free"), swatch(PALETTE[CACHED], "cached prefix"),
                                       swatch(PALETTE[SHARED], "shared")]
-                                     + [swatch(PALETTE[colour_of[f"used:{k}"]], f"seq {k}") for k in keys[:6]]))
+                                     + [swatch(PALETTE[colour_of[f"used:{k}"]], sequence_name(k, keys)) for k in keys[:6]]))
