@@ -155,7 +155,9 @@ class MemoryPanel(QWidget):
         image = rgba[grid.astype(int)].reshape(rows, PER_ROW, 4)
         self.map_image.setImage(image.transpose(1, 0, 2), levels=(0, 255))
         self.map_image.setRect(QRectF(0, 0, PER_ROW, rows))
-        swatch = lambda c, t: f"<span style='background:{c};border:1px solid #999'>&nbsp;&nbsp;&nbsp;</span> {t}"  # noqa: E731
-        self.legend.setText(" ".join([swatch(PALETTE[FREE], "free"), swatch(PALETTE[CACHED], "cached prefix"),
+        # Squares drawn as glyphs: Qt's rich text ignores a span's border, and the free blocks' near-white
+        # background alone vanished on the light theme; free is the outlined (empty) square.
+        swatch = lambda c, t: f"<span style='color:{c}'>■</span> {t}"  # noqa: E731
+        self.legend.setText(" ".join(["<span style='color:#888'>□</span> free", swatch(PALETTE[CACHED], "cached prefix"),
                                       swatch(PALETTE[SHARED], "shared")]
                                      + [swatch(PALETTE[colour_of[f"used:{k}"]], sequence_name(k, keys)) for k in keys[:6]]))

@@ -30,7 +30,7 @@ def test_block_map_matches_the_snapshot_and_curves_grow(qtbot):
     assert ModelFacts.weights.fget(SimpleNamespace(weight_bytes=(("float32", 538_000_000),))) == "float32 538.0 MB"
     legend = panel.legend.text()
     assert "request 0 · sample 0" in legend and "request 0 · sample 1" in legend and "request 1<" in legend + "<"
-    assert "seq" not in legend
+    assert "seq" not in legend and "□</span> free" in legend  # the free swatch: an outline, seen on light themes
 
 
 def test_cuda_series_only_with_cuda_and_a_model_switch_forgets_the_old_model(qtbot):
