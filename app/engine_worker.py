@@ -30,11 +30,11 @@ from engine.errors import EngineError
 from engine.records import (DistributionView, InstrumentOptions, LoadOptions, PromptRecord, RequestDone,
                             SamplingParams, SpeculativeOptions, StageView, StepRecord)
 
-BUILTIN_MOE_PATH = "builtin:moe"
+BUILTIN_MOE_PATH = "builtin:moe"  # the model panel's second built-in model (Engine.ensure_builtin_moe)
 # Steps cross to the GUI thread in batches: a queued signal per token cost the GUI thread (which shares the
 # cores and the GIL with the decode loop) a wake-up and a dispatch per token, and the panels redraw at most
 # ~30 times a second anyway (app/record_hub.py).
-STEP_BATCH_S = 0.03  # the model panel's second built-in model (Engine.ensure_builtin_moe)
+STEP_BATCH_S = 0.03
 
 
 def default_instrumentation(n_layers: int = 0) -> InstrumentOptions:

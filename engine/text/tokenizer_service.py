@@ -9,8 +9,9 @@ else in this process may want to run: a GUI), the pipeline is built in a child p
 there: this process holds a RemoteBackend, the part of the `tokenizers` API engine/text/tokenizer.py
 uses, whose calls wait on a pipe with the GIL released. Every token's piece and its text on its own
 are fetched once, in chunks, so the per-token display text costs no round trip, and decode runs here
-from those pieces where the pipeline allows (engine/text/piece_decoder.py): streaming costs none either. One child serves the
-whole process and exits at end of file on its socket: when this process exits or is killed.
+from those pieces where the pipeline allows (engine/text/piece_decoder.py): streaming costs none
+either. One child serves the whole process and exits at end of file on its socket: when this process
+exits or is killed.
 """
 from __future__ import annotations
 
