@@ -96,7 +96,10 @@ class _Knob(QWidget):
 
 TOOLS_TIP = "for models whose chat template takes tools; the call is constrained to the tool's schema and " \
             "answered in the chat"
-DRAFTERS = ("off", "ngram", "self-layers:20", "self-int4")  # editable: a draft model's path can be typed in
+# The drafters offered, by what they are (label -> the engine's name for it). The box is editable: a draft
+# model's path, or any engine name ("self-layers:12"), can be typed in and is passed on as typed.
+DRAFTERS = {"Off": "", "Prompt lookup (n-gram)": "ngram", "First 20 layers of this model": "self-layers:20",
+            "This model in int4": "self-int4"}
 
 
 class SamplerPanel(QWidget):
@@ -125,8 +128,9 @@ class SamplerPanel(QWidget):
         self.presets.addItems(["Presets…", *PRESETS])
         self.presets.activated.connect(self._apply_preset)
         # Speculative decoding: which drafter proposes tokens, and how many per step (engine/runtime/speculative.py).
-        self.drafter = QComboBox(editable=True, toolTip="ngram = prompt lookup; self-layers:L = the model's first L "
-                                 "layers; self-int4 = the model in int4; or the path of a draft model")
+        self.drafter = QComboBox(editable=True, toolTip="Who drafts the tokens the model then checks: prompt lookup "
+                                 "(n-gram), the model's own first layers (or type self-layers:L), the model in int4, "
+                                 "or type the path of a draft model")
         self.drafter.addItems(DRAFTERS)
         self.spec_k = QSpinBox(minimum=1, maximum=16, value=4, toolTip="tokens drafted per step")
         self.spec_adaptive = QCheckBox("adaptive")
@@ -191,7 +195,8 @@ class SamplerPanel(QWidget):
                                     "so offering the calculator would change nothing")
 
     def speculative(self) -> SpeculativeOptions:
-        name = self.drafter.currentText().strip()
+        text = self.drafter.currentText().strip()
+        name = DRAFTERS.get(text, text)
         return SpeculativeOptions("" if name in ("", "off") else name, self.spec_k.value(),
                                   self.spec_adaptive.isChecked())
 

@@ -19,6 +19,14 @@ def test_sampler_panel_speculative_options(qtbot):
     assert panel.speculative().drafter == "/models/draft.gguf"
     panel.drafter.setCurrentText("off")
     assert not panel.speculative().enabled
+    # The offered drafters read as what they are; each still reaches the engine by its own name.
+    offered = [panel.drafter.itemText(i) for i in range(panel.drafter.count())]
+    assert offered == ["Off", "Prompt lookup (n-gram)", "First 20 layers of this model", "This model in int4"]
+    names = []
+    for i in range(panel.drafter.count()):
+        panel.drafter.setCurrentIndex(i)
+        names.append(panel.speculative().drafter)
+    assert names == ["", "ngram", "self-layers:20", "self-int4"]
 
 
 def test_chat_panel_marks_speculative_tokens(qtbot):
