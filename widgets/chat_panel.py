@@ -30,6 +30,9 @@ def prob_colour(p: float) -> str:
 # rejecting a draft in red after the rejected drafts struck through, the bonus token overlined.
 SPEC_STYLE = {"accepted": "text-decoration:underline", "resampled": "color:#b00020",
               "bonus": "text-decoration:overline"}
+SPEC_LEGEND = ("Speculative decoding: <u>underlined</u> = a draft the model accepted · "
+               "<span style='color:#b00020'>red</span> = drawn by the model after rejecting a draft · "
+               "<span style='text-decoration:overline'>overlined</span> = the bonus token of a step")
 
 
 def spec_marks(record) -> tuple[str, str]:
@@ -55,7 +58,9 @@ class ChatPanel(QWidget):
 
     def __init__(self, parent=None):
         super().__init__(parent)
-        self._turns: list[str] = []  # finished turns as HTML
+        # Finished turns: HTML, or a model turn's tokens and closing note, drawn when the transcript is (so
+        # the colour and rejected-draft toggles apply to every turn).
+        self._turns: list[str | tuple[list, str]] = []
         self._live: list[tuple] = []  # the assistant turn being streamed: (index, text, prob, *marks) per token
         # The document ends with the live turn's cursor mark (▍) and holds every token of _live: streamed
         # tokens are then appended in place, not by re-rendering the whole conversation on every tick.
@@ -76,6 +81,12 @@ class ChatPanel(QWidget):
         self.regenerate_button = QPushButton("Regenerate")
         self.clear_button = QPushButton("Clear")
         self.colour_tokens = QPushButton("Colour by probability", checkable=True, checked=True)
+        # Speculative decoding's marks: their legend and the drafts the model rejected (struck through when
+        # shown; hidden by default, as they are not part of the reply). Both appear once a reply has marks.
+        self.show_rejected = QPushButton("Rejected drafts", checkable=True, checked=False, visible=False,
+                                         toolTip="Show the drafted tokens the model rejected, struck through, "
+                                                 "before the token it drew instead")
+        self.spec_legend = QLabel(SPEC_LEGEND, wordWrap=True, visible=False)
         self.status = QLabel("")
         self.status.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)  # a long note never widens the chat
         self.send_button.clicked.connect(self._submit)
@@ -83,6 +94,7 @@ class ChatPanel(QWidget):
         self.regenerate_button.clicked.connect(self.regenerate_requested)
         self.clear_button.clicked.connect(self.clear_requested)
         self.colour_tokens.toggled.connect(lambda _: self._render())
+        self.show_rejected.toggled.connect(lambda _: self._render())
         QShortcut(QKeySequence("Ctrl+Return"), self, activated=self._submit)
         # `activated` needs a callable: a Signal object passed here made every Esc press a TypeError.
         QShortcut(QKeySequence("Escape"), self, activated=self.stop_requested.emit)
@@ -94,6 +106,7 @@ class ChatPanel(QWidget):
         top = QHBoxLayout()
         top.addWidget(self.system, 1)
         top.addWidget(self.colour_tokens)
+        top.addWidget(self.show_rejected)
         buttons = QHBoxLayout()
         for w in (self.send_button, self.stop_button, self.regenerate_button, self.clear_button):
             buttons.addWidget(w)
@@ -101,6 +114,7 @@ class ChatPanel(QWidget):
         layout = QVBoxLayout(self)
         layout.addLayout(top)
         layout.addWidget(self.transcript, 1)
+        layout.addWidget(self.spec_legend)
         layout.addWidget(self.input)
         layout.addLayout(buttons)
 
@@ -151,7 +165,7 @@ class ChatPanel(QWidget):
 
     def end_assistant(self, note: str = "") -> None:
         suffix = f"<i style='color:#888'>&nbsp;[{html.escape(note)}]</i>" if note else ""
-        self._turns.append(self._reply_html(self._segments(self._live) + [suffix]))
+        self._turns.append((list(self._live), suffix))
         live_shown, self._live, self._live_shown = self._live_shown, [], False
         if live_shown:  # the document already holds the turn: drop the mark, add the note
             self._replace_mark([suffix], mark=False)
@@ -164,6 +178,8 @@ class ChatPanel(QWidget):
 
     def clear(self) -> None:
         self._turns, self._live = [], []
+        self.spec_legend.hide()  # shown again by the next reply with speculative marks
+        self.show_rejected.hide()
         self._render()
 
     def drop_last_turn(self) -> None:
@@ -193,8 +209,11 @@ class ChatPanel(QWidget):
         segments = []
         for index, text, prob, *marks in tokens:
             role, rejected = (marks + ["", ""])[:2]
+            if role and self.spec_legend.isHidden():
+                self.spec_legend.show()
+                self.show_rejected.show()
             style = f"background:{prob_colour(prob)};color:#111" if self.colour_tokens.isChecked() else "color:inherit"
-            if rejected:
+            if rejected and self.show_rejected.isChecked():
                 segments.append(f"<span style='text-decoration:line-through;color:#999'>{self._escape(rejected)}</span>")
             style = f"text-decoration:none;white-space:pre-wrap;{style};{SPEC_STYLE.get(role, '')}"
             note = f", {role} (speculative)" if role else ""
@@ -227,7 +246,8 @@ class ChatPanel(QWidget):
         """The whole conversation, from the HTML kept per turn (a new turn, a toggle, a clear)."""
         self._live_shown = bool(self._live) or self.stop_button.isEnabled()
         live = self._reply_html(self._segments(self._live) + [CURSOR_MARK]) if self._live_shown else ""
-        self.transcript.setHtml("".join(self._turns) + live)
+        turns = (t if isinstance(t, str) else self._reply_html(self._segments(t[0]) + [t[1]]) for t in self._turns)
+        self.transcript.setHtml("".join(turns) + live)
         bar = self.transcript.verticalScrollBar()
         bar.setValue(bar.maximum())
 

@@ -40,8 +40,19 @@ def test_chat_panel_marks_speculative_tokens(qtbot):
     panel = ChatPanel()
     qtbot.addWidget(panel)
     panel.begin_assistant()
+    assert panel.spec_legend.isHidden() and panel.show_rejected.isHidden()  # no speculation yet: no clutter
     panel.append_tokens([(i, r.text, r.prob, *spec_marks(r)) for i, r in enumerate(records)])
     html = panel._live_html()
     assert "accepted (speculative)" in html and "resampled (speculative)" in html
+    # Rejected drafts are not part of the reply: hidden by default, struck through when asked for.
+    assert "line-through" not in html and not panel.spec_legend.isHidden() and not panel.show_rejected.isHidden()
+    assert panel.transcript_text().replace("\u258d", "").strip().endswith("cat fox ran")
+    panel.show_rejected.setChecked(True)
+    html = panel._live_html()
     assert "line-through" in html and html.index(" dog") < html.index(" fox")
     assert panel.transcript_text().replace("\u258d", "").strip().endswith("cat dog fox ran")
+    panel.end_assistant()  # a finished turn follows the toggle too
+    panel.show_rejected.setChecked(False)
+    assert panel.transcript_text().strip().endswith("cat fox ran")
+    panel.show_rejected.setChecked(True)
+    assert panel.transcript_text().strip().endswith("cat dog fox ran")
