@@ -6,6 +6,8 @@ The routing panel is also shown on an MoE, since the default model is dense: the
 model when a folder is given (`--moe DIR`, from `python -m engine moefy --out DIR`), otherwise a tiny
 random MoE (built with transformers, a test dependency).
 
+`--speculative` saves the chat of a speculative reply (chat_speculative.png), at 1366×768 like `--laptop`.
+
 `--laptop` instead shows the whole window as a laptop screen holds it, filling a 1366×768 screen, after a
 short chat with the default model, and saves the X server's own picture of the screen:
     xvfb-run -a -s "-screen 0 1366x768x24" .venv/bin/python scripts/screenshots.py --laptop
@@ -65,6 +67,8 @@ def main() -> int:
     window = MainWindow(settings=settings, autoload=False, offer_restore=False)
     if "--laptop" in sys.argv:
         return shoot_laptop(app, window)
+    if "--speculative" in sys.argv:
+        return shoot_speculative(app, window)
     window.resize(1600, 1000)
     window.show()
     window.load_model(None, LoadOptions(device="cpu"))
@@ -107,6 +111,27 @@ def shoot_laptop(app, window) -> int:
     screen.grabWindow(0).save(str(OUT / f"{name}.png"))  # the root window: exactly what is on the screen
     print(f"{OUT / name}.png: window {window.width()}x{window.height()}, minimum {window.minimumSizeHint().width()}x"
           f"{window.minimumSizeHint().height()}")
+    window.close()
+    return 0
+
+
+def shoot_speculative(app, window) -> int:
+    """The chat of a speculative reply (prompt lookup drafting from a repetitive prompt), rejected drafts
+    shown, with the marks' legend: docs/screenshots/chat_speculative.png."""
+    from engine.records import LoadOptions, SamplingParams
+
+    window.setGeometry(app.primaryScreen().availableGeometry())
+    window.show()
+    window.load_model(None, LoadOptions(device="cpu"))
+    wait_for(window.worker.loaded)
+    window.sampler.set_params(SamplingParams(temperature=0, max_new_tokens=60))
+    window.sampler.drafter.setCurrentText("Prompt lookup (n-gram)")
+    window.sampler.spec_k.setValue(4)
+    chat(window, "Copy this list exactly, twice: red apples, green pears, blue plums, yellow lemons.")
+    window.chat.show_rejected.setChecked(True)
+    settle(500)
+    window.chat.grab().save(str(OUT / "chat_speculative.png"))
+    print(f"{OUT / 'chat_speculative.png'}")
     window.close()
     return 0
 
