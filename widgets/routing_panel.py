@@ -36,7 +36,9 @@ class RoutingPanel(QWidget):
         self.set_model_info(0, 0, 0)
 
     def _setup_ui(self) -> None:
-        self.dense_label = QLabel("This model is dense: every token uses the same MLP, there are no experts to route.")
+        self.dense_label = QLabel("This model is dense: every token uses the same MLP, there are no experts to "
+                                  "route. To watch routing, open the built-in mixture-of-experts model "
+                                  "(Model panel: “SmolLM2-135M-MoE 8×top-2”).")
         self.dense_label.setWordWrap(True)  # a narrow dock must not scroll sideways to read it
         self.layer = QSpinBox(prefix="layer ")
         self.layer.valueChanged.connect(self._redraw)
@@ -159,7 +161,9 @@ class RoutingPanel(QWidget):
         self.load_plot.addItem(pg.BarGraphItem(x=x - 0.18, height=f, width=0.34, brush="#2e86de"))
         self.load_plot.addItem(pg.BarGraphItem(x=x + 0.18, height=p, width=0.34, brush="#f39c12"))
         self.load_plot.setXRange(-0.6, self.n_experts - 0.4, padding=0)
-        if self._probs and not len(matrix):
+        if not self._probs:  # before the first token: say what will show, not a balance of nothing
+            self.balance.setText("No tokens yet: send a message, and each generated token's experts appear here.")
+        elif not len(matrix):
             self.balance.setText(f"layer {layer} has a dense MLP: no experts, nothing routed")
         else:
             self.balance.setText(f"layer {layer}: {len(matrix)} tokens · load balance N·Σf·P = {balance:.2f} "

@@ -77,6 +77,14 @@ def test_dense_model_says_so(qtbot):
     qtbot.addWidget(panel)
     panel.set_model_info(30, 0, 0)
     assert panel.is_dense_message_shown()
+    assert "SmolLM2-135M-MoE" in panel.dense_label.text()  # where routing can be seen
+
+
+def test_an_moe_before_its_first_token_says_what_will_show(qtbot):
+    panel = RoutingPanel()
+    qtbot.addWidget(panel)
+    panel.set_model_info(4, 8, 2)
+    assert "No tokens yet" in panel.balance.text() and "0.00" not in panel.balance.text()
 
 
 def attention_view(layer: int = 0, first: int = 3, queries: int = 3, heads: int = 4) -> AttentionView:
