@@ -112,8 +112,9 @@ def memory_snapshot(blocks, pool, max_seq_len: int, weight_bytes: dict[str, int]
     if previous is not None and refs == previous.block_refs:
         refs = previous.block_refs
         used, shared = previous.kv_blocks_used, previous.kv_blocks_shared
-    else:
-        used, shared = len(refs) - refs.count(0), sum(1 for r in refs if r > 1)
+    else:  # a block was taken or given back since: count again
+        stats = blocks.stats()
+        used, shared = stats.used, stats.shared
     cached = tuple(blocks.cached)
     if previous is not None and cached == previous.cached_blocks:
         cached = previous.cached_blocks
