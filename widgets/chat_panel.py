@@ -209,7 +209,7 @@ class ChatPanel(QWidget):
         segments = []
         for index, text, prob, *marks in tokens:
             role, rejected = (marks + ["", ""])[:2]
-            if role and self.spec_legend.isHidden():
+            if role and self.spec_legend.isHidden():  # the first speculative mark: say what marks mean
                 self.spec_legend.show()
                 self.show_rejected.show()
             style = f"background:{prob_colour(prob)};color:#111" if self.colour_tokens.isChecked() else "color:inherit"
@@ -243,7 +243,8 @@ class ChatPanel(QWidget):
         return "".join(f"<p style='{style}'>{line}</p>" for style, line in zip(styles, lines))
 
     def _render(self) -> None:
-        """The whole conversation, from the HTML kept per turn (a new turn, a toggle, a clear)."""
+        """The whole conversation, from what is kept per turn: HTML, or a model turn's tokens drawn under
+        the toggles as they are now (a new turn, a toggle, a clear)."""
         self._live_shown = bool(self._live) or self.stop_button.isEnabled()
         live = self._reply_html(self._segments(self._live) + [CURSOR_MARK]) if self._live_shown else ""
         turns = (t if isinstance(t, str) else self._reply_html(self._segments(t[0]) + [t[1]]) for t in self._turns)
