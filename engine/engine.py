@@ -17,14 +17,19 @@ from engine.config import ModelConfig, RopeScaling
 from engine.device import freeze_heap, pick_device, pick_dtype, set_threads
 from engine.errors import ContextOverflow, EngineError
 from engine.instrumentation.distribution import distribution_view
+from engine.instrumentation.drift import quant_drift
+from engine.instrumentation.interventions import install_interventions
+from engine.instrumentation.lens import intervene, logit_lens
 from engine.instrumentation.quality import compare
 from engine.instrumentation.replay import replay_attention
+from engine.instrumentation.rope_view import rope_view
 from engine.loaders import ProgressCallback, load_checkpoint
 from engine.model import Decoder
 from engine.quant import build_model, check_mode
-from engine.records import (AttentionView, DistributionView, GenerationDone, GenerationRequest, LoadOptions,
-                            MemorySnapshot, ModelFacts, PromptRecord, QuantDiff, RequestDone, SamplingParams,
-                            SpeculativeOptions, StepRecord, TokenStep)
+from engine.records import (AttentionView, DistributionView, GenerationDone, GenerationRequest, Intervention,
+                            InterventionView, LoadOptions, LogitLensView, MemorySnapshot, ModelFacts, PromptRecord,
+                            QuantDiff, QuantDriftView, RequestDone, RopeView, SamplingParams, SpeculativeOptions,
+                            StepRecord, TokenStep)
 from engine.runtime.drafters import build_drafter
 from engine.runtime.runner import Runner
 from engine.text.chat_template import ChatTemplate
@@ -57,6 +62,7 @@ class Engine:
         self._runner = Runner(model, tokenizer, budget, options.kv_block_size, num_blocks=num_blocks)
         self._drafters: dict = {}  # speculative decoding: drafter name -> drafter, built on first use and kept
         self._float_reference = None  # loaded by quant_diff on first use
+        self._interventions = None  # installed by set_interventions: a handle with .interventions and .remove()
 
     @classmethod
     def load(cls, path: str | Path | None = None, options: LoadOptions | None = None,
@@ -262,6 +268,55 @@ class Engine:
             return QuantDiff((), (), 0.0, 1.0)  # nothing is predicted from fewer than two tokens
         window = min(len(ids), self.config.max_seq_len, 1024)
         return compare(self._float_reference, self.model, list(ids), window=window, stride=max(1, window // 2))
+
+    # -- the model's own what-if (engine/instrumentation/lens.py, interventions.py) ---------------------
+    def logit_lens(self, context_ids, target_id: int, columns: int = 8, top_n: int = 5,
+                   interventions: tuple[Intervention, ...] = (), cancelled=lambda: False) -> LogitLensView | None:
+        """Every layer's next-token prediction (residual after each block, through the final norm and the LM
+        head) at the last `columns` positions of `context_ids`, by replay; the last column predicted
+        `target_id`. With `interventions` they apply during the replay only. None when cancelled."""
+        return logit_lens(self.model, list(context_ids), target_id, self.tokenizer.token_text, columns, top_n,
+                          tuple(interventions), cancelled)
+
+    def intervene(self, context_ids, target_id: int, interventions: tuple[Intervention, ...], top_n: int = 10,
+                  columns: int = 8, cancelled=lambda: False) -> InterventionView | None:
+        """The next-token distribution after `context_ids` with `interventions` against the model as
+        loaded (KL, top-1), and the logit lens under them; by replay, the live model untouched."""
+        return intervene(self.model, list(context_ids), target_id, self.tokenizer.token_text,
+                         tuple(interventions), top_n, columns, cancelled)
+
+    @property
+    def interventions(self) -> tuple[Intervention, ...]:
+        """The interventions generation runs with (set_interventions); empty: the model as loaded."""
+        return self._interventions.interventions if self._interventions is not None else ()
+
+    def set_interventions(self, interventions: tuple[Intervention, ...]) -> None:
+        """Generate with `interventions` applied (empty: none). Cached prefixes were computed by the other
+        model, so the prefix cache is dropped whenever the set changes."""
+        interventions = tuple(interventions)
+        if interventions == self.interventions:
+            return
+        if self._interventions is not None:
+            self._interventions.remove()
+            self._interventions = None
+        if interventions:
+            self._interventions = install_interventions(self.model, interventions)
+        self._runner.drop_prefix_cache()
+
+    # -- quantization drift and RoPE (engine/instrumentation/drift.py, rope_view.py) --------------------
+    def quant_drift(self, token_ids, top_n: int = 5, cancelled=lambda: False) -> QuantDriftView | None:
+        """quant_diff along `token_ids` with both models' top-N per position, and what the float reference
+        costs in memory (it is loaded on first use and kept until release_float_reference)."""
+        return quant_drift(self, list(token_ids), top_n, cancelled)
+
+    def release_float_reference(self) -> None:
+        """Free the float reference quant_diff / quant_drift loaded."""
+        self._float_reference = None
+
+    def rope_view(self, rope_spec: str | None = None, context: int = 0) -> RopeView:
+        """What RoPE does per dimension pair under `rope_spec` ('TYPE:FACTOR' as the model panel's override;
+        None: the loaded model's own scaling) at `context` tokens (0: the model's context), no forward pass."""
+        return rope_view(self, rope_spec, context)
 
     # -- for the window ----------------------------------------------------------------------
     # app/ may import only this facade, engine.records and engine.errors (an import-linter contract).

@@ -9,9 +9,11 @@ from engine.records.requests import GenerationRequest, InstrumentOptions, Sampli
 from engine.records.stream import (AttentionRecord, DraftToken, GenerationDone, MemorySnapshot, PromptRecord,
                                    RequestDone, RoutingRecord, SequenceResult, SpecStep, StepRecord, TokenProb,
                                    TokenStep)
-from engine.records.views import AttentionView, DistributionView, QuantDiff, RouterStats, StageView
+from engine.records.views import (INTERVENTION_KINDS, AttentionView, DistributionView, Intervention, InterventionView,
+                                  LogitLensView, QuantDiff, QuantDriftView, RopeView, RouterStats, StageView)
 
 __all__ = ["LoadOptions", "ModelFacts", "GenerationRequest", "InstrumentOptions", "SamplingParams",
            "SpeculativeOptions", "AttentionRecord", "DraftToken", "GenerationDone", "MemorySnapshot", "PromptRecord",
            "RequestDone", "RoutingRecord", "SequenceResult", "SpecStep", "StepRecord", "TokenProb", "TokenStep",
-           "AttentionView", "DistributionView", "QuantDiff", "RouterStats", "StageView"]
+           "AttentionView", "DistributionView", "QuantDiff", "RouterStats", "StageView", "INTERVENTION_KINDS",
+           "Intervention", "InterventionView", "LogitLensView", "QuantDriftView", "RopeView"]

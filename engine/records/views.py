@@ -66,3 +66,114 @@ class AttentionView:
     @property
     def num_queries(self) -> int:
         return int(self.weights.shape[1])
+
+
+# -- the model's own what-if: logit lens and interventions (engine/instrumentation/lens.py) -------------
+
+INTERVENTION_KINDS = ("head", "expert", "mlp")
+
+
+@dataclass(frozen=True, slots=True)
+class Intervention:
+    """One change to the model for a what-if: a query head's output, an MoE expert or a layer's whole MLP
+    scaled by `scale` (0 = switched off). A head is scaled where its output enters the output projection;
+    an expert switched off is removed from routing (the router picks among the others); scaled, its
+    output is multiplied by `scale`."""
+
+    kind: str  # "head" | "expert" | "mlp"
+    layer: int
+    index: int = 0  # the query head or the expert; ignored for "mlp"
+    scale: float = 0.0
+
+    def __post_init__(self):
+        if self.kind not in INTERVENTION_KINDS:
+            raise ValueError(f"unknown intervention {self.kind!r}; expected one of {INTERVENTION_KINDS}")
+        if self.layer < 0 or self.index < 0 or self.scale < 0:
+            raise ValueError("an intervention's layer, index and scale are >= 0")
+
+    @property
+    def label(self) -> str:
+        """'layer 3 head 5 off', 'layer 2 expert 1 ×0.5', 'layer 7 MLP off'."""
+        what = {"head": f"head {self.index}", "expert": f"expert {self.index}", "mlp": "MLP"}[self.kind]
+        return f"layer {self.layer} {what} " + ("off" if self.scale == 0 else f"×{self.scale:g}")
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class LogitLensView:
+    """Next-token predictions read from every layer's residual stream (after block l, through the final
+    norm and the LM head), for the last few positions of a context; computed by replay. The last row
+    (after the last block) is the model's own logits. Columns are positions; the last column is the
+    context's last position, whose prediction is `target_id` (the selected token)."""
+
+    positions: tuple[int, ...]  # columns: absolute positions in the context, ascending
+    input_texts: tuple[str, ...]  # the token at each column's position (what that column reads)
+    next_ids: tuple[int, ...]  # per column the token that actually came next (the last: target_id)
+    target_id: int
+    top_ids: "np.ndarray"  # int64 [L, P, N]: per layer row and column the N likeliest next tokens
+    top_probs: "np.ndarray"  # float32 [L, P, N]
+    next_probs: "np.ndarray"  # float32 [L, P]: each layer's probability of the token that came next
+    texts: dict  # token id -> text, for every id in top_ids and next_ids
+    interventions: tuple[Intervention, ...] = ()  # in force during the replay (empty: the model as loaded)
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.top_ids.shape[0])
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class InterventionView:
+    """The selected token's next-token distribution with `interventions` applied against the model as
+    loaded, both by replay of the same context, and the logit lens under the interventions."""
+
+    interventions: tuple[Intervention, ...]
+    target_id: int  # the token the model chose there
+    token_ids: tuple[int, ...]  # the union of both top-N, ordered by the unmodified probability
+    token_texts: tuple[str, ...]
+    base_probs: tuple[float, ...]  # unmodified, aligned with token_ids
+    probs: tuple[float, ...]  # with the interventions
+    kl: float  # KL(unmodified ‖ intervened) over the whole vocabulary, nats
+    top1_same: bool  # both rank the same token first
+    lens: LogitLensView | None = None  # under the interventions
+
+
+# -- quantization drift (engine/instrumentation/drift.py) ---------------------------------------------------
+
+@dataclass(frozen=True, slots=True, eq=False)
+class QuantDriftView:
+    """What quantization changed along a conversation (Engine.quant_drift): per scored position the KL
+    divergence of the float model's next-token distribution from the quantized one's and whether both
+    rank the same token first (the same numbers as Engine.quant_diff), and both models' top-N there."""
+
+    start: int  # absolute position of the first scored prediction (column i predicts token start + i + 1)
+    next_texts: tuple[str, ...]  # per column the token that came next
+    kl: tuple[float, ...]
+    top1_agree: tuple[bool, ...]
+    mean_kl: float
+    agreement: float
+    float_top_ids: "np.ndarray"  # int64 [P, N]
+    float_top_probs: "np.ndarray"  # float32 [P, N]
+    quant_top_ids: "np.ndarray"  # int64 [P, N]
+    quant_top_probs: "np.ndarray"  # float32 [P, N]
+    texts: dict  # token id -> text for every id shown
+    quantization: str  # what the loaded model's weights are ("Q4_1 + float32", from ModelFacts.weights)
+    reference_dtype: str  # the float reference's dtype
+    reference_bytes: int  # memory the float reference holds (loaded on first use, kept until released)
+
+
+# -- RoPE (engine/instrumentation/rope_view.py) --------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class RopeView:
+    """What a RoPE scaling does to each dimension pair's rotation, without a forward pass: the inverse
+    frequencies (radians per position) under the scaling, beside the model's unscaled ones. Wavelength
+    (positions per full turn) is 2π / inv_freq."""
+
+    scaling: str  # "default" | "linear" | "dynamic" | "yarn" | "llama3"
+    factor: float
+    head_dim: int
+    theta: float
+    trained_context: int  # the context the model was trained for (original_max_position)
+    context: int  # the context length the view is drawn for (dynamic NTK depends on it)
+    inv_freq: tuple[float, ...]  # under the scaling, [head_dim/2], equal to the layer's inv_freq
+    base_inv_freq: tuple[float, ...]  # unscaled
+    attention_scaling: float  # what cos/sin are multiplied by (YaRN), 1.0 otherwise
