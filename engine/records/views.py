@@ -7,18 +7,34 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class StageView:
-    """One sampler stage's effect on the shown tokens."""
+    """One sampler stage's effect: on the shown tokens (probs, removed) and, in counts and entropy, on the
+    whole stored distribution (the step's top-M logits), with a one-line reason a person can read."""
 
-    name: str  # "raw", "penalties", "temperature", "top_k", "top_p", "min_p", "typical_p"
+    name: str  # "raw", "constraint", "penalties", "temperature", "top_k", "top_p", "min_p", "typical_p"
     active: bool
     probs: tuple[float, ...]  # after this stage, aligned with DistributionView.token_ids (0 = removed)
     removed: tuple[int, ...]  # token ids this stage removed (among the shown ones)
+    reason: str = ""  # what the stage did and why: "top-k 5 kept 6 of 512: ranks 5 and 6 tie at p 0.031"
+    entropy: float = 0.0  # of the distribution after this stage, over the stored tokens, nats
+    kept: int = 0  # stored tokens still possible after this stage
+    before: int = 0  # stored tokens still possible before it
+
+    @property
+    def num_removed(self) -> int:
+        """How many stored tokens this stage removed (not only shown ones)."""
+        return self.before - self.kept
+
+    @property
+    def label(self) -> str:
+        """The stage as users know it: "top-k", "typical-p", "model"."""
+        return "model" if self.name == "raw" else self.name.replace("_", "-")
 
 
 @dataclass(frozen=True, slots=True)
 class DistributionView:
     """One step's next-token distribution through the sampler chain, re-derivable from stored logits
-    (engine/instrumentation/distribution.py builds it; the probabilities panel draws it)."""
+    (engine/instrumentation/distribution.py builds it; the probabilities panel draws it). stages[0] is the
+    model's own ("raw"), then every stage in the order the chain applies them, active or not."""
 
     step_index: int
     chosen_token_id: int
@@ -27,6 +43,15 @@ class DistributionView:
     stages: tuple[StageView, ...]
     entropy: float  # of the final distribution, nats
     top_p: float  # the nucleus threshold in force (1.0 = off), for the cumulative curve's line
+    entropy_before: float = 0.0  # of the raw distribution, nats (both over the stored tokens)
+    # The distribution entering top-p, sorted most likely first and summed: where it first reaches top_p is
+    # where top-p cuts (top_p_kept tokens kept; more only when tokens tie with the last one).
+    top_p_curve: tuple[float, ...] = ()
+    top_p_kept: int = 0
+    stored: int = 0  # how many logits the step stored (the counts' "of N")
+
+    def stage(self, name: str) -> StageView | None:
+        return next((s for s in self.stages if s.name == name), None)
 
 
 @dataclass(frozen=True, slots=True)
