@@ -176,6 +176,17 @@ class BlockManager:
             self._release_block(block)
         table.block_ids.clear(), table.tokens.clear(), table.hashes.clear()
 
+    def forget_prefixes(self) -> int:
+        """Forget every cached prefix (the model changed, so their K/V no longer match): the cached blocks
+        nobody holds go back to the free list, and blocks still held keep their content for their owners
+        but are never offered to match_prefix again. Returns how many blocks were freed."""
+        freed = len(self.cached)
+        self.free.extend(self.cached)
+        self.cached.clear()
+        self.hash_of.clear()
+        self.block_of.clear()
+        return freed
+
     # -- checking -----------------------------------------------------------------------------
     def check_invariants(self, tables: list[BlockTable]) -> None:
         counts = [0] * self.num_blocks

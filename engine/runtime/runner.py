@@ -20,6 +20,7 @@ from collections import deque
 
 import torch
 
+from engine.instrumentation.interventions import installed as installed_interventions
 from engine.instrumentation.probe import Probe
 from engine.instrumentation.step_info import memory_snapshot, step_record
 from engine.records import GenerationRequest, RequestDone, StepRecord
@@ -76,6 +77,11 @@ class Runner:
     def in_flight(self) -> list[RequestState]:
         """Requests admitted and not yet finished (the soak tests check their tables against the blocks)."""
         return list(self._running.values())
+
+    def drop_prefix_cache(self) -> int:
+        """Forget every cached prompt prefix (Engine.set_interventions: K/V computed by the model before the
+        change must not be reused after it). Returns the blocks freed."""
+        return self.blocks.forget_prefixes()
 
     def memory(self):
         live = [s for r in self._running.values() for s in r.sequences]
@@ -267,7 +273,9 @@ class Runner:
             size = self.blocks.block_size
             slots = [t.block_ids[(t.num_tokens - 1) // size] * size + (t.num_tokens - 1) % size for t in tables]
             tokens, positions = [[t.tokens[-1]] for t in tables], [[t.num_tokens - 1] for t in tables]
-        if chunks is None and len(tables) == 1 and self.static is not None and graphable(self.model, probe):
+        # A captured graph replays kernels, not Python: hooks installed by interventions would be skipped.
+        if (chunks is None and len(tables) == 1 and self.static is not None and graphable(self.model, probe)
+                and not installed_interventions(self.model)):
             self.tokens_computed += 1
             self.forward_calls += 1
             (table,) = tables
