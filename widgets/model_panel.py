@@ -37,6 +37,7 @@ BUILTIN_MOE_PATH = "builtin:moe"  # understood by app/engine_worker.py
 class ModelPanel(QWidget):
     open_requested = Signal(str, object)  # path ("" = the default model), LoadOptions
     cancel_requested = Signal()
+    rope_changed = Signal(object)  # the RoPE choice ('TYPE:FACTOR', or None: the model's own), before any load
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -69,6 +70,9 @@ class ModelPanel(QWidget):
         self.rope = QComboBox()
         self.rope.addItems(["from model", "linear", "dynamic", "yarn", "llama3"])
         self.rope_factor = QDoubleSpinBox(minimum=1.0, maximum=32.0, value=2.0, singleStep=0.5)
+        # The RoPE panel draws what a choice does before the model is reopened with it.
+        self.rope.currentIndexChanged.connect(lambda *_: self.rope_changed.emit(self.rope_spec()))
+        self.rope_factor.valueChanged.connect(lambda *_: self.rope_changed.emit(self.rope_spec()))
         self.kv_budget = QDoubleSpinBox(minimum=0.05, maximum=64.0, value=0.5, singleStep=0.25, suffix=" GiB")
         self.context = QSpinBox(minimum=0, maximum=1 << 20, singleStep=1024, specialValueText="model's own")
         self.block_size = QComboBox()
@@ -125,10 +129,13 @@ class ModelPanel(QWidget):
         layout.addStretch(1)
 
     # -- API ----------------------------------------------------------------------------------
+    def rope_spec(self) -> str | None:
+        """The RoPE override as LoadOptions.rope_scaling takes it; None: the model's own scaling."""
+        return f"{self.rope.currentText()}:{self.rope_factor.value():g}" if self.rope.currentIndex() > 0 else None
+
     def options(self) -> LoadOptions:
-        rope = f"{self.rope.currentText()}:{self.rope_factor.value():g}" if self.rope.currentIndex() > 0 else None
         return LoadOptions(device=self.device.currentText(), dtype=self.dtype.currentText(),
-                           quant=self.quant.currentText(), rope_scaling=rope, kv_budget_gib=self.kv_budget.value(),
+                           quant=self.quant.currentText(), rope_scaling=self.rope_spec(), kv_budget_gib=self.kv_budget.value(),
                            kv_block_size=int(self.block_size.currentText()), context_length=self.context.value(),
                            threads=self.threads.value())
 
