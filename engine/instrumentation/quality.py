@@ -57,22 +57,38 @@ def _log_probs(model, ids: list[int], start: int, end: int) -> torch.Tensor:
     return F.log_softmax(model(tokens, cache.view(0, end - start))[0].float(), dim=-1)
 
 
+def scored_windows(model, ids: list[int], window: int, stride: int, reference=None
+                   ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+    """Per window (see _windows): the first scored position `first`, the targets ids[first:end], the
+    model's log-probs [S, V] predicting them and the reference's (None without one). One window's
+    log-probs at a time: memory is bounded by the window, not by len(ids)."""
+    for start, end, first in _windows(len(ids), window, stride):
+        rows = slice(first - 1 - start, end - 1 - start)  # row i predicts token start + i + 1
+        q = _log_probs(model, ids, start, end)[rows]
+        targets = torch.tensor(ids[first:end], device=q.device)
+        p = None if reference is None else _log_probs(reference, ids, start, end)[rows].to(q.device)
+        yield first, targets, q, p
+
+
+def divergence(p: torch.Tensor, q: torch.Tensor) -> tuple[list[float], list[bool]]:
+    """Per row KL(p || q) of two log-prob rows [S, V] and whether both put the same token first."""
+    kl = (p.exp() * (p - q)).sum(-1).clamp(min=0)  # rounding can make a tiny KL negative
+    return kl.tolist(), (p.argmax(-1) == q.argmax(-1)).tolist()
+
+
 def evaluate(model, ids: list[int], window: int = 512, stride: int = 256,
              reference=None) -> tuple[Perplexity, QuantDiff | None]:
     """Perplexity of `model` over `ids` and, with a `reference` model (typically the float model of
     a quantized one), the per-token KL(reference || model) and top-1 agreement, in one pass: each
     window runs each model once."""
     total, count, kl, agree = 0.0, 0, [], []
-    for start, end, first in _windows(len(ids), window, stride):
-        rows = slice(first - 1 - start, end - 1 - start)  # row i predicts token start + i + 1
-        q = _log_probs(model, ids, start, end)[rows]
-        targets = torch.tensor(ids[first:end], device=q.device)
+    for _, targets, q, p in scored_windows(model, ids, window, stride, reference):
         total -= q.gather(1, targets[:, None]).sum().item()
-        count += end - first
-        if reference is not None:
-            p = _log_probs(reference, ids, start, end)[rows].to(q.device)
-            kl += (p.exp() * (p - q)).sum(-1).clamp(min=0).tolist()
-            agree += (p.argmax(-1) == q.argmax(-1)).tolist()
+        count += len(targets)
+        if p is not None:
+            window_kl, window_agree = divergence(p, q)
+            kl += window_kl
+            agree += window_agree
     if count == 0:
         raise ValueError("the text is too short to score (it needs at least 2 tokens)")
     ppl = Perplexity(math.exp(total / count), total / count, count, window, stride)
