@@ -244,10 +244,12 @@ class Engine:
         return self._drafters[name]
 
     # -- inspection, computed when someone looks ----------------------------------------------
-    def distribution(self, record: StepRecord, params: SamplingParams, top_n: int = 12) -> DistributionView:
-        """The step's next-token distribution through the sampler chain under `params`, re-derived from
-        the logits the record stored: no forward pass."""
-        return distribution_view(record, params, self.tokenizer.token_text, top_n=top_n)
+    def distribution(self, record: StepRecord, params: SamplingParams, top_n: int = 12,
+                     history=()) -> DistributionView:
+        """The step's next-token distribution through every sampler stage under `params`, re-derived from
+        the logits the record stored: no forward pass. `history` is what the penalties look at, as the
+        runner passes it: the prompt ids and the tokens generated before this step."""
+        return distribution_view(record, params, self.tokenizer.token_text, top_n=top_n, history=history)
 
     def attention(self, token_ids, layer: int, queries: tuple[int, int], cancelled=lambda: False
                   ) -> AttentionView | None:
