@@ -18,6 +18,7 @@ from engine.records import InterventionView, LogitLensView
 LENS_CHUNK = 256  # tokens per replay forward: bounds the activations held at once for long contexts
 
 
+@torch.inference_mode()
 def logit_lens(model, context_ids, target_id, token_text, columns, top_n, interventions, cancelled
                ) -> LogitLensView | None:
     """Every layer's next-token prediction at the last `columns` positions of `context_ids`, with
@@ -30,6 +31,7 @@ def logit_lens(model, context_ids, target_id, token_text, columns, top_n, interv
     return _lens_view(model, context_ids, first, target_id, token_text, residuals, top_n, interventions)
 
 
+@torch.inference_mode()
 def intervene(model, context_ids, target_id, token_text, interventions, top_n, columns, cancelled
               ) -> InterventionView | None:
     """The next-token distribution after `context_ids` as loaded and with `interventions` (two replays),
