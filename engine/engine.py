@@ -61,7 +61,10 @@ class Engine:
             budget = int(options.kv_budget_gib * (1 << 30))
         self._runner = Runner(model, tokenizer, budget, options.kv_block_size, num_blocks=num_blocks)
         self._drafters: dict = {}  # speculative decoding: drafter name -> drafter, built on first use and kept
-        self._float_reference = None  # loaded by quant_diff on first use
+        self._float_reference = None  # loaded by quant_diff / quant_drift on first use
+        # the checkpoint's own config, before a RoPE or context override (Engine.load sets it): the RoPE
+        # view applies the model panel's choice to it, as a reload would
+        self._checkpoint_config = model.config
         self._interventions = None  # installed by set_interventions: a handle with .interventions and .remove()
 
     @classmethod
@@ -96,6 +99,7 @@ class Engine:
             model = build_model(config, ckpt.tensors, device, dtype, options.quant, head=options.quant_head,
                                 exact=options.quant_exact)
         engine = cls(model, ckpt.tokenizer, ckpt.source, options)
+        engine._checkpoint_config = ckpt.config
         if beside_gui:
             freeze_heap()  # the model's own objects too: passes while chatting walk only the records
         return engine
@@ -262,14 +266,13 @@ class Engine:
         """What this engine's quantization changed on `ids` (e.g. the conversation so far): per-token
         KL divergence and top-1 agreement against the same checkpoint in float. The float model
         is loaded on first use and kept (it costs the float weights' memory)."""
-        if self._float_reference is None:
-            dtype = self.model.embed.weight.dtype
-            ckpt = load_checkpoint(self.source, dtype=dtype)
-            self._float_reference = build_model(self.config, ckpt.tensors, self.device, dtype, "none")
+        from engine.instrumentation.drift import float_reference, scoring_window  # shared with quant_drift
+
+        reference = float_reference(self)
         if len(ids) < 2:
             return QuantDiff((), (), 0.0, 1.0)  # nothing is predicted from fewer than two tokens
-        window = min(len(ids), self.config.max_seq_len, 1024)
-        return compare(self._float_reference, self.model, list(ids), window=window, stride=max(1, window // 2))
+        window, stride = scoring_window(len(ids), self.config.max_seq_len)
+        return compare(reference, self.model, list(ids), window=window, stride=stride)
 
     # -- the model's own what-if (engine/instrumentation/lens.py, interventions.py) ---------------------
     def logit_lens(self, context_ids, target_id: int, columns: int = 8, top_n: int = 5,
@@ -318,7 +321,8 @@ class Engine:
     def rope_view(self, rope_spec: str | None = None, context: int = 0) -> RopeView:
         """What RoPE does per dimension pair under `rope_spec` ('TYPE:FACTOR' as the model panel's override;
         None: the loaded model's own scaling) at `context` tokens (0: the model's context), no forward pass."""
-        return rope_view(self, rope_spec, context)
+        config = self.config if rope_spec is None else with_rope_override(self._checkpoint_config, rope_spec)
+        return rope_view(config, context, trained_context=self._checkpoint_config.max_seq_len)
 
     # -- for the window ----------------------------------------------------------------------
     # app/ may import only this facade, engine.records and engine.errors (an import-linter contract).
