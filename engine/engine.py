@@ -18,7 +18,7 @@ from engine.device import freeze_heap, pick_device, pick_dtype, set_threads
 from engine.errors import ContextOverflow, EngineError
 from engine.instrumentation.distribution import distribution_view
 from engine.instrumentation.drift import quant_drift
-from engine.instrumentation.interventions import install_interventions
+from engine.instrumentation.interventions import check_interventions, install_interventions
 from engine.instrumentation.lens import intervene, logit_lens
 from engine.instrumentation.quality import compare
 from engine.instrumentation.replay import replay_attention
@@ -266,13 +266,14 @@ class Engine:
         """What this engine's quantization changed on `ids` (e.g. the conversation so far): per-token
         KL divergence and top-1 agreement against the same checkpoint in float. The float model
         is loaded on first use and kept (it costs the float weights' memory)."""
-        from engine.instrumentation.drift import float_reference, scoring_window  # shared with quant_drift
+        from engine.instrumentation.drift import load_float_reference, scoring_window  # shared with quant_drift
 
-        reference = float_reference(self)
+        if self._float_reference is None:
+            self._float_reference = load_float_reference(self.source, self.config, self.model)
         if len(ids) < 2:
             return QuantDiff((), (), 0.0, 1.0)  # nothing is predicted from fewer than two tokens
         window, stride = scoring_window(len(ids), self.config.max_seq_len)
-        return compare(reference, self.model, list(ids), window=window, stride=stride)
+        return compare(self._float_reference, self.model, list(ids), window=window, stride=stride)
 
     # -- the model's own what-if (engine/instrumentation/lens.py, interventions.py) ---------------------
     def logit_lens(self, context_ids, target_id: int, columns: int = 8, top_n: int = 5,
@@ -301,18 +302,28 @@ class Engine:
         interventions = tuple(interventions)
         if interventions == self.interventions:
             return
+        check_interventions(self.model, interventions)  # a bad set is refused before the old one comes off
         if self._interventions is not None:
             self._interventions.remove()
             self._interventions = None
         if interventions:
             self._interventions = install_interventions(self.model, interventions)
         self._runner.drop_prefix_cache()
+        for drafter in self._drafters.values():  # a drafter made of this model's layers drafted with the old one
+            if getattr(drafter, "blocks", None) is not None:
+                drafter.blocks.forget_prefixes()
 
     # -- quantization drift and RoPE (engine/instrumentation/drift.py, rope_view.py) --------------------
     def quant_drift(self, token_ids, top_n: int = 5, cancelled=lambda: False) -> QuantDriftView | None:
         """quant_diff along `token_ids` with both models' top-N per position, and what the float reference
         costs in memory (it is loaded on first use and kept until release_float_reference)."""
-        return quant_drift(self, list(token_ids), top_n, cancelled)
+        from engine.instrumentation.drift import load_float_reference, require_quantized  # shared with quant_diff
+
+        require_quantized(self.model)  # ValueError: a float model has nothing to drift from
+        if self._float_reference is None:
+            self._float_reference = load_float_reference(self.source, self.config, self.model)
+        return quant_drift(self.model, self._float_reference, list(token_ids), top_n, cancelled,
+                           self.tokenizer.token_text, self.facts().weights)
 
     def release_float_reference(self) -> None:
         """Free the float reference quant_diff / quant_drift loaded."""
