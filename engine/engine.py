@@ -316,7 +316,8 @@ class Engine:
     # -- quantization drift and RoPE (engine/instrumentation/drift.py, rope_view.py) --------------------
     def quant_drift(self, token_ids, top_n: int = 5, cancelled=lambda: False) -> QuantDriftView | None:
         """quant_diff along `token_ids` with both models' top-N per position, and what the float reference
-        costs in memory (it is loaded on first use and kept until release_float_reference)."""
+        costs in memory (it is loaded on first use and kept until release_float_reference). None when
+        `cancelled()` turns true; ValueError when nothing in the model is quantized."""
         from engine.instrumentation.drift import load_float_reference, require_quantized  # shared with quant_diff
 
         require_quantized(self.model)  # ValueError: a float model has nothing to drift from
