@@ -50,7 +50,8 @@ class LogitLensPanel(QWidget):
 
     def _setup_ui(self) -> None:
         self.positions = QSpinBox(prefix="last ", suffix=" positions", minimum=1, maximum=32, value=8,
-                                  toolTip="How many positions (columns) up to the selected token to read")
+                                  toolTip="How many positions (columns) up to the selected token to read",
+                                  keyboardTracking=False)  # typing "16" asks once, not for 1 then 16
         self.positions.valueChanged.connect(self.wanted.emit)
         self.title = QLabel("", wordWrap=True)
         self.banner = QLabel("", wordWrap=True, styleSheet=BANNER_STYLE)
