@@ -162,6 +162,21 @@ class InterventionPanel(QWidget):
         self.message.setText(NO_RESULT)
         self.result.setCurrentWidget(self.message)
 
+    def show_problem(self, text: str) -> None:
+        """The what-if could not be computed: say why instead of the last result."""
+        self._view = None
+        self.message.setText(text)
+        self.result.setCurrentWidget(self.message)
+
+    @property
+    def view(self) -> InterventionView | None:
+        """The result on screen (None while there is none)."""
+        return self._view
+
+    def set_interventions(self, interventions) -> None:
+        """Replace the list (a script or a test; the controls add one at a time)."""
+        self._set_interventions(list(interventions))
+
     def show_view(self, view: InterventionView) -> None:
         self._view = view
         base, probs = np.asarray(view.base_probs, float), np.asarray(view.probs, float)

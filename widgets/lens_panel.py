@@ -118,6 +118,19 @@ class LogitLensPanel(QWidget):
         else:  # keep the last lens on screen while the next one is computed
             self.title.setText("Recomputing the logit lens…")
 
+    def show_problem(self, text: str) -> None:
+        """The lens could not be computed (e.g. the context is gone): say why instead of a stale lens."""
+        self._view = None
+        self._remove_cells()
+        self.banner.hide()
+        self.message.setText(text)
+        self.stack.setCurrentWidget(self.message)
+
+    @property
+    def view(self) -> LogitLensView | None:
+        """The lens on screen (None while there is none)."""
+        return self._view
+
     def show_view(self, view: LogitLensView) -> None:
         self._view = view
         n_layers, n_columns = view.top_ids.shape[:2]
