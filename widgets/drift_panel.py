@@ -114,18 +114,14 @@ class QuantDriftPanel(QWidget):
         self.strip.getViewBox().setAutoVisible(y=True)  # y follows the columns in view: small KLs stay visible
         self.kl_bars = pg.BarGraphItem(x=np.zeros(0), height=np.zeros(0), width=0.8, pen=None, brush=KL_BAR)
         self.strip.addItem(self.kl_bars)
-        self.lane = self._plot()  # the disagreement ticks: a lane of their own, whatever the KL scale
-        self.lane.setMaximumHeight(30)
+        self.lane = self._plot(height=30)  # the disagreement ticks: a lane of their own, whatever the KL scale
         self.lane.hideAxis("bottom")
-        self.lane.getAxis("left").setTicks([[]])
         self.lane.setXLink(self.strip)
         self.lane.setYRange(-1, 1, padding=0)
         self.lane.setMouseEnabled(x=True, y=False)
         self.disagree_marks = pg.ScatterPlotItem(symbol="|", size=14, pen=pg.mkPen(DIFFERS, width=2))
         self.lane.addItem(self.disagree_marks)
-        self.overview = self._plot()
-        self.overview.setMaximumHeight(60)
-        self.overview.getAxis("left").setTicks([[]])
+        self.overview = self._plot(height=60)
         self.overview.setMouseEnabled(x=False, y=False)
         self.overview_curve = self.overview.plot([], [], pen=pg.mkPen(KL_BAR), fillLevel=0, brush=KL_BAR)
         self.overview_marks = pg.ScatterPlotItem(symbol="|", size=8, pen=pg.mkPen(DIFFERS))
@@ -145,10 +141,14 @@ class QuantDriftPanel(QWidget):
         self.float_top = TopList("float")
         self.quant_top = TopList("quantized")
 
-    def _plot(self, left: str = "") -> pg.PlotWidget:
+    def _plot(self, left: str = "", height: int = 0) -> pg.PlotWidget:
+        """Left axes of one width, so the x-linked columns line up; a lane (height given) has no y ticks."""
         plot = pg.PlotWidget()
         if left:
             plot.setLabel("left", left)
+        if height:
+            plot.setMaximumHeight(height)
+            plot.getAxis("left").setTicks([[]])
         plot.getAxis("left").setWidth(AXIS_WIDTH)
         plot.getAxis("left").enableAutoSIPrefix(False)  # nats, not "(x0.001)"
         plot.hideButtons()
@@ -172,11 +172,14 @@ class QuantDriftPanel(QWidget):
         column = QVBoxLayout(view_page)
         column.setContentsMargins(0, 0, 0, 0)
         column.setSpacing(2)
-        for part in (memory, self.explanation, self.summary, self.strip, self.lane, self.overview,
-                     self.column_title, tops):
-            (column.addLayout if isinstance(part, QHBoxLayout) else column.addWidget)(part)
-        column.setStretch(3, 3)  # the strip
-        column.setStretch(7, 2)  # the two top lists
+        column.addLayout(memory)
+        column.addWidget(self.explanation)
+        column.addWidget(self.summary)
+        column.addWidget(self.strip, 3)
+        column.addWidget(self.lane)
+        column.addWidget(self.overview)
+        column.addWidget(self.column_title)
+        column.addLayout(tops, 2)
         self.pages = QStackedWidget()
         self.pages.addWidget(message_page)
         self.pages.addWidget(view_page)
