@@ -103,13 +103,16 @@ def _rss() -> int:
 
 
 def memory_snapshot(blocks, pool, max_seq_len: int, weight_bytes: dict[str, int], tables: dict,
-                    previous: MemorySnapshot | None = None) -> MemorySnapshot:
+                    previous: MemorySnapshot | None = None, cached_tokens: dict[str, int] | None = None
+                    ) -> MemorySnapshot:
     """The KV pool and weights now. `weight_bytes`: the model's (Decoder.weight_bytes); `tables`: each live
-    sequence's name ("request.sample") -> BlockTable. Parts equal to `previous`'s (the last snapshot) are
-    `previous`'s own objects: the block map changes once a block of tokens, and a long reply keeps a
-    snapshot per step (728 reference counts are ~6 KB)."""
+    sequence's name ("request.sample") -> BlockTable; `cached_tokens`: name -> prompt tokens the prefix
+    cache served it (RequestState.cached_tokens), where known. Parts equal to `previous`'s (the last
+    snapshot) are `previous`'s own objects: the block map changes once a block of tokens, and a long reply
+    keeps a snapshot per step (728 reference counts are ~6 KB)."""
     refs = tuple(blocks.ref_count)
-    if previous is not None and refs == previous.block_refs:
+    unchanged = previous is not None and refs == previous.block_refs
+    if unchanged:
         refs = previous.block_refs
         used, shared = previous.kv_blocks_used, previous.kv_blocks_shared
     else:  # a block was taken or given back since: count again
@@ -118,6 +121,16 @@ def memory_snapshot(blocks, pool, max_seq_len: int, weight_bytes: dict[str, int]
     cached = tuple(blocks.cached)
     if previous is not None and cached == previous.cached_blocks:
         cached = previous.cached_blocks
+    # Every indexed block is either held or cached, so with the same holders and as many indexed blocks
+    # the held ones are the same: the walk over the index runs only when a block fills or changes hands.
+    if unchanged and len(blocks.hash_of) == len(previous.prefix_blocks) + len(cached):
+        prefix_blocks = previous.prefix_blocks
+    else:
+        prefix_blocks = tuple(sorted(b for b in blocks.hash_of if blocks.ref_count[b] > 0))
+    hits = {name: n // blocks.block_size for name, n in (cached_tokens or {}).items()
+            if name in tables and n >= blocks.block_size}
+    if previous is not None and hits == previous.prefix_hits:
+        hits = previous.prefix_hits
     old_tables = previous.block_tables if previous is not None else {}
     block_tables = {}
     for name, table in tables.items():
@@ -129,6 +142,7 @@ def memory_snapshot(blocks, pool, max_seq_len: int, weight_bytes: dict[str, int]
     for table in tables.values():
         for i, block in enumerate(table.block_ids):
             filled[block] = max(filled.get(block, 0), min(blocks.block_size, table.num_tokens - i * blocks.block_size))
+    sequence_tokens = {name: table.num_tokens for name, table in tables.items()}
     per_block = pool.nbytes // blocks.num_blocks
     per_token = per_block // blocks.block_size
     cuda_alloc = cuda_reserved = 0
@@ -137,11 +151,12 @@ def memory_snapshot(blocks, pool, max_seq_len: int, weight_bytes: dict[str, int]
     return MemorySnapshot(
         kv_blocks_total=blocks.num_blocks, kv_blocks_used=used, kv_blocks_shared=shared,
         kv_blocks_cached_free=len(blocks.cached), kv_blocks_free=len(blocks.free), kv_block_size=blocks.block_size,
-        kv_bytes_per_block=per_block, kv_tokens=sum(t.num_tokens for t in tables.values()),
+        kv_bytes_per_block=per_block, kv_tokens=sum(sequence_tokens.values()),
         kv_slots_filled=sum(filled.values()),
         # a contiguous cache reserves the model's whole context for every live sequence
         kv_contiguous_bytes=len(tables) * max_seq_len * per_token,
-        block_tables=block_tables, block_refs=refs, cached_blocks=cached,
+        block_tables=block_tables, block_refs=refs, cached_blocks=cached, sequence_tokens=sequence_tokens,
+        prefix_hits=hits, prefix_blocks=prefix_blocks,
         weight_bytes=previous.weight_bytes if previous is not None and previous.weight_bytes == weight_bytes
         else dict(weight_bytes),
         process_rss=_rss(), cuda_allocated=cuda_alloc, cuda_reserved=cuda_reserved)

@@ -85,6 +85,9 @@ class MemorySnapshot:
     block_refs: tuple[int, ...] = ()  # per block: how many sequences hold it (0 = free or cached)
     cached_blocks: tuple[int, ...] = ()  # unreferenced blocks that still hold a reusable prefix
     weight_bytes: dict = field(default_factory=dict)  # dtype name -> bytes
+    sequence_tokens: dict = field(default_factory=dict)  # "request.sample" -> tokens whose K/V its blocks hold
+    prefix_hits: dict = field(default_factory=dict)  # "request.sample" -> its leading blocks the prefix cache served
+    prefix_blocks: tuple[int, ...] = ()  # held blocks the prefix cache indexes (a later prompt starting so reuses them)
     process_rss: int = 0
     cuda_allocated: int = 0
     cuda_reserved: int = 0
