@@ -17,8 +17,8 @@ from engine.config import ModelConfig, RopeScaling
 from engine.device import freeze_heap, pick_device, pick_dtype, set_threads
 from engine.errors import ContextOverflow, EngineError
 from engine.instrumentation.distribution import distribution_view
-from engine.instrumentation.drift import quant_drift
-from engine.instrumentation.interventions import check_interventions, install_interventions
+from engine.instrumentation.drift import load_float_reference, quant_drift, require_quantized, scoring_window
+from engine.instrumentation.interventions import as_loaded, check_interventions, install_interventions
 from engine.instrumentation.lens import intervene, logit_lens
 from engine.instrumentation.quality import compare
 from engine.instrumentation.replay import replay_attention
@@ -266,14 +266,13 @@ class Engine:
         """What this engine's quantization changed on `ids` (e.g. the conversation so far): per-token
         KL divergence and top-1 agreement against the same checkpoint in float. The float model
         is loaded on first use and kept (it costs the float weights' memory)."""
-        from engine.instrumentation.drift import load_float_reference, scoring_window  # shared with quant_drift
-
         if self._float_reference is None:
             self._float_reference = load_float_reference(self.source, self.config, self.model)
         if len(ids) < 2:
             return QuantDiff((), (), 0.0, 1.0)  # nothing is predicted from fewer than two tokens
         window, stride = scoring_window(len(ids), self.config.max_seq_len)
-        return compare(self._float_reference, self.model, list(ids), window=window, stride=stride)
+        with as_loaded(self.model):  # against the model as loaded, not interventions kept on for generation
+            return compare(self._float_reference, self.model, list(ids), window=window, stride=stride)
 
     # -- the model's own what-if (engine/instrumentation/lens.py, interventions.py) ---------------------
     def logit_lens(self, context_ids, target_id: int, columns: int = 8, top_n: int = 5,
@@ -318,13 +317,12 @@ class Engine:
         """quant_diff along `token_ids` with both models' top-N per position, and what the float reference
         costs in memory (it is loaded on first use and kept until release_float_reference). None when
         `cancelled()` turns true; ValueError when nothing in the model is quantized."""
-        from engine.instrumentation.drift import load_float_reference, require_quantized  # shared with quant_diff
-
         require_quantized(self.model)  # ValueError: a float model has nothing to drift from
         if self._float_reference is None:
             self._float_reference = load_float_reference(self.source, self.config, self.model)
-        return quant_drift(self.model, self._float_reference, list(token_ids), top_n, cancelled,
-                           self.tokenizer.token_text, self.facts().weights)
+        with as_loaded(self.model):
+            return quant_drift(self.model, self._float_reference, list(token_ids), top_n, cancelled,
+                               self.tokenizer.token_text, self.facts().weights)
 
     def release_float_reference(self) -> None:
         """Free the float reference quant_diff / quant_drift loaded."""
