@@ -212,6 +212,16 @@ class QuantDriftPanel(QWidget):
         else:  # recomputing: the old strip stays readable meanwhile
             self.summary.setText(COMPUTING)
 
+    def show_problem(self, text: str) -> None:
+        """The drift could not be computed (e.g. a float model): say why; Compute stays for a retry."""
+        self.clear()
+        self.message.setText(text)
+
+    @property
+    def view(self) -> QuantDriftView | None:
+        """The drift on screen (None while there is none)."""
+        return self._view
+
     def show_view(self, view: QuantDriftView) -> None:
         self._view = view
         n = len(view.kl)

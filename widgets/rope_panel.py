@@ -121,6 +121,19 @@ class RopePanel(QWidget):
         self.turns.setText("")
         self.readout.setText("Hover over a pair for its wavelengths.")
 
+    def show_computing(self) -> None:
+        """Nothing to show meanwhile: a RoPE view takes well under a millisecond to compute."""
+
+    def show_problem(self, text: str) -> None:
+        """The choice cannot be drawn (e.g. a scaling this model's config cannot take): say why."""
+        self.clear()
+        self.title.setText(text)
+
+    @property
+    def view(self) -> RopeView | None:
+        """The view on screen (None while there is none)."""
+        return self._view
+
     def show_view(self, view: RopeView) -> None:
         self._view = view
         scaled = 2 * math.pi / np.asarray(view.inv_freq, dtype=np.float64)
