@@ -105,9 +105,12 @@ def test_attention_view_heads_mean_and_later_positions(qtbot):
     mean = panel.matrix()
     assert mean.shape == (3, 6)
     assert np.isnan(mean[0, 4]) and np.isnan(mean[1, 5]) and not np.isnan(mean[2, 5])  # query 3 sees 0..3
+    assert panel.shown_heads() == (1,)  # the sharpest: heads 1-3 each look at one token (the first of them)
+    panel.head.activated.emit(panel.head_choices.index(("all",)))
+    mean = panel.matrix()
     assert mean[0, :4] == pytest.approx([0.25, 0.25, 0.25, 0.25])
-    panel.head.setCurrentIndex(3)  # head 2
-    assert panel.matrix()[2, 2] == 1.0 and "KV group 1 of 2" in panel.group.text()
+    panel.head.activated.emit(panel.head_choices.index(("head", 2)))
+    assert panel.matrix()[2, 2] == 1.0 and "head 2 (KV group 1)" in panel.note.text()
     assert "positions 3–5" in panel.note.text()
 
 
@@ -115,6 +118,7 @@ def test_attention_panel_asks_for_its_layer_when_shown_and_says_it_computes(qtbo
     panel = AttentionPanel()
     qtbot.addWidget(panel)
     panel.set_model_info(2, 4, 2)
+    panel.layer.setValue(0)
     with qtbot.waitSignal(panel.wanted) as shown:
         panel.show()
     assert shown.args == [0]
