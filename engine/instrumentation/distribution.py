@@ -36,7 +36,7 @@ def distribution_view(record: StepRecord, params: SamplingParams, token_text: Ca
         if stage.name == "top_p":
             top_p_input = before_probs
         reason = _reason(stage.name, stage.active, params, before_probs, stage.probs, kept, before,
-                         seen=seen, shown=shown, history=len(history))
+                         seen=seen, shown=shown)
         removed = set(stage.removed.tolist()) & set(shown_ids.tolist())
         stages.append(StageView(stage.name, stage.active, tuple(stage.probs[shown].tolist()), tuple(sorted(removed)),
                                 reason=reason, entropy=_entropy(stage.probs), kept=kept, before=before))
@@ -77,12 +77,12 @@ def _tokens(n: int) -> str:
 
 
 def _reason(name: str, active: bool, params: SamplingParams, before_probs: torch.Tensor, probs: torch.Tensor,
-            kept: int, before: int, *, seen: torch.Tensor | None, shown: torch.Tensor, history: int) -> str:
+            kept: int, before: int, *, seen: torch.Tensor | None, shown: torch.Tensor) -> str:
     """One line saying what the stage did to this step and why; probabilities are the stage's input's."""
     if name == "raw":
-        return f"the model's own distribution over its {before} stored tokens"
+        return f"model: its own distribution over the {before} stored tokens"
     if name == "penalties":
-        return _penalties(params, active, seen, shown, history)
+        return _penalties(params, active, seen, shown)
     if not active:
         return f"{name.replace('_', '-')}: off"
     of = f"kept {kept} of {before}"
@@ -114,8 +114,7 @@ def _reason(name: str, active: bool, params: SamplingParams, before_probs: torch
         return f"top-p {params.top_p:g}: {first} {float(cumulative[reach - 1]):.2f}; {of}{ties}"
     if name == "min_p":
         top = float(ordered[0])
-        return (f"min-p {params.min_p:g}: removed tokens below {params.min_p:g} × {_p(top)} = "
-                f"{_p(params.min_p * top)}; {of}")
+        return f"min-p {params.min_p:g}: removed below {params.min_p:g} × {_p(top)} = {_p(params.min_p * top)}; {of}"
     if name == "typical_p":
         dropped_top = bool(probs[int(before_probs.argmax())] == 0)
         return (f"typical-p {params.typical_p:g}: {of} nearest in surprisal to the entropy "
@@ -123,8 +122,7 @@ def _reason(name: str, active: bool, params: SamplingParams, before_probs: torch
     return f"{name}: {of}"
 
 
-def _penalties(params: SamplingParams, active: bool, seen: torch.Tensor | None, shown: torch.Tensor,
-               history: int) -> str:
+def _penalties(params: SamplingParams, active: bool, seen: torch.Tensor | None, shown: torch.Tensor) -> str:
     if not params.penalised:
         return "penalties: off"
     if not active or seen is None:
@@ -133,5 +131,5 @@ def _penalties(params: SamplingParams, active: bool, seen: torch.Tensor | None, 
              f"presence −{params.presence_penalty:g}" if params.presence_penalty else "",
              f"frequency −{params.frequency_penalty:g} per use" if params.frequency_penalty else ""]
     n_shown, n_stored = int(seen[shown].sum()), int(seen.sum())
-    return (f"penalties: {_tokens(n_shown).replace('token', 'shown token')} seen before "
-            f"({n_stored} stored, in {history} of history), {', '.join(p for p in parts if p)}")
+    return (f"penalties {', '.join(p for p in parts if p)}: {_tokens(n_shown).replace('token', 'shown token')} "
+            f"seen before ({n_stored} stored)")

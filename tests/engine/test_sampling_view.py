@@ -116,8 +116,9 @@ def test_penalties_need_the_history_and_say_what_they_saw():
     shown = distribution_view(record, params, str, top_n=12).token_ids
     history = list(shown[:4]) + [shown[0]]
     penalties = distribution_view(record, params, str, top_n=12, history=history).stage("penalties")
-    assert penalties.active and penalties.reason.startswith("penalties: 4 shown tokens seen before (4 stored")
-    assert "×1.3" in penalties.reason and penalties.kept == penalties.before == STORED
+    assert penalties.active and penalties.kept == penalties.before == STORED
+    assert penalties.reason == ("penalties ×1.3, presence −0.4, frequency −0.2 per use: 4 shown tokens seen before "
+                                "(4 stored)")
     off = distribution_view(record, SamplingParams(), str, top_n=12, history=history).stage("penalties")
     assert not off.active and off.reason == "penalties: off"
 
@@ -126,7 +127,7 @@ def test_min_p_and_temperature_reasons_state_their_numbers():
     record = stored_record()
     view = distribution_view(record, SamplingParams(temperature=0.5, min_p=0.05), str, top_n=12)
     top = max(view.stage("temperature").probs)
-    assert view.stage("min_p").reason.startswith(f"min-p 0.05: removed tokens below 0.05 × {top:.3f} = ")
+    assert view.stage("min_p").reason.startswith(f"min-p 0.05: removed below 0.05 × {top:.3f} = ")
     assert view.stage("temperature").reason.startswith("temperature 0.5 sharpens: entropy ")
     greedy = distribution_view(record, SamplingParams(temperature=0.0), str, top_n=12)
     assert greedy.stage("temperature").kept == 1 and greedy.entropy == 0.0
