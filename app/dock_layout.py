@@ -14,15 +14,18 @@ from PySide6.QtWidgets import QDockWidget, QFrame, QMainWindow, QScrollArea, QTa
 
 LEFT, RIGHT = Qt.LeftDockWidgetArea, Qt.RightDockWidgetArea
 # The default arrangement: each area's docks are tabbed together, the first one shown.
-DEFAULT_AREAS = {"Model": LEFT, "Sampler": LEFT, "Token probabilities": RIGHT, "Expert routing": RIGHT,
-                 "Attention": RIGHT, "Memory": RIGHT}
-FIRST_TAB = {LEFT: "Sampler", RIGHT: "Token probabilities"}
+# Left: the model and how it runs (what the user sets); right: what it did with the selected token.
+# Tab titles are short so that six fit a laptop's right dock without scroll arrows.
+DEFAULT_AREAS = {"Model": LEFT, "Sampler": LEFT, "RoPE": LEFT, "Memory": LEFT,
+                 "Probabilities": RIGHT, "Logit lens": RIGHT, "What-if": RIGHT, "Attention": RIGHT,
+                 "Routing": RIGHT, "Quant drift": RIGHT}
+FIRST_TAB = {LEFT: "Sampler", RIGHT: "Probabilities"}
 SCREEN_SHARE = 0.9  # the first start's window: this share of the available screen in each direction
 # Default dock widths as a share of the window's width, within (least, most) pixels.
 DOCK_WIDTH = {LEFT: (0.26, 320, 420), RIGHT: (0.32, 340, 560)}
 # The dock arrangement's version in saveState: a state saved by an older arrangement (the stacked docks
 # that did not fit a laptop) is not restored; the window starts with the default one instead.
-LAYOUT_VERSION = 2
+LAYOUT_VERSION = 3  # 3: the issue-19 panels and short tab titles
 
 
 class Holder(QWidget):

@@ -35,6 +35,10 @@ BUILTIN_MOE_PATH = "builtin:moe"  # the model panel's second built-in model (Eng
 # cores and the GIL with the decode loop) a wake-up and a dispatch per token, and the panels redraw at most
 # ~30 times a second anyway (app/record_hub.py).
 STEP_BATCH_S = 0.03
+# What request_inspection can ask for: kind -> (Engine method, whether it takes `cancelled`). Heavy ones
+# replay the conversation (a forward over its ids), so the GUI asks only while their panel is on screen.
+INSPECTIONS = {"lens": ("logit_lens", True), "intervention": ("intervene", True),
+               "drift": ("quant_drift", True), "rope": ("rope_view", False)}
 
 
 def default_instrumentation(n_layers: int = 0) -> InstrumentOptions:
@@ -59,10 +63,16 @@ class EngineWorker(QObject):
     distribution = Signal(object)  # DistributionView, the answer to request_distribution
     attention = Signal(object, int)  # AttentionView and the request's generation (request_attention's return)
     memory = Signal(object)  # MemorySnapshot right after a load: the model's weights and KV pool, before a token
+    # The answer to request_inspection: its kind, the view (or a str saying why there is none) and the
+    # generation request_inspection returned.
+    inspected = Signal(str, object, int)
     # inputs (queued into the worker thread)
     _load = Signal(str, object, object)
     _generate = Signal(object)
-    _distribution = Signal(object, object)
+    _distribution = Signal(object, object, object)
+    _inspect = Signal(str, object, int)
+    _release_reference = Signal()
+    _set_interventions = Signal(object)
     _attention = Signal(object, int, object, int)
     _set_speculative = Signal(object)
     _pump = Signal()
@@ -74,6 +84,8 @@ class EngineWorker(QObject):
         self._stream = None  # the running reply's Engine.stream iterator
         self._running = ("none", 0, "")  # and its tool mode, kept tokens and their text (see TurnStart)
         self._speculative = SpeculativeOptions()
+        self._interventions: tuple = ()  # what the next turns generate with (request_interventions)
+        self._inspections: dict[str, int] = {}  # kind -> the generation of its latest request (GUI writes)
         self._outbox: list[StepRecord] = []  # steps not yet sent, and when the last batch went
         self._sent_at = 0.0
         self._load_cancel = threading.Event()  # GUI thread: the latest request's, for request_cancel
@@ -82,6 +94,9 @@ class EngineWorker(QObject):
         self._load.connect(self._do_load)
         self._generate.connect(self._do_generate)
         self._distribution.connect(self._do_distribution)
+        self._inspect.connect(self._do_inspect)
+        self._release_reference.connect(self._do_release_reference)
+        self._set_interventions.connect(self._do_interventions)
         self._attention.connect(self._do_attention)
         self._set_speculative.connect(self._do_speculative)
         # Queued even though sender and receiver share the thread: each step is its own event.
@@ -97,8 +112,31 @@ class EngineWorker(QObject):
         self.attention_views.bump()  # a new turn: an attention replay of the old one stops
         self._generate.emit(turn)
 
-    def request_distribution(self, record: StepRecord, params: SamplingParams) -> None:
-        self._distribution.emit(record, params)
+    def request_distribution(self, record: StepRecord, params: SamplingParams, history: tuple[int, ...] = ()
+                             ) -> None:
+        """The step's sampler what-if under `params`; `history` is what the penalties count (the step's prompt
+        and the tokens generated before it, as the runner penalises)."""
+        self._distribution.emit(record, params, tuple(history))
+
+    def request_inspection(self, kind: str, args: tuple) -> int:
+        """A view computed on request by the engine (INSPECTIONS: kind -> Engine method, called with `args`),
+        answered by `inspected(kind, view, generation)` with the generation returned here. A newer
+        request of the same kind cancels this one (a replay stops at its next chunk)."""
+        if kind not in INSPECTIONS:
+            raise ValueError(f"unknown inspection {kind!r}")
+        generation = self._inspections.get(kind, 0) + 1
+        self._inspections[kind] = generation  # an int store: atomic under the GIL
+        self._inspect.emit(kind, tuple(args), generation)
+        return generation
+
+    def request_release_reference(self) -> None:
+        """Free the float model the quantization drift loaded."""
+        self._release_reference.emit()
+
+    def request_interventions(self, interventions: tuple) -> None:
+        """Generate the next turns with `interventions` (empty: the model as loaded). Applied when the next
+        turn starts, never in the middle of a reply."""
+        self._set_interventions.emit(tuple(interventions))
 
     def request_attention(self, token_ids, layer: int, queries: tuple[int, int]) -> int:
         """Layer `layer`'s attention for query positions [queries) of `token_ids`, answered by `attention`
@@ -145,6 +183,7 @@ class EngineWorker(QObject):
             traceback.print_exc()
             return
         self._engine, self._facts = engine, facts
+        self._interventions = ()  # the old model's heads and experts mean nothing to this one
         self.attention_views.clear()
         self.loaded.emit(facts)
         self.memory.emit(engine.memory())  # the memory panel shows the new model before its first token
@@ -171,6 +210,7 @@ class EngineWorker(QObject):
                 return
             params = engine.tool_call_params(turn.params, tools == "required") if tools in ("auto", "required") \
                 else turn.params
+            engine.set_interventions(self._interventions)  # kept on by the user, or none: never left over
             request = engine.make_request(ids, params, instrument=default_instrumentation(),
                                           speculative=self._speculative)
             kept_text = engine.decode(turn.kept_ids) if turn.kept_ids else ""
@@ -233,7 +273,7 @@ class EngineWorker(QObject):
     def _do_speculative(self, options: SpeculativeOptions) -> None:
         self._speculative = options  # read when the next request is built
 
-    def _do_distribution(self, record: StepRecord, params: SamplingParams) -> None:
+    def _do_distribution(self, record: StepRecord, params: SamplingParams, history: tuple = ()) -> None:
         """The sampler what-if: re-derived from the record's stored logits, no forward pass. A record
         whose details the history budget dropped (app/history.py) shows its own token only."""
         if self._engine is None:
@@ -244,7 +284,7 @@ class EngineWorker(QObject):
                                                     record.entropy, 1.0))
             return
         try:
-            self.distribution.emit(self._engine.distribution(record, params))
+            self.distribution.emit(self._engine.distribution(record, params, history=history))
         except Exception as e:  # e.g. a constraint the new params cannot compile: keep the old view
             traceback.print_exc()
             print(f"distribution: {type(e).__name__}: {e}")
@@ -261,3 +301,27 @@ class EngineWorker(QObject):
             return
         if view is not None:
             self.attention.emit(view, generation)
+
+    def _do_inspect(self, kind: str, args: tuple, generation: int) -> None:
+        """A heavy view by replay (or a cheap one), between two steps of a running reply. Stale requests
+        (a newer one of the same kind was made) are skipped, and a running replay stops at its next chunk."""
+        if self._engine is None or self._inspections.get(kind) != generation:
+            return
+        method, cancellable = INSPECTIONS[kind]
+        kwargs = {"cancelled": lambda: self._inspections.get(kind) != generation} if cancellable else {}
+        try:
+            view = getattr(self._engine, method)(*args, **kwargs)
+        except (EngineError, ValueError) as e:  # e.g. a float model has no quantization drift
+            view = str(e)
+        except Exception as e:  # a bug: say so in the panel, keep the app alive
+            traceback.print_exc()
+            view = f"{type(e).__name__}: {e}"
+        if view is not None:
+            self.inspected.emit(kind, view, generation)
+
+    def _do_release_reference(self) -> None:
+        if self._engine is not None:
+            self._engine.release_float_reference()
+
+    def _do_interventions(self, interventions: tuple) -> None:
+        self._interventions = interventions  # read when the next turn starts

@@ -6,12 +6,13 @@ window's size). Only the worker talks to the engine."""
 from __future__ import annotations
 
 from PySide6.QtCore import QThread
-from PySide6.QtWidgets import QFileDialog, QMainWindow, QMessageBox
+from PySide6.QtWidgets import QFileDialog, QLabel, QMainWindow, QMessageBox
 
 from app import dock_layout
 from app.autosave import default_folder
 from app.chat_controller import ChatController
 from app.engine_worker import EngineWorker
+from app.inspections import Inspections
 from app.model_controller import ModelController
 from app.record_hub import RecordHub
 from app.session_autosave import SessionAutosave
@@ -19,9 +20,13 @@ from app.settings import Settings
 from engine.records import LoadOptions
 from widgets.attention_panel import AttentionPanel
 from widgets.chat_panel import ChatPanel
+from widgets.drift_panel import QuantDriftPanel
+from widgets.intervention_panel import InterventionPanel
+from widgets.lens_panel import LogitLensPanel
 from widgets.memory_panel import MemoryPanel
 from widgets.model_panel import ModelPanel
 from widgets.probabilities_panel import ProbabilitiesPanel
+from widgets.rope_panel import RopePanel
 from widgets.routing_panel import RoutingPanel
 from widgets.sampler_panel import SamplerPanel
 
@@ -40,10 +45,19 @@ class MainWindow(QMainWindow):
         self.controller = ChatController(self.chat, self.worker, self.sampler.params)
         self.hub = RecordHub(self.worker, self.controller, self.sampler.params, self.routing, self.attention,
                              self.memory)
+        self.inspections = Inspections(self.worker, self.hub.contexts, self.lens, self.what_if, self.drift,
+                                       self.rope, self.model_panel.rope_spec, self)
+        self.hub.inspections = self.inspections
         # Parts that need the window get it as their Qt parent, never as a Python attribute: a reference
         # cycle through the window would leave destroying it to the garbage collector, which runs in
         # whichever thread allocates (the worker's, where destroying widgets deadlocks).
         self.models = ModelController(self, self.worker, self.settings)
+        # Shown while interventions kept on change what the model generates (never silently).
+        self.intervention_note = QLabel()
+        self.intervention_note.setStyleSheet("color: white; background: #b03a2e; padding: 1px 6px; border-radius: 3px;")
+        self.intervention_note.setMaximumWidth(420)  # a long list must not widen the window
+        self.intervention_note.hide()
+        self.statusBar().addPermanentWidget(self.intervention_note)
         self._setup_menus()
         self._shown_once = False
         geometry, self._layout_restored = self.settings.restore_window(self, dock_layout.LAYOUT_VERSION)
@@ -65,11 +79,16 @@ class MainWindow(QMainWindow):
         self.routing = RoutingPanel()
         self.attention = AttentionPanel()
         self.memory = MemoryPanel()
+        self.lens = LogitLensPanel()
+        self.what_if = InterventionPanel()
+        self.drift = QuantDriftPanel()
+        self.rope = RopePanel()
         self.model_panel = ModelPanel()
         self.model_panel.set_recent(self.settings.recent_models())
         self.docks = dock_layout.make_docks(self, {
-            "Model": self.model_panel, "Sampler": self.sampler, "Token probabilities": self.probabilities,
-            "Expert routing": self.routing, "Attention": self.attention, "Memory": self.memory})
+            "Model": self.model_panel, "Sampler": self.sampler, "RoPE": self.rope, "Memory": self.memory,
+            "Probabilities": self.probabilities, "Logit lens": self.lens, "What-if": self.what_if,
+            "Attention": self.attention, "Routing": self.routing, "Quant drift": self.drift})
 
     def _wire(self) -> None:
         w, c, hub, models, session = self.worker, self.controller, self.hub, self.models, self.session
@@ -77,6 +96,7 @@ class MainWindow(QMainWindow):
         # (a lambda would run in the worker's). Qt calls one signal's slots in the order connected:
         # the last steps reach the panels, then the turn ends, then it is saved.
         w.loaded.connect(models.on_loaded)
+        w.loaded.connect(self.inspections.model_loaded)
         w.load_failed.connect(models.on_load_failed)
         w.load_progress.connect(self.model_panel.show_progress)
         w.turn_started.connect(c.on_turn_started)
@@ -92,6 +112,10 @@ class MainWindow(QMainWindow):
         w.distribution.connect(self.probabilities.show_distribution)
         c.step_selected.connect(hub.select)
         self.chat.submitted.connect(session.save)  # after the controller took the message
+        self.chat.submitted.connect(self.inspections.new_turn)
+        self.model_panel.rope_changed.connect(self.inspections.rope_changed)
+        self.what_if.changed.connect(self._show_interventions)
+        self.what_if.keep_changed.connect(self._show_interventions)
         self.sampler.params_changed.connect(self.settings.set_sampling)
         self.sampler.params_changed.connect(hub.show_distribution)  # re-derived from stored logits
         # GUI signals reach the worker through its request_* methods, called here in the GUI thread
@@ -102,6 +126,14 @@ class MainWindow(QMainWindow):
         self.sampler.tools_changed.connect(c.offer_tools)
         self.probabilities.alternative_chosen.connect(hub.continue_with)
         self.model_panel.open_requested.connect(self.load_model)
+
+    def _show_interventions(self, *_) -> None:
+        """Interventions kept on change what the model generates: the status line says so while they do."""
+        kept = self.what_if.interventions() if self.what_if.keep_on() else ()
+        text = "Intervention active: " + ", ".join(i.label for i in kept) if kept else ""
+        self.intervention_note.setText(text)
+        self.intervention_note.setToolTip(text)
+        self.intervention_note.setVisible(bool(kept))
 
     def _setup_menus(self) -> None:
         file_menu = self.menuBar().addMenu("&File")

@@ -24,6 +24,7 @@ import time
 from PySide6.QtCore import QObject, QTimer
 
 from app.history import step_key
+from app.contexts import RequestContexts
 from app.inspector import AttentionInspector
 from engine.records import MemorySnapshot, RequestDone, StepRecord
 
@@ -50,11 +51,13 @@ def next_interval(previous_ms: float, gui_cpu_s: float, wall_s: float) -> float:
 
 
 class RecordHub(QObject):
-    def __init__(self, worker, controller, sampler_params, routing, attention, memory):
+    def __init__(self, worker, controller, sampler_params, routing, attention, memory, inspections=None):
         super().__init__()
         self.worker, self.controller, self.sampler_params = worker, controller, sampler_params
         self.routing, self.attention, self.memory = routing, attention, memory
         self.inspector = AttentionInspector(worker, attention, self)
+        self.contexts = RequestContexts()  # each recent request's ids: the selected token's context
+        self.inspections = inspections  # app/inspections.py: lens, what-if, drift (None in some tests)
         self.selected: StepRecord | None = None
         self.pending: list[StepRecord] = []  # arrived since the last tick
         self.routed: list[tuple] = []  # step_key of the steps the routing panel holds, in its order
@@ -73,6 +76,7 @@ class RecordHub(QObject):
         self.routed = []
         self.routing.clear()
         self.inspector.start(start.prompt)
+        self.contexts.start(start.prompt)
 
     def on_steps(self, records: tuple[StepRecord, ...]) -> None:
         self.pending.extend(records)
@@ -80,6 +84,7 @@ class RecordHub(QObject):
     def on_model_memory(self, snapshot: MemorySnapshot) -> None:
         """A model was loaded: its weights and empty KV pool, before the first token."""
         self.inspector.reset()
+        self.contexts.reset()
         self._pending_memory = None
         self.memory.clear()
         self.memory.show_memory(snapshot)
@@ -97,6 +102,7 @@ class RecordHub(QObject):
                 if r.routing:  # the routing panel keeps only steps that were routed
                     self.routed.append(step_key(r))
             self.inspector.add(records)
+            self.contexts.add(records)
             last = records[-1]
             if last.memory is not None:
                 self._pending_memory = last.memory
@@ -110,6 +116,8 @@ class RecordHub(QObject):
             self._pending_memory, self._memory_at = None, time.perf_counter()
         if done:
             self.inspector.refresh()
+            if self.inspections is not None:
+                self.inspections.reply_done()
 
     def _pace(self) -> None:
         """Set the next tick from the GUI thread's CPU time since the last tick that drew (this tick's
@@ -129,6 +137,8 @@ class RecordHub(QObject):
         # Searched from the end: while a reply streams the newest step is selected on every tick.
         index = next((i for i in range(len(self.routed) - 1, -1, -1) if self.routed[i] == key), -1)
         self.routing.select_step(index)  # -1 (an earlier request's step) leaves the panel as it is
+        if self.inspections is not None:
+            self.inspections.select(record, following)
         if following and time.perf_counter() - self._asked_at < DISTRIBUTION_EVERY_S:
             self._distribution_due = True
             return
@@ -140,7 +150,8 @@ class RecordHub(QObject):
         step whose details were dropped shows its own token only)."""
         self._distribution_due = False
         if self.selected is not None:
-            self.worker.request_distribution(self.selected, self.sampler_params())
+            before = self.contexts.before(self.selected)  # what the penalties count
+            self.worker.request_distribution(self.selected, self.sampler_params(), before[0] if before else ())
 
     def continue_with(self, token_id: int) -> None:
         """The probabilities panel's "continue from here with this token", for the selected step."""

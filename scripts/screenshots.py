@@ -144,7 +144,7 @@ def shoot_moe(window, folder: str):
     wait_for(window.worker.loaded)
     window.sampler.set_params(SamplingParams(temperature=0.7, top_p=0.9, seed=4, max_new_tokens=60))
     chat(window, "Give me three tips for staying healthy.")
-    window.docks["Expert routing"].raise_()
+    window.docks["Routing"].raise_()
     window.routing.layer.setValue(15)
     settle(300)
     window.routing.grab().save(str(OUT / "panel_expert_routing_moe.png"))
@@ -164,7 +164,7 @@ def shoot_tiny_moe(window):
             wait_for(window.worker.loaded)
             window.sampler.set_params(SamplingParams(temperature=1.0, seed=1, max_new_tokens=24))
             chat(window, "t1 t2 t3 t4 t5 t6")
-            window.docks["Expert routing"].raise_()
+            window.docks["Routing"].raise_()
             settle(200)
             window.routing.grab().save(str(OUT / "panel_expert_routing_moe.png"))
     except ImportError:

@@ -111,9 +111,9 @@ def test_layout_is_remembered_and_reset_restores_the_default(qtbot, tmp_path):
     for name, dock in again.docks.items():
         assert again.dockWidgetArea(dock) == DEFAULT_AREAS[name] and not dock.isFloating()
         assert dock.toggleViewAction().isChecked()
-    tabbed = {d.objectName() for d in again.tabifiedDockWidgets(again.docks["Token probabilities"])}
-    assert tabbed == {"Expert routing", "Attention", "Memory"}
-    assert {d.objectName() for d in again.tabifiedDockWidgets(again.docks["Model"])} == {"Sampler"}
+    tabbed = {d.objectName() for d in again.tabifiedDockWidgets(again.docks["Probabilities"])}
+    assert tabbed == {"Logit lens", "What-if", "Attention", "Routing", "Quant drift"}
+    assert {d.objectName() for d in again.tabifiedDockWidgets(again.docks["Model"])} == {"Sampler", "RoPE", "Memory"}
     again.close()
 
 
