@@ -31,16 +31,24 @@ def prob_colour(p: float) -> str:
 SPEC_STYLE = {"accepted": "text-decoration:underline", "resampled": "color:#b00020",
               "bonus": "text-decoration:overline"}
 SPEC_LEGEND = ("Speculative decoding: <u>underlined</u> = a draft the model accepted · "
-               "<span style='color:#b00020'>red</span> = drawn by the model after rejecting a draft · "
+               "<span style='color:#b00020;background:#f2e6e6'>red</span> = drawn by the model after rejecting "
+               "a draft · "
                "<span style='text-decoration:overline'>overlined</span> = the bonus token of a step")
 
 
-def spec_marks(record) -> tuple[str, str]:
-    """(role, text of the drafts rejected just before this token) of a StepRecord, for append_tokens."""
+def spec_marks(record) -> tuple:
+    """(role, text of the drafts rejected just before this token) of a StepRecord, for append_tokens; on the
+    last token of a speculative step also the reply's running acceptance rate and tokens per target forward
+    (each forward keeps the accepted drafts plus one token of its own)."""
     spec = getattr(record, "spec", None)
-    if spec is None or record.spec_role != "resampled":
+    if spec is None:
         return record.spec_role, ""
-    return record.spec_role, "".join(d.text for d in spec.drafted if not d.accepted)
+    rejected = "".join(d.text for d in spec.drafted if not d.accepted) if record.spec_role == "resampled" else ""
+    return record.spec_role, rejected, spec.acceptance_rate, spec.mean_accepted + 1
+
+
+def spec_figures_text(rate: float, tokens_per_forward: float) -> str:
+    return f"<b>{rate:.0%}</b> of drafts accepted · <b>{tokens_per_forward:.2f}</b> tokens per model forward pass"
 
 
 def call_text(call: dict) -> str:
@@ -87,6 +95,12 @@ class ChatPanel(QWidget):
                                          toolTip="Show the drafted tokens the model rejected, struck through, "
                                                  "before the token it drew instead")
         self.spec_legend = QLabel(SPEC_LEGEND, wordWrap=True, visible=False)
+        # The reply's running figures, over the legend while a speculative reply streams.
+        self.spec_rate = QLabel("", visible=False, wordWrap=True,
+                                toolTip="Of the drafted tokens the model has judged in this reply, the share it "
+                                        "kept; and the tokens each forward pass of the model gave (1 without "
+                                        "speculative decoding)")
+        self._spec_figures: tuple[float, float] | None = None
         self.status = QLabel("")
         self.status.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)  # a long note never widens the chat
         self.send_button.clicked.connect(self._submit)
@@ -114,6 +128,7 @@ class ChatPanel(QWidget):
         layout = QVBoxLayout(self)
         layout.addLayout(top)
         layout.addWidget(self.transcript, 1)
+        layout.addWidget(self.spec_rate)  # on its own line: beside the legend it squeezed it to four lines
         layout.addWidget(self.spec_legend)
         layout.addWidget(self.input)
         layout.addLayout(buttons)
@@ -151,12 +166,19 @@ class ChatPanel(QWidget):
 
     def begin_assistant(self) -> None:
         self._live = []
+        self._spec_figures = None  # a reply's figures are its own: shown again with its first step
+        self.spec_rate.hide()
         self._render()
 
     def append_tokens(self, tokens: list[tuple]) -> None:
         """Several streamed tokens at once, appended at the end of the transcript in place of the cursor
         mark: the cost of a tick is the new tokens', not the conversation's. Each is (index, text, prob),
         optionally followed by spec_marks(record)."""
+        figures = next((t[5:7] for t in reversed(tokens) if len(t) > 5), None)  # the tick's newest step
+        if figures is not None and figures != self._spec_figures:
+            self._spec_figures = figures
+            self.spec_rate.setText(spec_figures_text(*figures))
+            self.spec_rate.show()
         if not self._live_shown:
             self._live.extend(tokens)
             return self._render()
@@ -179,6 +201,8 @@ class ChatPanel(QWidget):
     def clear(self) -> None:
         self._turns, self._live = [], []
         self.spec_legend.hide()  # shown again by the next reply with speculative marks
+        self.spec_rate.hide()
+        self._spec_figures = None
         self.show_rejected.hide()
         self._render()
 
@@ -189,6 +213,10 @@ class ChatPanel(QWidget):
 
     def transcript_text(self) -> str:
         return self.transcript.toPlainText()
+
+    def spec_figures(self) -> tuple[float, float] | None:
+        """(acceptance rate, tokens per target forward) shown for the reply, None when it has none."""
+        return self._spec_figures
 
     # -- internals ----------------------------------------------------------------------------
     def _submit(self) -> None:
@@ -208,7 +236,7 @@ class ChatPanel(QWidget):
         has newlines. Each is (index, text, prob, *marks)."""
         segments = []
         for index, text, prob, *marks in tokens:
-            role, rejected = (marks + ["", ""])[:2]
+            role, rejected = (marks + ["", ""])[:2]  # then the step's figures, read by append_tokens
             if role and self.spec_legend.isHidden():  # the first speculative mark: say what marks mean
                 self.spec_legend.show()
                 self.show_rejected.show()
