@@ -74,9 +74,8 @@ class BlockMap(QWidget):
         self.labels: dict[str, str] = {}  # sequence key -> label
         self.holders: dict[int, list[tuple[str, int]]] = {}  # block -> (sequence key, its index in the table)
         self.hits: set[int] = set()
-        self.setMinimumHeight(80)
+        self.setMinimumHeight(44)
         self.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Expanding)
-        self.setMouseTracking(True)
 
     def set_blocks(self, snap: MemorySnapshot, shown: list[int], colours: dict, labels: dict) -> None:
         old = self.snap
@@ -134,8 +133,9 @@ class BlockMap(QWidget):
         holders, size = self.holders.get(block, []), snap.kv_block_size
         if not holders:
             if block in snap.cached_blocks:
-                return (f"Block {block}: cached prefix\nNo sequence holds it: kept so that a prompt starting "
-                        f"with the same {size} tokens skips computing them (the oldest go when no block is free)")
+                return (f"Block {block}: cached prefix\nNo sequence holds it: kept so that a later prompt that "
+                        f"starts the same way up to here skips computing its {size} tokens (the least recently "
+                        f"used go first when no block is free)")
             return f"Block {block}: free"
         refs = snap.block_refs[block] if snap.block_refs else len(holders)
         lines = [f"Block {block}: " + " and ".join(self.labels.get(k, k) for k, _ in holders)]
@@ -349,11 +349,12 @@ class MemoryPanel(QWidget):
                               else f"Show all {len(self._states)} blocks")
         _, _, free_pen = free_colours(self.palette())  # the map's own is updated after this panel's
         swatch = lambda c, t: f"<span style='color:{c.name()}'>■</span>&nbsp;{t}"  # noqa: E731
-        items = [f"<span style='color:{free_pen.name()}'>□</span>&nbsp;free", swatch(QColor(CACHED_COLOUR), "cached prefix")]
+        items = [f"<span style='color:{free_pen.name()}'>□</span>&nbsp;free",
+                 swatch(QColor(CACHED_COLOUR), "cached prefix")]
         items += [swatch(colour_of[k], labels[k]) for k in keys[:6]]
         if self.block_map.hits:
             items.append("●&nbsp;prefix-cache hit")
-        notes = ["hover a block for what it holds", "a paler part: slots not yet written"]
+        notes = ["hover a block for what it holds", "a faded part: slots not yet written"]
         if snap.kv_blocks_shared:
             notes.append("a block in two colours is shared")
         grey = self.palette().color(QPalette.PlaceholderText).name()

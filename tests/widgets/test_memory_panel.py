@@ -67,7 +67,8 @@ def pool(total: int = 728, used: int = 40, size: int = 16) -> MemorySnapshot:
                           kv_blocks_free=total - used - 5, kv_block_size=size, kv_bytes_per_block=46_080,
                           kv_tokens=used * size - 5 + 32 * size - 9, block_tables={"4.0": conversation, "4.1": sample},
                           block_refs=tuple(refs), cached_blocks=(720, 721, 722),
-                          sequence_tokens={"4.0": used * size - 5, "4.1": 32 * size - 9}, prefix_hits={"4.0": 8, "4.1": 8},
+                          sequence_tokens={"4.0": used * size - 5, "4.1": 32 * size - 9},
+                          prefix_hits={"4.0": 8, "4.1": 8},
                           prefix_blocks=conversation[:-1] + (701,),
                           weight_bytes={"float32": 100_000, "int4": 66_400_000, "int8": 30_100_000})
 
@@ -108,8 +109,8 @@ def test_block_tooltip_names_sequence_tokens_references_and_prefix_cache(qtbot):
         "sample 1: tokens 16–31 (16 of 16 slots)", "reference count 2 (shared: written once, read by each)",
         "prefix-cache hit: served from an earlier request's blocks, not computed again"]
     last = snap.block_tables["4.0"][-1]  # the conversation's last block: 11 of its 16 slots written
-    assert tip(last).splitlines() == ["Block 78: this conversation", "this conversation: tokens 624–634 (11 of 16 slots)",
-                                      "reference count 1"]
+    assert tip(last).splitlines() == ["Block 78: this conversation",
+                                      "this conversation: tokens 624–634 (11 of 16 slots)", "reference count 1"]
     assert panel.block_map.filled(last) == 11
     assert "in the prefix cache" in tip(701) and "sample 1: tokens 480–495" in tip(701)
     assert tip(720).startswith("Block 720: cached prefix") and tip(500) == "Block 500: free"
@@ -118,7 +119,8 @@ def test_block_tooltip_names_sequence_tokens_references_and_prefix_cache(qtbot):
 
 def test_sequences_are_named_by_what_they_are():
     keys = ["3.0", "5.0", "5.1", "5.2", "draft"]
-    assert [sequence_label(k, keys) for k in keys] == ["request 3", "this conversation", "sample 1", "sample 2", "draft"]
+    assert [sequence_label(k, keys) for k in keys] == ["request 3", "this conversation", "sample 1", "sample 2",
+                                                       "draft"]
     assert sequence_label("2.0", ["2.0", "2.1", "3.0"]) == "request 2 · sample 0"
 
 
