@@ -1,8 +1,10 @@
 """Expert routing of an MoE model: tokens × experts for one layer, layers × experts for the
 selected token, and each expert's load over the conversation: fᵢ (share of routing slots) beside
 Pᵢ (mean router probability), with the balance figure N·Σ fᵢ·Pᵢ (1.0 = balanced; a routing
-collapse shows as one tall pair of bars and a figure near N). Draws StepRecords' routing. Layers
-that keep a dense MLP (a MoEfied model's first layer, Qwen2-MoE's mlp_only_layers) say so."""
+collapse shows as one tall pair of bars and a figure near N). Draws StepRecords' routing and follows
+the token selected in the chat (`select_step`): its row is outlined and scrolled to, and the gate plot
+names it. Layers that keep a dense MLP (a MoEfied model's first layer, Qwen2-MoE's mlp_only_layers)
+say so."""
 from __future__ import annotations
 
 import numpy as np
@@ -11,6 +13,15 @@ from PySide6.QtCore import QRectF
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QSpinBox, QStackedLayout, QVBoxLayout, QWidget
 
 from engine.records import StepRecord
+
+ROW_WINDOW = 16  # token rows shown at once, each labelled (the rest scroll with the wheel or a drag)
+
+
+def display_text(text: str, room: int = 7) -> str:
+    """Whitespace made visible and elided to `room` characters (as the probabilities panel does: widgets
+    import no other widget)."""
+    shown = text.replace(" ", "␣").replace("\n", "⏎").replace("\t", "⇥") or "∅"
+    return shown if len(shown) <= room else shown[:room - 1] + "…"
 
 
 def load_balance(probs: np.ndarray, chosen: np.ndarray, n_experts: int) -> tuple[np.ndarray, np.ndarray, float]:
@@ -22,6 +33,11 @@ def load_balance(probs: np.ndarray, chosen: np.ndarray, n_experts: int) -> tuple
     return f, p, float(n_experts * np.sum(f * p))
 
 
+def set_title(plot: pg.PlotWidget, text: str) -> None:
+    """A small title (a long one would widen its plot past a narrow dock, pushing the colour bar out)."""
+    plot.setTitle(text, size="8pt")
+
+
 class RoutingPanel(QWidget):
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -29,7 +45,8 @@ class RoutingPanel(QWidget):
         self._probs: list[dict[int, np.ndarray]] = []  # per step: layer -> router probs [E]
         self._chosen: list[dict[int, np.ndarray]] = []  # per step: layer -> chosen experts [k]
         self._gates: list[dict[int, tuple]] = []
-        self._selected = -1
+        self._texts: list[str] = []  # per step: the token's text (the rows' labels, the gate plot's title)
+        self._selected = self._selected_row = -1
         self._gates_drawn = np.zeros((0, 0))
         self._setup_ui()
         self._layout()
@@ -43,20 +60,31 @@ class RoutingPanel(QWidget):
         self.layer = QSpinBox(prefix="layer ")
         self.layer.valueChanged.connect(self._redraw)
         self.balance = QLabel("")
-        self.tokens_plot = pg.PlotWidget(title="router probability per token")
+        self.balance.setWordWrap(True)
+        self.tokens_plot = pg.PlotWidget()
+        set_title(self.tokens_plot, "router probability per token (outlined: selected)")
         self.tokens_plot.setLabel("bottom", "expert")
-        self.tokens_plot.setLabel("left", "generated token")
+        self.tokens_plot.invertY(True)  # the first token on top, as in the chat
         self.tokens_image = pg.ImageItem()
         self.tokens_plot.addItem(self.tokens_image)
-        self.layers_plot = pg.PlotWidget(title="selected token: gate weights")
+        self.marker = pg.PlotCurveItem(pen=pg.mkPen("#e74c3c", width=2))  # the selected token's row
+        self.tokens_plot.addItem(self.marker)
+        self.layers_plot = pg.PlotWidget()
         self.layers_plot.setLabel("bottom", "expert")
         self.layers_plot.setLabel("left", "layer")
+        self.layers_plot.invertY(True)
         self.layers_image = pg.ImageItem()
         self.layers_plot.addItem(self.layers_image)
-        self.load_plot = pg.PlotWidget(title="load: f share of slots (blue) · P mean probability (orange)")
+        self.load_plot = pg.PlotWidget()
+        set_title(self.load_plot, "load: f (blue) · P (orange)")
         self.load_plot.setLabel("bottom", "expert")
-        for image in (self.tokens_image, self.layers_image):
-            image.setColorMap(pg.colormap.get("viridis"))
+        self.colour_bars = []  # one per heatmap: its scale runs to the largest value shown
+        for plot, image in ((self.tokens_plot, self.tokens_image), (self.layers_plot, self.layers_image)):
+            plot.setMenuEnabled(False)
+            bar = pg.ColorBarItem(values=(0, 1), colorMap=pg.colormap.get("viridis"), interactive=False, width=10)
+            bar.setImageItem(image, insert_in=plot.getPlotItem())
+            self.colour_bars.append(bar)
+
 
     def _layout(self) -> None:
         controls = QHBoxLayout()
@@ -65,11 +93,11 @@ class RoutingPanel(QWidget):
         plots = QWidget()
         grid = QVBoxLayout(plots)
         grid.addLayout(controls)
+        grid.addWidget(self.tokens_plot, 3)  # full width: the rows need their token labels
         row = QHBoxLayout()
-        row.addWidget(self.tokens_plot)
         row.addWidget(self.layers_plot)
+        row.addWidget(self.load_plot)
         grid.addLayout(row, 2)
-        grid.addWidget(self.load_plot, 1)
         self.stack = QStackedLayout(self)
         self.stack.addWidget(plots)
         self.stack.addWidget(self.dense_label)
@@ -82,7 +110,7 @@ class RoutingPanel(QWidget):
         self.clear()
 
     def clear(self) -> None:
-        self._probs, self._chosen, self._gates, self._selected = [], [], [], -1
+        self._probs, self._chosen, self._gates, self._texts, self._selected = [], [], [], [], -1
         self._redraw()
 
     def add_step(self, record: StepRecord) -> None:
@@ -94,12 +122,14 @@ class RoutingPanel(QWidget):
         self._probs.append({r.layer: np.array(r.router_probs) for r in record.routing})
         self._chosen.append({r.layer: np.array(r.expert_ids) for r in record.routing})
         self._gates.append({r.layer: (r.expert_ids, r.gate_weights) for r in record.routing})
+        self._texts.append(record.text)
         self._selected = len(self._probs) - 1
         self._redraw()
 
     def select_step(self, index: int) -> None:
-        """Show the gate weights of the index-th routed step since the last clear (the token selected in
-        the chat); other indexes (a step of an earlier request) leave the panel as it is."""
+        """Follow the token selected in the chat, the index-th routed step since the last clear: its row
+        outlined and scrolled to, its gate weights in the gate plot; other indexes (a step of an earlier
+        request) leave the panel as it is."""
         if 0 <= index < len(self._probs):
             self._selected = index
             self._redraw()
@@ -140,20 +170,25 @@ class RoutingPanel(QWidget):
         self.tokens_image.setImage(matrix.T if len(matrix) else np.zeros((self.n_experts, 1)), levels=(0, max(top, 1e-6)))
         # centre cell i on coordinate i, so integer ticks name experts and tokens
         self.tokens_image.setRect(QRectF(-0.5, -0.5, self.n_experts, max(len(matrix), 1)))
+        self._follow_selected_row(layer, len(matrix))
         gates = np.zeros((self.n_experts, max(self.n_layers, 1)))
         if self._selected >= 0:
             for l, (ids, weights) in self._gates[self._selected].items():
                 gates[list(ids), l] = weights
         self._gates_drawn = gates
-        self.layers_plot.setTitle(f"token {self._selected}: gate weights" if self._selected >= 0
-                                  else "selected token: gate weights")
+        set_title(self.layers_plot, f"gate weights for «{display_text(self._texts[self._selected], 12)}»"
+                  f"<br>(step {self._selected})" if self._selected >= 0 else "gate weights<br>of the selected token")
         self.layers_image.setImage(gates, levels=(0, max(float(gates.max()), 1e-6)))
         self.layers_image.setRect(QRectF(-0.5, -0.5, self.n_experts, max(self.n_layers, 1)))
+        for bar, image in zip(self.colour_bars, (self.tokens_image, self.layers_image)):
+            bar.setLevels(tuple(image.levels))
         expert_ticks = [[(i, str(i)) for i in range(self.n_experts)]]
         for plot in (self.tokens_plot, self.layers_plot, self.load_plot):
             plot.getAxis("bottom").setTicks(expert_ticks)
         step = max(1, self.n_layers // 12)
         self.layers_plot.getAxis("left").setTicks([[(i, str(i)) for i in range(0, self.n_layers, step)]])
+        self.layers_plot.setRange(xRange=(-0.5, self.n_experts - 0.5), yRange=(-0.5, max(self.n_layers, 1) - 0.5),
+                                  padding=0)
         chosen = np.array([c[layer] for c in self._chosen if layer in c])
         f, p, balance = load_balance(matrix, chosen, self.n_experts)
         self.load_plot.clear()
@@ -168,3 +203,25 @@ class RoutingPanel(QWidget):
         else:
             self.balance.setText(f"layer {layer}: {len(matrix)} tokens · load balance N·Σf·P = {balance:.2f} "
                                  f"(1.00 = even; {self.n_experts} = all on one expert)")
+
+    def _follow_selected_row(self, layer: int, rows: int) -> None:
+        """Label the token rows with their text, outline the selected token's and scroll to it."""
+        steps = [i for i, p in enumerate(self._probs) if layer in p]  # row r is step steps[r]
+        self.tokens_plot.getAxis("left").setTicks([[(r, display_text(self._texts[i])) for r, i in enumerate(steps)]])
+        row = steps.index(self._selected) if self._selected in steps else -1
+        box = self.tokens_plot.getPlotItem().getViewBox()
+        box.setLimits(xMin=-0.5, xMax=self.n_experts - 0.5, yMin=-0.5, yMax=max(rows, 1) - 0.5)
+        last = max(row, 0) if row >= 0 else rows - 1
+        first = max(0, last - ROW_WINDOW + 1)
+        box.setRange(xRange=(-0.5, self.n_experts - 0.5), yRange=(first - 0.5, max(first + ROW_WINDOW, 1) - 0.5),
+                     padding=0)
+        self._selected_row = row
+        if row < 0:
+            self.marker.setData([], [])
+        else:
+            x0, x1, y0, y1 = -0.5, self.n_experts - 0.5, row - 0.5, row + 0.5
+            self.marker.setData([x0, x1, x1, x0, x0], [y0, y0, y1, y1, y0])
+
+    def selected_row(self) -> int:
+        """The outlined row of the tokens heatmap (-1: none)."""
+        return self._selected_row

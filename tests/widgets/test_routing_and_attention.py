@@ -1,5 +1,6 @@
 """Routing and attention panels, fed real StepRecords and AttentionViews."""
 import numpy as np
+import pyqtgraph as pg
 import pytest
 
 from engine.records import AttentionView, RoutingRecord, StepRecord
@@ -40,11 +41,59 @@ def test_selecting_a_step_shows_its_gate_weights(qtbot):
     assert panel.selected_step() == 3 and panel.gate_matrix()[3].tolist() == pytest.approx([0.9, 0.9])
     panel.select_step(1)
     gates = panel.gate_matrix()  # experts x layers
-    assert panel.selected_step() == 1 and "token 1" in panel.layers_plot.plotItem.titleLabel.text
+    assert panel.selected_step() == 1 and "gate weights for «t1»" in panel.layers_plot.plotItem.titleLabel.text
+    assert "(step 1)" in panel.layers_plot.plotItem.titleLabel.text
     assert gates[1].tolist() == pytest.approx([0.9, 0.9]) and gates[2].tolist() == pytest.approx([0.1, 0.1])
     assert gates[0].sum() == 0 and gates[3].sum() == 0
     panel.select_step(-1)  # a step this panel does not hold (an earlier request's): nothing changes
     assert panel.selected_step() == 1
+
+
+def test_routing_follows_the_selected_step(qtbot):
+    """The gate plot shows exactly the selected step's RoutingRecords; its row is outlined and in view."""
+    rng = np.random.default_rng(1)
+    panel = RoutingPanel()
+    qtbot.addWidget(panel)
+    panel.resize(420, 560)
+    panel.set_model_info(6, 8, 2)
+    steps = []
+    for i in range(40):
+        routing = []
+        for layer in range(6):
+            probs = rng.dirichlet(np.ones(8))
+            top = np.argsort(-probs)[:2]
+            gates = probs[top] / probs[top].sum()
+            routing.append(RoutingRecord(layer, tuple(map(int, top)), tuple(map(float, gates)), tuple(map(float, probs))))
+        steps.append(StepRecord(0, i, token_id=i, text=f" w{i}", prob=0.5, routing=tuple(routing)))
+        panel.add_step(steps[-1])
+    panel.select_step(7)
+    gates = panel.gate_matrix()  # experts x layers
+    for r in steps[7].routing:
+        expected = np.zeros(8)
+        expected[list(r.expert_ids)] = r.gate_weights
+        assert gates[:, r.layer] == pytest.approx(expected)
+    assert "gate weights for «␣w7»" in panel.layers_plot.plotItem.titleLabel.text
+    assert panel.selected_row() == 7
+    xs, ys = panel.marker.getData()
+    assert (min(ys), max(ys)) == pytest.approx((6.5, 7.5))
+    assert panel.tokens_plot.getAxis("left")._tickLevels[0][7] == (7, "␣w7")  # rows named by their token
+    panel.select_step(39)  # far down: the view scrolls to it
+    low, high = panel.tokens_plot.getPlotItem().getViewBox().viewRange()[1]
+    assert low <= 39 <= high and panel.selected_row() == 39
+
+
+def test_both_heatmaps_have_colour_bars(qtbot):
+    panel = RoutingPanel()
+    qtbot.addWidget(panel)
+    panel.set_model_info(2, 4, 2)
+    for i in range(4):
+        panel.add_step(routed(i, i))
+    for bar, image, plot in zip(panel.colour_bars, (panel.tokens_image, panel.layers_image),
+                                (panel.tokens_plot, panel.layers_plot)):
+        assert isinstance(bar, pg.ColorBarItem) and [ref() for ref in bar.img_list] == [image]
+        assert plot.getPlotItem().layout.itemAt(2, 5) is bar
+        assert bar.levels() == pytest.approx(tuple(image.levels))
+    assert panel.colour_bars[0].levels()[1] == pytest.approx(0.9)  # the scale runs to the largest shown
 
 
 def test_load_plot_has_token_fractions_and_mean_probabilities(qtbot):
