@@ -89,6 +89,8 @@ class StageRow(QWidget):
         # its x positions, so a token's fate reads straight down.
         if name != "raw":
             self.plot.hideAxis("bottom")
+        else:  # the first token's label may reach under the probability axis rather than vanish
+            self.plot.getAxis("bottom").setStyle(hideOverlappingLabels=False)
         self.plot.setMinimumHeight(PLOT_PX + (AXIS_PX if name == "raw" else 0))
         empty = {"x": np.zeros(0), "height": np.zeros(0), "width": 0.7}
         self.kept = pg.BarGraphItem(**empty, brush=RAW if name == "raw" else KEPT)  # brush: the legend's colour
