@@ -97,8 +97,8 @@ class TokenAxis(pg.AxisItem):
 
 
 class HeadStrip(QWidget):
-    """Small multiples: one thumbnail per head of what the main map shows, laid out by KV group (heads
-    that share keys and values sit together). Click a head to show it, a group's name for its mean."""
+    """Small multiples: one thumbnail per head (the selected query's recent rows and keys), laid out by
+    KV group (heads that share keys and values sit together). Click a head to show it, a group's name for its mean."""
 
     picked = Signal(object)  # ("head", h) or ("group", g)
 
