@@ -69,6 +69,8 @@ class AttentionInspector(QObject):
         self.ids: list[int] = []  # the request on screen: its prompt, then each generated token
         self.texts: list[str] = []  # and their texts (the panel's key axis)
         self.prompt_len = 0
+        self.request_id = -1
+        self.query: int | None = None
         self.asked: tuple | None = None  # (ids, layer, queries) of the view asked for or shown
         self.generation = -1  # the worker's generation of that request: only its answer is drawn
         panel.wanted.connect(self.refresh)
@@ -77,8 +79,10 @@ class AttentionInspector(QObject):
     def start(self, prompt: PromptRecord) -> None:
         """A new request: the panel shows its steps only."""
         self.ids, self.texts = list(prompt.token_ids), list(prompt.token_texts)
-        self.prompt_len, self.asked = len(self.ids), None
+        self.prompt_len, self.asked, self.request_id = len(self.ids), None, prompt.request_id
+        self.query = None  # the selected token's query position the panel was told (None: the newest)
         self.panel.clear()
+        self.panel.select_query(None)
         self.panel.set_token_labels(self.texts)
 
     def reset(self) -> None:
@@ -92,13 +96,33 @@ class AttentionInspector(QObject):
                 self.texts.append(r.text)
         self.panel.set_token_labels(self.texts)
 
+    def select(self, record: StepRecord, following: bool) -> None:
+        """The token selected in the chat: its query row is outlined (and asked for, if the view on screen
+        does not hold it). While a reply streams the panel follows its newest row instead; a token of an
+        earlier request has no row here."""
+        if following:
+            query = None  # told once, not on every tick: the panel redraws when told
+        elif record.seq_index == 0 and record.request_id == self.request_id:
+            query = self.prompt_len - 1 + record.index
+        else:
+            return
+        if query != self.query:
+            self.query = query
+            self.panel.select_query(query)
+
     def refresh(self, *_) -> None:
         """Ask for the view the panel wants, if it is on screen and does not show it already. Step i's
-        row is the query that produced it: position prompt_len - 1 + i, over every position up to it."""
+        row is the query that produced it: position prompt_len - 1 + i, over every position up to it.
+        The rows asked for are the reply's latest MAX_QUERIES, or ones around the selected token's."""
         if not self.panel.isVisible() or len(self.ids) <= self.prompt_len:
             return
         end = len(self.ids) - 1  # the newest token has not been a query yet
         queries = (max(self.prompt_len - 1, end - MAX_QUERIES), end)
+        wanted_row = self.panel.wanted_query()
+        if wanted_row is not None and self.prompt_len - 1 <= wanted_row < end and not (
+                queries[0] <= wanted_row < queries[1]):
+            start = max(self.prompt_len - 1, min(wanted_row - MAX_QUERIES // 2, end - MAX_QUERIES))
+            queries = (start, min(end, start + MAX_QUERIES))
         wanted = (tuple(self.ids[:end]), self.panel.current_layer(), queries)
         if wanted == self.asked:
             return

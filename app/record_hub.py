@@ -137,6 +137,7 @@ class RecordHub(QObject):
         # Searched from the end: while a reply streams the newest step is selected on every tick.
         index = next((i for i in range(len(self.routed) - 1, -1, -1) if self.routed[i] == key), -1)
         self.routing.select_step(index)  # -1 (an earlier request's step) leaves the panel as it is
+        self.inspector.select(record, following)
         if self.inspections is not None:
             self.inspections.select(record, following)
         if following and time.perf_counter() - self._asked_at < DISTRIBUTION_EVERY_S:

@@ -89,7 +89,9 @@ class Runner:
         if self._weight_bytes is None:  # a walk of every module: ~1 ms, too much for every step
             self._weight_bytes = self.model.weight_bytes()
         self._last_memory = memory_snapshot(self.blocks, self.pool, self.config.max_seq_len, self._weight_bytes,
-                                            {names[id(s)]: s.table for s in live}, self._last_memory)
+                                            {names[id(s)]: s.table for s in live}, self._last_memory,
+                                            {names[id(s)]: r.cached_tokens for r in self._running.values()
+                                             for s in r.sequences})
         return self._last_memory
 
     # -- the strategies' verbs --------------------------------------------------------------------

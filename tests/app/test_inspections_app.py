@@ -150,3 +150,22 @@ def test_rope_follows_the_model_panels_choice(qtbot, settings, hf_checkpoint, ca
         assert np.allclose(window.rope.view.inv_freq, reference.model.rope.inv_freq.tolist())
     finally:
         close_window(window)
+
+
+def test_attention_follows_the_selected_token_even_outside_the_rows_on_screen(qtbot, settings, hf_checkpoint,
+                                                                              monkeypatch):  # noqa: F811
+    monkeypatch.setattr("app.inspector.MAX_QUERIES", 4)  # the first view holds the reply's last 4 rows only
+    directory, _ = hf_checkpoint("llama", seed=7)
+    window = open_window(qtbot, settings, directory)
+    try:
+        show(qtbot, window, "Attention")
+        chat(qtbot, window, "t1 t2 t3 t4", max_new_tokens=10)
+        panel, inspector = window.attention, window.hub.inspector
+        qtbot.waitUntil(lambda: panel.matrix().size > 0, timeout=TIMEOUT)
+        select(window, 1)  # step 1's query row: not among the last 4
+        query = inspector.prompt_len - 1 + 1
+        qtbot.waitUntil(lambda: panel._view is not None and panel._covers(query) and panel.selected_row() >= 0,
+                        timeout=TIMEOUT)
+        assert panel._view.query_start + panel.selected_row() == query
+    finally:
+        close_window(window)

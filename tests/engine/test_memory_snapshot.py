@@ -49,3 +49,21 @@ def test_without_cached_tokens_no_block_is_called_a_hit():
     blocks.append(table, [1, 2, 3])
     snap = snapshot(blocks, {"0.0": table})
     assert snap.prefix_hits == {} and snap.prefix_blocks == () and snap.sequence_tokens == {"0.0": 3}
+
+
+def test_the_runners_snapshots_name_the_prefix_cache_hits_of_a_second_turn(hf_checkpoint):
+    from engine.engine import Engine
+    from engine.records import InstrumentOptions, LoadOptions, SamplingParams
+
+    directory, _ = hf_checkpoint("llama")
+    engine = Engine.load(directory, LoadOptions(device="cpu", kv_block_size=4))
+    prompt = list(range(1, 40))
+    options = dict(instrument=InstrumentOptions(memory=True))
+    params = SamplingParams(temperature=0, max_new_tokens=3)
+    first = list(engine.stream(engine.make_request(prompt, params, **options)))
+    again = list(engine.stream(engine.make_request(prompt + [50], params, **options)))
+    memory = [r.memory for r in again if getattr(r, "memory", None) is not None][-1]
+    assert not [r.memory for r in first if getattr(r, "memory", None) is not None][-1].prefix_hits.get("0.0")
+    name, hits = next(iter(memory.prefix_hits.items()))
+    assert hits == 36 // 4  # the first turn's full prompt blocks, served from the cache
+    assert memory.sequence_tokens[name] >= len(prompt) + 1
