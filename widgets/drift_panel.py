@@ -82,6 +82,16 @@ class TopList(QWidget):
                                        for t, p, came in self.rows))
 
 
+class FillPage(QWidget):
+    """The shown drift's page. Its wrapped labels would make it height-for-width, and Qt then takes the
+    page's *preferred* height for its width (the plots' 250-500 px hints added up, ~1200 px) as the least
+    it can have, so the dock scrolled at 1366×768 with the top-N lists off screen. The plots stretch, so
+    the page's plain minimum is the honest one."""
+
+    def hasHeightForWidth(self) -> bool:  # noqa: N802 (Qt's name)
+        return False
+
+
 class QuantDriftPanel(QWidget):
     compute_requested = Signal()
     release_requested = Signal()
@@ -168,7 +178,7 @@ class QuantDriftPanel(QWidget):
         tops = QHBoxLayout()
         tops.addWidget(self.float_top)
         tops.addWidget(self.quant_top)
-        view_page = QWidget()
+        view_page = FillPage()
         column = QVBoxLayout(view_page)
         column.setContentsMargins(0, 0, 0, 0)
         column.setSpacing(2)
