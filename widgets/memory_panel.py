@@ -292,7 +292,9 @@ class MemoryPanel(QWidget):
             f"{snap.kv_blocks_shared} shared, {snap.kv_blocks_cached_free} cached, {snap.kv_blocks_free} free · "
             f"{mb(snap.kv_used_bytes)} for {snap.kv_tokens} tokens, {snap.kv_waste_pct:.1f}% of it empty slots<br>"
             f"contiguous max-length caches would reserve {mb(snap.kv_contiguous_bytes)}<br>"
-            f"<b>Process RSS</b>: {mb(snap.process_rss)}"
+            + (f"<b>Draft model's own KV cache</b>: {snap.draft_blocks_used} of {snap.draft_blocks_total} blocks, "
+               f"{mb(snap.draft_blocks_used * snap.draft_bytes_per_block)}<br>" if snap.draft_blocks_total else "")
+            + f"<b>Process RSS</b>: {mb(snap.process_rss)}"
             + (f" · <b>CUDA</b>: {mb(snap.cuda_allocated)} allocated, {mb(snap.cuda_reserved)} reserved"
                if snap.cuda_reserved else ""))
         self.weights_label.setText(f"<b>Weights</b>: {weights_text(snap.weight_bytes) or '—'}")

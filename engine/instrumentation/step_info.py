@@ -103,11 +103,12 @@ def _rss() -> int:
 
 
 def memory_snapshot(blocks, pool, max_seq_len: int, weight_bytes: dict[str, int], tables: dict,
-                    previous: MemorySnapshot | None = None, cached_tokens: dict[str, int] | None = None
-                    ) -> MemorySnapshot:
+                    previous: MemorySnapshot | None = None, cached_tokens: dict[str, int] | None = None,
+                    draft: tuple[int, int, int] = (0, 0, 0)) -> MemorySnapshot:
     """The KV pool and weights now. `weight_bytes`: the model's (Decoder.weight_bytes); `tables`: each live
     sequence's name ("request.sample") -> BlockTable; `cached_tokens`: name -> prompt tokens the prefix
-    cache served it (RequestState.cached_tokens), where known. Parts equal to `previous`'s (the last
+    cache served it (RequestState.cached_tokens), where known; `draft`: a draft model's own KV pool (blocks
+    used, blocks, bytes per block). Parts equal to `previous`'s (the last
     snapshot) are `previous`'s own objects: the block map changes once a block of tokens, and a long reply
     keeps a snapshot per step (728 reference counts are ~6 KB)."""
     refs = tuple(blocks.ref_count)
@@ -157,6 +158,7 @@ def memory_snapshot(blocks, pool, max_seq_len: int, weight_bytes: dict[str, int]
         kv_contiguous_bytes=len(tables) * max_seq_len * per_token,
         block_tables=block_tables, block_refs=refs, cached_blocks=cached, sequence_tokens=sequence_tokens,
         prefix_hits=hits, prefix_blocks=prefix_blocks,
+        draft_blocks_used=draft[0], draft_blocks_total=draft[1], draft_bytes_per_block=draft[2],
         weight_bytes=previous.weight_bytes if previous is not None and previous.weight_bytes == weight_bytes
         else dict(weight_bytes),
         process_rss=_rss(), cuda_allocated=cuda_alloc, cuda_reserved=cuda_reserved)

@@ -88,6 +88,10 @@ class MemorySnapshot:
     sequence_tokens: dict = field(default_factory=dict)  # "request.sample" -> tokens whose K/V its blocks hold
     prefix_hits: dict = field(default_factory=dict)  # "request.sample" -> its leading blocks the prefix cache served
     prefix_blocks: tuple[int, ...] = ()  # held blocks the prefix cache indexes (a later prompt starting so reuses them)
+    # Speculative decoding with a draft model: its own KV pool (a separate cache, not blocks of this map).
+    draft_blocks_used: int = 0
+    draft_blocks_total: int = 0
+    draft_bytes_per_block: int = 0
     process_rss: int = 0
     cuda_allocated: int = 0
     cuda_reserved: int = 0

@@ -83,6 +83,20 @@ class Runner:
         change must not be reused after it). Returns the blocks freed."""
         return self.blocks.forget_prefixes()
 
+    def _draft_pools(self) -> tuple[int, int, int]:
+        """The running requests' draft models' own KV pools: (blocks used, blocks, bytes per block). A
+        drafter without a cache (prompt lookup) has none."""
+        used = total = per_block = 0
+        seen = set()
+        for state in self._running.values():
+            blocks = getattr(state.drafter, "blocks", None)
+            if blocks is not None and id(blocks) not in seen:
+                seen.add(id(blocks))
+                used, total = used + blocks.stats().used, total + blocks.num_blocks
+                pool = getattr(state.drafter, "pool", None)
+                per_block = pool.nbytes // blocks.num_blocks if pool is not None else per_block
+        return used, total, per_block
+
     def memory(self):
         live = [s for r in self._running.values() for s in r.sequences]
         names = {id(s): f"{r.id}.{s.index}" for r in self._running.values() for s in r.sequences}
@@ -91,7 +105,7 @@ class Runner:
         self._last_memory = memory_snapshot(self.blocks, self.pool, self.config.max_seq_len, self._weight_bytes,
                                             {names[id(s)]: s.table for s in live}, self._last_memory,
                                             {names[id(s)]: r.cached_tokens for r in self._running.values()
-                                             for s in r.sequences})
+                                             for s in r.sequences}, self._draft_pools())
         return self._last_memory
 
     # -- the strategies' verbs --------------------------------------------------------------------

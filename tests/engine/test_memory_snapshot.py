@@ -67,3 +67,21 @@ def test_the_runners_snapshots_name_the_prefix_cache_hits_of_a_second_turn(hf_ch
     name, hits = next(iter(memory.prefix_hits.items()))
     assert hits == 36 // 4  # the first turn's full prompt blocks, served from the cache
     assert memory.sequence_tokens[name] >= len(prompt) + 1
+
+
+def test_a_draft_models_own_cache_is_counted_apart_from_the_targets_blocks(hf_checkpoint):
+    from engine.engine import Engine
+    from engine.records import InstrumentOptions, LoadOptions, SamplingParams, SpeculativeOptions
+
+    directory, _ = hf_checkpoint("llama")
+    engine = Engine.load(directory, LoadOptions(device="cpu", kv_block_size=4))
+    request = engine.make_request(list(range(1, 20)), SamplingParams(temperature=0, max_new_tokens=6),
+                                  instrument=InstrumentOptions(memory=True),
+                                  speculative=SpeculativeOptions("self-layers:1", k=2))
+    memory = [r.memory for r in engine.stream(request) if getattr(r, "memory", None) is not None]
+    assert memory and all(m.draft_blocks_total > 0 for m in memory)
+    assert memory[-1].draft_blocks_used > 0  # the drafter caught up on the context after the first token
+    assert all(m.draft_bytes_per_block > 0 for m in memory)
+    plain = engine.make_request(list(range(1, 20)), SamplingParams(temperature=0, max_new_tokens=2),
+                                instrument=InstrumentOptions(memory=True))
+    assert all(r.memory.draft_blocks_total == 0 for r in engine.stream(plain) if getattr(r, "memory", None))

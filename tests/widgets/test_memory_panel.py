@@ -153,3 +153,15 @@ def test_weights_bar_segments_are_the_snapshots_bytes(qtbot):
     assert panel.weights_label.text() == f"<b>Weights</b>: {ModelFacts.weights.fget(facts)}"
     panel.clear()
     assert panel.weights_bar.segments == [] and panel.block_map.shown == []
+
+
+def test_a_draft_models_own_cache_is_stated_beside_the_map(qtbot):
+    panel = MemoryPanel()
+    qtbot.addWidget(panel)
+    snap = MemorySnapshot(kv_blocks_total=8, kv_blocks_used=1, kv_blocks_free=7, kv_block_size=4,
+                          kv_bytes_per_block=1000, block_tables={"1.0": (0,)}, block_refs=(1,) + (0,) * 7,
+                          draft_blocks_used=3, draft_blocks_total=10, draft_bytes_per_block=2_000_000)
+    panel.show_memory(snap)
+    assert "Draft model's own KV cache</b>: 3 of 10 blocks, 6.0 MB" in panel.figures.text()
+    panel.show_memory(MemorySnapshot(kv_blocks_total=8, kv_blocks_free=8, kv_block_size=4, block_refs=(0,) * 8))
+    assert "Draft" not in panel.figures.text()
