@@ -191,8 +191,8 @@ class AttentionPanel(QWidget):
         self.readout.setWordWrap(True)
         self.readout.setTextInteractionFlags(Qt.TextSelectableByMouse)
         self.layer.valueChanged.connect(self._layer_changed)
-        self.head.activated.connect(lambda index: self._choose(self.head_choices[index]))
-        self.strip.picked.connect(self._choose)
+        self.head.activated.connect(lambda index: self.choose(self.head_choices[index]))
+        self.strip.picked.connect(self.choose)
         self.whole.toggled.connect(lambda _: self._scroll())
         self.keys_axis, self.rows_axis = TokenAxis("bottom"), TokenAxis("left")
         self.plot = pg.PlotWidget(axisItems={"bottom": self.keys_axis, "left": self.rows_axis})
@@ -327,7 +327,9 @@ class AttentionPanel(QWidget):
             self._choice = ("auto",)
         self.head.setCurrentIndex(self.head_choices.index(self._choice))
 
-    def _choose(self, choice: tuple) -> None:
+    def choose(self, choice: tuple) -> None:
+        """Show ('auto',) the sharpest head, ('all',) the mean of all heads, ('group', g) a KV group's mean
+        or ('head', h) one head (the picker and the thumbnails call this)."""
         self._choice = tuple(choice)
         self.head.setCurrentIndex(self.head_choices.index(self._choice))
         self._redraw()

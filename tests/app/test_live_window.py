@@ -13,7 +13,6 @@ from engine.engine import Engine
 from engine.layers.attention import Attention
 from engine.records import GenerationRequest, InstrumentOptions, LoadOptions, SamplingParams, StepRecord
 from tests.app.test_main_window import TIMEOUT, chat, close_window, open_window, settings  # noqa: F401 (fixture)
-from widgets.memory_panel import mb
 
 
 @pytest.fixture
@@ -76,9 +75,9 @@ def test_an_on_demand_view_equals_the_explicit_capture(qtbot, settings, hf_check
         ids, prompt_len = list(window.hub.inspector.ids), window.hub.inspector.prompt_len
         steps = len(ids) - prompt_len
         drawn = {}
-        for choice in range(5):  # the mean, then heads 0..3
-            panel.head.setCurrentIndex(choice)
-            drawn[choice] = panel.matrix()
+        for index, choice in enumerate([("all",)] + [("head", h) for h in range(4)]):  # the mean, heads 0..3
+            panel.choose(choice)
+            drawn[index] = panel.matrix()
         assert drawn[0].shape == (steps, prompt_len - 1 + steps)  # a row per generated step
     finally:
         close_window(window)
@@ -102,17 +101,17 @@ def test_memory_panel_shows_the_loaded_model_before_a_token_and_only_it(qtbot, s
     window = open_window(qtbot, settings, small)
     try:
         panel, facts = window.memory, window.models.facts
-        weights = ", ".join(f"{kind} {mb(n)}" for kind, n in facts.weight_bytes)
-        qtbot.waitUntil(lambda: weights in panel.figures.text(), timeout=10_000)  # before any token
-        assert "0 of" in panel.figures.text() and panel.block_states().count("free") == len(panel.block_states())
+        weights = facts.weights  # in the model panel's words (one source for the figures)
+        qtbot.waitUntil(lambda: weights in panel.weights_label.text(), timeout=10_000)  # before any token
+        assert "0 of" in panel.headline.text() and panel.block_states().count("free") == len(panel.block_states())
         assert panel.curve_names() == ["process RSS"] and "CUDA" not in panel.figures.text()  # a CPU model
         chat(qtbot, window, "t1 t2 t3", max_new_tokens=4)
         with qtbot.waitSignal(window.worker.loaded, timeout=TIMEOUT):
             window.load_model(str(large), LoadOptions(device="cpu"))
-        new = ", ".join(f"{kind} {mb(n)}" for kind, n in window.worker._facts.weight_bytes)
+        new = window.worker._facts.weights
         assert new != weights
-        qtbot.waitUntil(lambda: new in panel.figures.text(), timeout=10_000)
-        assert weights not in panel.figures.text() and len(panel.rss_curve()) == 1  # the old model is gone
+        qtbot.waitUntil(lambda: new in panel.weights_label.text(), timeout=10_000)
+        assert weights not in panel.weights_label.text() and len(panel.rss_curve()) == 1  # the old model is gone
     finally:
         close_window(window)
 
