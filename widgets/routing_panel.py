@@ -38,6 +38,15 @@ def set_title(plot: pg.PlotWidget, text: str) -> None:
     plot.setTitle(text, size="8pt")
 
 
+class PlotsPage(QWidget):
+    """The plots' page. Its wrapped balance line would make it height-for-width, and Qt then takes the
+    page's *preferred* height for its width (three plots' hints, ~1000 px) as the least it can have: the
+    dock scrolled at 1366×768 with the gate plot off screen. The plots stretch; the plain minimum holds."""
+
+    def hasHeightForWidth(self) -> bool:  # noqa: N802 (Qt's name)
+        return False
+
+
 class RoutingPanel(QWidget):
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -90,7 +99,7 @@ class RoutingPanel(QWidget):
         controls = QHBoxLayout()
         controls.addWidget(self.layer)
         controls.addWidget(self.balance, 1)
-        plots = QWidget()
+        plots = PlotsPage()
         grid = QVBoxLayout(plots)
         grid.addLayout(controls)
         grid.addWidget(self.tokens_plot, 3)  # full width: the rows need their token labels

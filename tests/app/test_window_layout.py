@@ -129,3 +129,38 @@ def test_a_layout_saved_by_the_old_arrangement_is_not_restored(qtbot, tmp_path):
     qtbot.waitExposed(again)
     assert again.docks["Memory"].toggleViewAction().isChecked()  # the default arrangement instead
     again.close()
+
+
+def test_full_panels_fit_a_laptop_dock_without_scrolling(qtbot):
+    """A right dock at 1366×768 is ~437×650. Panels whose wrapped labels made them height-for-width took
+    Qt's preferred height as their least (routing: ~1000 px for a 30-layer MoE; drift: ~1200 px), so the
+    dock scrolled with the gate plot and the top-N lists off screen."""
+    import numpy as np
+
+    from app.dock_layout import scrolled
+    from engine.records import QuantDriftView, RoutingRecord, StepRecord
+    from widgets.drift_panel import QuantDriftPanel
+    from widgets.routing_panel import RoutingPanel
+
+    rng = np.random.default_rng(0)
+    routing = RoutingPanel()
+    routing.set_model_info(30, 8, 2)
+    for i in range(40):
+        records = tuple(RoutingRecord(layer, (1, 3), (0.6, 0.4), tuple(rng.dirichlet(np.ones(8)).tolist()))
+                        for layer in range(1, 30))
+        routing.add_step(StepRecord(request_id=1, index=i, token_id=i, text=f"t{i}", prob=0.5, routing=records))
+    n = 300
+    top = np.tile(np.arange(5), (n, 1))
+    drift = QuantDriftPanel()
+    drift.show_view(QuantDriftView(0, ("x",) * n, tuple(rng.random(n) * 0.01), (True,) * n, 0.005, 1.0, top,
+                                   np.full((n, 5), 0.2, np.float32), top, np.full((n, 5), 0.2, np.float32),
+                                   {i: f"t{i}" for i in range(5)}, "int4 66.4 MB + float32 0.1 MB", "float32",
+                                   538_000_000))
+    for panel in (routing, drift):
+        area = scrolled(panel)
+        qtbot.addWidget(area)
+        area.resize(437, 650)
+        area.show()
+        qtbot.waitExposed(area)
+        assert area.widget().minimumSizeHint().height() <= 650, type(panel).__name__
+        assert not area.verticalScrollBar().isVisible(), type(panel).__name__
