@@ -189,6 +189,7 @@ class MainWindow(QMainWindow):
         if not self._shown_once:  # a size asked for by a caller or saved on a larger screen: fit this one
             self._shown_once = True
             dock_layout.keep_on_screen(self)
+            dock_layout.whole_tab_titles(self)  # tab bars restored from a saved layout too
             if not self._layout_restored:  # the default docks' widths, for the size the window has now
                 dock_layout.size_docks(self, self.docks)
 

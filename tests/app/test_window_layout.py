@@ -112,8 +112,9 @@ def test_layout_is_remembered_and_reset_restores_the_default(qtbot, tmp_path):
         assert again.dockWidgetArea(dock) == DEFAULT_AREAS[name] and not dock.isFloating()
         assert dock.toggleViewAction().isChecked()
     tabbed = {d.objectName() for d in again.tabifiedDockWidgets(again.docks["Probabilities"])}
-    assert tabbed == {"Logit lens", "What-if", "Attention", "Routing", "Quant drift"}
-    assert {d.objectName() for d in again.tabifiedDockWidgets(again.docks["Model"])} == {"Sampler", "RoPE", "Memory"}
+    assert tabbed == {"Logit lens", "What-if", "Attention", "Routing"}
+    assert {d.objectName() for d in again.tabifiedDockWidgets(again.docks["Model"])} == {"Sampler", "RoPE", "Memory",
+                                                                                       "Quant drift"}
     again.close()
 
 
@@ -164,3 +165,24 @@ def test_full_panels_fit_a_laptop_dock_without_scrolling(qtbot):
         qtbot.waitExposed(area)
         assert area.widget().minimumSizeHint().height() <= 650, type(panel).__name__
         assert not area.verticalScrollBar().isVisible(), type(panel).__name__
+
+
+def test_every_tab_title_is_whole_on_a_1366_wide_laptop(qtbot, tmp_path):
+    """The tabs' own widths against each side's default dock width at 1366 (the offscreen screen is
+    smaller than a laptop's, so the window itself cannot be that wide here)."""
+    from PySide6.QtWidgets import QTabBar
+
+    from app.dock_layout import DOCK_WIDTH
+
+    window = window_for(qtbot, tmp_path)
+    window.show()
+    qtbot.waitExposed(window)
+    for area in set(DEFAULT_AREAS.values()):
+        names = {n for n, a in DEFAULT_AREAS.items() if a == area}
+        # QMainWindow keeps the tab bars of earlier arrangements around: the one holding this side's docks
+        bar = next(b for b in window.findChildren(QTabBar) if {b.tabText(i) for i in range(b.count())} == names)
+        assert bar.elideMode() == Qt.ElideNone and bar.usesScrollButtons()
+        share, least, most = DOCK_WIDTH[area]
+        width = min(max(1366 * share, least), most) - 8  # the dock's frame
+        assert sum(bar.tabSizeHint(i).width() for i in range(bar.count())) <= width, names
+    window.close()
