@@ -8,6 +8,12 @@ random MoE (built with transformers, a test dependency).
 
 `--speculative` saves the chat of a speculative reply (chat_speculative.png), at 1366×768 like `--laptop`.
 
+`--panels` takes issue 19's panel screenshots as a laptop shows them (1366×768, the window filling the
+screen): after a sampled chat with the default model and a token clicked, each dock is raised, its view
+computed, and the dock saved as the screen shows it; the routing panel on the built-in MoE (`--moe DIR`,
+or the cached one if it was built):
+    xvfb-run -a -s "-screen 0 1366x768x24" .venv/bin/python scripts/screenshots.py --panels
+
 `--laptop` instead shows the whole window as a laptop screen holds it, filling a 1366×768 screen, after a
 short chat with the default model, and saves the X server's own picture of the screen:
     xvfb-run -a -s "-screen 0 1366x768x24" .venv/bin/python scripts/screenshots.py --laptop
@@ -69,6 +75,8 @@ def main() -> int:
         return shoot_laptop(app, window)
     if "--speculative" in sys.argv:
         return shoot_speculative(app, window)
+    if "--panels" in sys.argv:
+        return shoot_panels(app, window)
     window.resize(1600, 1000)
     window.show()
     window.load_model(None, LoadOptions(device="cpu"))
@@ -132,6 +140,88 @@ def shoot_speculative(app, window) -> int:
     settle(500)
     window.chat.grab().save(str(OUT / "chat_speculative.png"))
     print(f"{OUT / 'chat_speculative.png'}")
+    window.close()
+    return 0
+
+
+def wait_until(condition, timeout_ms: int = 120_000) -> bool:
+    waited = 0
+    while not condition() and waited < timeout_ms:
+        settle(100)
+        waited += 100
+    return condition()
+
+
+def shoot_dock(app, window, name: str, file: str) -> None:
+    """The dock as the screen shows it (title bar and tabs included)."""
+    dock = window.docks[name]
+    settle(400)
+    top_left = dock.mapToGlobal(dock.rect().topLeft())
+    app.primaryScreen().grabWindow(0, top_left.x(), top_left.y(), dock.width(), dock.height()).save(
+        str(OUT / f"{file}.png"))
+    area = dock.widget()
+    scrolls = [d for d, bar in (("down", area.verticalScrollBar()), ("sideways", area.horizontalScrollBar()))
+               if bar.isVisible()]
+    print(f"{OUT / file}.png ({dock.width()}x{dock.height()}; panel least "
+          f"{area.widget().minimumSizeHint().width()}x{area.widget().minimumSizeHint().height()}"
+          f"{'; scrolls ' + ' and '.join(scrolls) if scrolls else ''})")
+
+
+def shoot_panels(app, window) -> int:
+    from engine.records import Intervention, LoadOptions, SamplingParams
+
+    window.setGeometry(app.primaryScreen().availableGeometry())
+    window.show()
+    window.load_model(None, LoadOptions(device="cpu"))
+    wait_for(window.worker.loaded)
+    window.sampler.set_params(SamplingParams(temperature=0.8, top_k=40, top_p=0.9, min_p=0.05,
+                                             repetition_penalty=1.15, seed=7, max_new_tokens=70))
+    chat(window, "Give me three tips for staying healthy, as a numbered list.")
+    steps = window.controller.steps
+    pick = next((i for i, s in enumerate(steps) if i >= 8 and 0.2 < s.prob < 0.8), 8)  # a token with rivals
+    window.chat.step_clicked.emit(pick)
+    settle(500)
+    window.docks["Probabilities"].raise_()
+    shoot_dock(app, window, "Probabilities", "panel_sampler_stages")
+    window.docks["Logit lens"].raise_()
+    wait_until(lambda: window.lens.view is not None)
+    shoot_dock(app, window, "Logit lens", "panel_logit_lens")
+    window.docks["What-if"].raise_()
+    window.what_if.set_interventions((Intervention("head", 3, 4, 0.0), Intervention("mlp", 5, 0, 0.0)))
+    wait_until(lambda: window.what_if.view is not None)
+    shoot_dock(app, window, "What-if", "panel_intervention")
+    window.what_if.set_interventions(())
+    window.docks["Attention"].raise_()
+    wait_until(lambda: window.attention.matrix().size > 0)
+    shoot_dock(app, window, "Attention", "panel_attention")
+    window.docks["Quant drift"].raise_()
+    settle(200)
+    window.drift.compute_requested.emit()
+    wait_until(lambda: window.drift.view is not None)
+    differs = [i for i, same in enumerate(window.drift.view.top1_agree) if not same]
+    window.drift.select_column(differs[-1] if differs else len(window.drift.view.kl) - 1)
+    shoot_dock(app, window, "Quant drift", "panel_quant_drift")
+    window.docks["Memory"].raise_()
+    shoot_dock(app, window, "Memory", "panel_memory")
+    window.docks["RoPE"].raise_()
+    window.model_panel.rope.setCurrentText("yarn")
+    window.model_panel.rope_factor.setValue(4.0)
+    wait_until(lambda: window.rope.view is not None and window.rope.view.scaling == "yarn")
+    shoot_dock(app, window, "RoPE", "panel_rope")
+    window.model_panel.rope.setCurrentIndex(0)
+    folder = sys.argv[sys.argv.index("--moe") + 1] if "--moe" in sys.argv else str(
+        Path.home() / ".cache" / "glassbox" / "models" / "SmolLM2-135M-MoE-8x2-v2")
+    if Path(folder).is_dir():
+        window.load_model(folder, LoadOptions(device="cpu"))
+        wait_for(window.worker.loaded)
+        window.sampler.set_params(SamplingParams(temperature=0.7, top_p=0.9, seed=4, max_new_tokens=40))
+        chat(window, "Give me three tips for staying healthy.")
+        window.docks["Routing"].raise_()
+        window.chat.step_clicked.emit(len(window.controller.steps) - 12)
+        settle(500)
+        shoot_dock(app, window, "Routing", "panel_expert_routing_moe")
+    else:
+        print(f"no built-in MoE at {folder}: the routing screenshot is not retaken")
     window.close()
     return 0
 
