@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from engine.records import PromptRecord, SamplingParams
 
 TOOL_MODES = ("none", "offered", "auto", "required")
+MODES = ("chat", "completion")  # completion: the text is continued as it is, no chat template
+OVERFLOW = ("fail", "drop_oldest")  # a prompt longer than the context: refuse it, or drop the oldest turns
 
 
 @dataclass(frozen=True)
@@ -25,10 +27,18 @@ class Turn:
     prompt_ids: tuple[int, ...] = ()
     kept_ids: tuple[int, ...] = ()  # the reply's tokens before the branch point, then the chosen token
     cancel: threading.Event = field(default_factory=threading.Event, compare=False)
+    mode: str = "chat"  # "completion": messages' contents are continued as plain text, no template
+    template: str | None = None  # a chat template's source overriding the model's own (None: the model's)
+    overflow: str = "fail"  # "drop_oldest": drop the oldest turns (never the system prompt) until it fits
+    n: int = 1  # samples of this reply (GenerationRequest.n), best_of, beams (0 = off)
+    best_of: int = 0
+    beams: int = 0
 
     def __post_init__(self):
         if self.tools not in TOOL_MODES:
             raise ValueError(f"tools must be one of {TOOL_MODES}, not {self.tools!r}")
+        if self.mode not in MODES or self.overflow not in OVERFLOW:
+            raise ValueError(f"mode must be one of {MODES} and overflow one of {OVERFLOW}")
 
 
 @dataclass(frozen=True)
@@ -39,6 +49,7 @@ class TurnStart:
     prompt: PromptRecord
     kept: int = 0
     kept_text: str = ""
+    dropped: int = 0  # messages dropped from the start of the conversation so that it fits (overflow)
 
     @property
     def chat_prompt_ids(self) -> tuple[int, ...]:
