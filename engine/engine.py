@@ -32,6 +32,7 @@ from engine.records import (AttentionView, DistributionView, GenerationDone, Gen
                             StepRecord, TokenStep)
 from engine.runtime.drafters import build_drafter
 from engine.runtime.runner import Runner
+from engine.text.builtin_templates import BUILTIN_TEMPLATES, CHATML, NO_TEMPLATE_NOTE, completion_text
 from engine.text.chat_template import ChatTemplate
 from engine.text.tools import template_supports_tools
 
@@ -135,11 +136,31 @@ class Engine:
         return self._runner.tokens_computed, self._runner.forward_calls
 
     # -- text ---------------------------------------------------------------------------------
-    def chat_prompt_ids(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
-        """Render the model's own chat template; the template already writes BOS-like tokens. `tools`
-        (JSON-schema function specs, engine/text/tools.py) reach templates that offer them to the model."""
+    def chat_prompt_ids(self, messages: list[dict], tools: list[dict] | None = None,
+                        template: str | None = None) -> list[int]:
+        """Render the model's own chat template, or `template` (a jinja source: a built-in one or the
+        user's) in the same sandbox; the template already writes BOS-like tokens. `tools` (JSON-schema
+        function specs, engine/text/tools.py) reach templates that offer them to the model."""
         extra = {"tools": tools} if tools else {}
-        return self.tokenizer.encode(self.chat_template.render(messages, add_generation_prompt=True, **extra))
+        chat_template = self.chat_template if template is None else ChatTemplate.compiled(
+            template, self.tokenizer.bos_token or "", self.tokenizer.eos_token or "")
+        return self.tokenizer.encode(chat_template.render(messages, add_generation_prompt=True, **extra))
+
+    def completion_prompt_ids(self, text: str | list[dict]) -> list[int]:
+        """Plain completion, no template: the BOS the model expects (if any), then the text's own tokens.
+        Chat messages become the text completion mode continues (builtin_templates.completion_text: every
+        message's content but the system prompt's, run together as they are)."""
+        text = text if isinstance(text, str) else completion_text(text)
+        return self.tokenizer.encode(text, add_special_tokens=True)
+
+    def template_source(self) -> str:
+        """The model's own chat template, or (it ships none) a note and the ChatML source used instead."""
+        return self.tokenizer.chat_template or NO_TEMPLATE_NOTE + CHATML
+
+    @staticmethod
+    def builtin_templates() -> dict[str, str]:
+        """The templates offered besides the model's own: name -> jinja source (ChatML, Llama 3, Gemma, none)."""
+        return dict(BUILTIN_TEMPLATES)
 
     def prompt_ids(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=True)
@@ -338,11 +359,11 @@ class Engine:
     # app/ may import only this facade, engine.records and engine.errors (an import-linter contract).
     # What the window's worker needs of engine internals (the built-in tools, the built-in MoE model)
     # it reaches through these few methods; they return plain values only.
-    def tool_prompt_ids(self, messages: list[dict]) -> list[int]:
+    def tool_prompt_ids(self, messages: list[dict], template: str | None = None) -> list[int]:
         """`messages` rendered with the built-in tools offered to the model (templates that read `tools`)."""
         from engine.text.tools import BUILTIN_TOOLS
 
-        return self.chat_prompt_ids(messages, tools=[t.spec() for t in BUILTIN_TOOLS.values()])
+        return self.chat_prompt_ids(messages, tools=[t.spec() for t in BUILTIN_TOOLS.values()], template=template)
 
     def tool_call_params(self, params: SamplingParams, required: bool) -> SamplingParams:
         """`params` constrained to a call of a built-in tool (required) or either a call or prose."""

@@ -6,6 +6,7 @@ work; anything it does wrong surfaces as a TemplateError. Tokenizing the prompt 
 """
 from __future__ import annotations
 
+import functools
 import json
 import numbers
 from collections.abc import Mapping
@@ -17,18 +18,13 @@ from jinja2.sandbox import SecurityError
 from jinja2.utils import Namespace
 
 from engine.errors import TemplateError
+from engine.text.builtin_templates import CHATML
 from engine.text.template_sandbox import BudgetedSandbox, Budget
 
 MAX_SOURCE_CHARS = 1_000_000  # real templates are a few kB
 MAX_OUTPUT_CHARS = 1_000_000
 MAX_DEPTH = 64  # nesting of the messages and tools handed to the template
 MAX_JSON_INDENT = 16
-
-# ChatML, for models that ship no template of their own.
-CHATML = (
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
-    "'<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
 
 
 class ChatTemplate:
@@ -56,6 +52,13 @@ class ChatTemplate:
         if not tokenizer.chat_template:
             return cls.default()
         return cls(tokenizer.chat_template, tokenizer.bos_token or "", tokenizer.eos_token or "")
+
+    @staticmethod
+    @functools.lru_cache(maxsize=8)
+    def compiled(source: str, bos_token: str = "", eos_token: str = "") -> "ChatTemplate":
+        """`source` compiled once and kept: a template override is rendered on every turn and every
+        token count, and compiling (parse, guard, codegen) costs more than rendering."""
+        return ChatTemplate(source, bos_token, eos_token)
 
     def render(self, messages: list[dict], add_generation_prompt: bool = True, **extra) -> str:
         """The prompt text for `messages`; `extra` (tools, documents, enable_thinking, ...) is passed
