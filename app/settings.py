@@ -3,6 +3,7 @@ a layout saved by an older dock arrangement is not restored)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 from PySide6.QtCore import QByteArray, QSettings
@@ -50,6 +51,10 @@ class Settings:
                     typed[k] = type(default)(v)
                 elif k == "seed":
                     typed[k] = None if v in (None, "", "None") else int(v)
+                elif k == "stop":  # JSON text: INI files keep neither tuples nor leading spaces
+                    stops = json.loads(v)
+                    if isinstance(stops, list) and all(isinstance(x, str) for x in stops):
+                        typed[k] = tuple(stops)
             except (TypeError, ValueError):
                 continue
         try:
@@ -59,15 +64,67 @@ class Settings:
 
     def set_sampling(self, params: SamplingParams) -> None:
         for f in dataclasses.fields(params):
-            if f.name != "stop":
-                value = getattr(params, f.name)
-                self.q.setValue(f"sampler/{f.name}", "" if value is None else value)
+            value = getattr(params, f.name)
+            if f.name == "stop":
+                value = json.dumps(list(value))
+            self.q.setValue(f"sampler/{f.name}", "" if value is None else value)
+
+    # -- sampler presets (widgets/sampler_panel/presets.py) and the request's shape ----------------------
+    # Stored as JSON text: an INI file would turn a preset's numbers into strings and its stop strings' spaces
+    # and escapes into guesses.
+    def user_presets(self) -> dict[str, dict]:
+        """The user's own presets, name -> knob values; a damaged entry reads as none."""
+        try:
+            presets = json.loads(self.q.value("presets/user", "{}"))
+        except (TypeError, ValueError):
+            return {}
+        if not isinstance(presets, dict):
+            return {}
+        return {name: values for name, values in presets.items() if isinstance(name, str) and isinstance(values, dict)}
+
+    def set_user_presets(self, presets: dict[str, dict]) -> None:
+        self.q.setValue("presets/user", json.dumps(presets))
+
+    def active_preset(self) -> str:
+        """The preset last chosen ("" = none)."""
+        value = self.q.value("presets/active", "")
+        return value if isinstance(value, str) else ""
+
+    def set_active_preset(self, name: str) -> None:
+        self.q.setValue("presets/active", name)
+
+    def request_shape(self) -> dict:
+        """n, best_of and beams as last set (SamplerPanel.request_shape); damaged values read as the defaults."""
+        shape = {}
+        for key, default in (("n", 1), ("best_of", 0), ("beams", 0)):
+            try:
+                shape[key] = max(int(self.q.value(f"sampler/{key}", default)), default)
+            except (TypeError, ValueError):
+                shape[key] = default
+        return shape
+
+    def set_request_shape(self, shape: dict) -> None:
+        for key in ("n", "best_of", "beams"):
+            self.q.setValue(f"sampler/{key}", int(shape.get(key, 0)))
 
     def dark_theme(self) -> bool:
         return self.q.value("view/dark", False) in (True, "true", "1")
 
     def set_dark_theme(self, dark: bool) -> None:
         self.q.setValue("view/dark", dark)
+
+    # -- modes and templates: the template panel's state (TemplatePanel.state / restore) -----------
+    TEMPLATE_KEYS = ("mode", "choice", "edited", "overflow")
+
+    def template_state(self) -> dict[str, str]:
+        """What the template panel last showed: only text values; the panel ignores what it cannot use."""
+        stored = {k: self.q.value(f"template/{k}") for k in self.TEMPLATE_KEYS}
+        return {k: v for k, v in stored.items() if isinstance(v, str)}
+
+    def set_template_state(self, state: dict) -> None:
+        for k in self.TEMPLATE_KEYS:
+            if isinstance(state.get(k), str):
+                self.q.setValue(f"template/{k}", state[k])
 
     def save_window(self, window, layout_version: int = 0) -> None:
         self.q.setValue("window/geometry", window.saveGeometry())

@@ -29,12 +29,13 @@ def test_slider_and_spin_box_stay_in_step_and_emit_params(qtbot):
 def test_presets_and_round_trip(qtbot):
     panel = SamplerPanel()
     qtbot.addWidget(panel)
-    panel._apply_preset(panel.presets.findText("Greedy"))
+    panel.presets.combo.activated.emit(panel.presets.combo.findText("Greedy"))  # as a click on the item
     assert panel.params().temperature == 0.0
-    panel._apply_preset(panel.presets.findText("Creative"))
+    panel.presets.choose("Creative")
     assert (panel.params().temperature, panel.params().top_p, panel.params().min_p) == (1.1, 0.98, 0.02)
     wanted = SamplingParams(temperature=0.35, top_k=12, top_p=0.8, min_p=0.05, typical_p=0.9,
-                            repetition_penalty=1.2, max_new_tokens=77, seed=9)
+                            repetition_penalty=1.2, presence_penalty=-0.5, frequency_penalty=1.25,
+                            max_new_tokens=77, seed=9, stop=("###", "\nUser:", " end ", "a\\nb"))
     panel.set_params(wanted)
     assert panel.params() == wanted
 
