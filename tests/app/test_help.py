@@ -62,6 +62,7 @@ def test_about_shows_the_real_versions_and_the_model(qtbot):
     for version in (glassbox_version(), torch.__version__, qVersion(), PySide6.__version__,
                     platform.python_version()):
         assert version in text
-    assert glassbox_version() == tomllib.loads(Path("pyproject.toml").read_text())["project"]["version"]
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    assert glassbox_version() == pyproject["project"]["version"]
     assert "SmolLM2-135M-Instruct" in text and "int4 56.6 MB + float32 28.3 MB" in text
     assert "none loaded" in about_html(None)
