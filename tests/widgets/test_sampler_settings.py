@@ -95,6 +95,11 @@ def test_beams_disable_the_sampling_knobs_and_speculation(qtbot):
     panel.set_request_shape(dict(beams=2))
     assert seen[-1] == SpeculativeOptions() == panel.speculative() and panel.beams.isEnabled()
     GenerationRequest((1,), panel.params(), speculative=panel.speculative(), **panel.request_shape())
+    panel.set_request_shape(dict(beams=0))
+    panel.drafter.setCurrentText("ngram")  # typed, as an engine name
+    assert panel.speculative().enabled and not panel.beams.isEnabled()
+    panel.set_request_shape(dict(beams=2))
+    assert panel.drafter.currentText() == "Off" and not panel.speculative().enabled
 
 
 def test_folded_settings_that_are_on_are_counted(qtbot):

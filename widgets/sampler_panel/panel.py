@@ -168,8 +168,9 @@ class SamplerPanel(QWidget):
         turn speculative decoding off (they do not combine)."""
         n, best_of, beams = max(1, int(shape.get("n", 1))), max(0, int(shape.get("best_of", 0))), \
             max(0, int(shape.get("beams", 0)))
-        if beams and self.speculative_chosen():
+        if beams and self.speculative_chosen():  # a typed drafter leaves the index alone: set the text too
             self.drafter.setCurrentIndex(0)
+            self.drafter.setEditText(self.drafter.itemText(0))
         self._quiet = True
         self.n_samples.setValue(n)
         self.best_of.setValue(max(best_of, n) if best_of else 0)
@@ -252,7 +253,8 @@ class SamplerPanel(QWidget):
         params, defaults = self.params(), SamplingParams()
         on = [name for name in MORE_KNOBS if getattr(params, name) != getattr(defaults, name)]
         shape = self.request_shape()
-        on += ["stop"] * bool(params.stop) + [k for k, off in (("n", 1), ("best_of", 0), ("beams", 0)) if shape[k] != off]
+        on += ["stop"] * bool(params.stop)
+        on += [k for k, off in (("n", 1), ("best_of", 0), ("beams", 0)) if shape[k] != off]
         self.more.setText(f"More{f' ({len(on)} on)' if on else ''}: penalties, stops, samples")
 
     def _apply_example(self, index: int) -> None:

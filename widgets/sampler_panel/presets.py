@@ -127,7 +127,8 @@ class PresetBar(QWidget):
     def save_as(self, name: str) -> None:
         name = name.strip()
         if not name or name == NO_PRESET or name in BUILT_IN:
-            raise ValueError(f"“{name}” is a built-in preset's name; choose another" if name else "a preset needs a name")
+            raise ValueError(f"“{name}” is a built-in preset's name; choose another" if name
+                             else "a preset needs a name")
         self._user[name] = {k: self._current[k] for k in PRESET_FIELDS if k in self._current}
         self.user_presets_changed.emit(self.user_presets())
         self.set_active(name)
