@@ -30,9 +30,9 @@ SHORTCUTS = [
 
 # Keys that act inside one list or field (item views' own keys, not window shortcuts).
 FIELD_KEYS = [
-    ("Return", "In the message box: a new line (Ctrl+Return sends)"),
-    ("Return", "In the conversations list or its search box: open the selected conversation"),
-    ("F2", "In the conversations list: rename the selected conversation"),
+    ("Return", "Message box: a new line (Ctrl+Return sends)"),
+    ("Return", "Conversations list or search: open the selected one"),
+    ("F2", "Conversations list: rename the selected one"),
 ]
 
 
@@ -71,6 +71,8 @@ def _table(rows: list[tuple[str, str]]) -> QTableWidget:
     table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeToContents)
     table.horizontalHeader().setSectionResizeMode(1, QHeaderView.Stretch)
     table.resizeRowsToContents()
+    rows_height = sum(table.rowHeight(r) for r in range(len(rows)))
+    table.setFixedHeight(table.horizontalHeader().sizeHint().height() + rows_height + 2 * table.frameWidth())
     return table
 
 
@@ -86,11 +88,12 @@ def show_shortcuts(parent) -> QDialog:
     buttons = QDialogButtonBox(QDialogButtonBox.Close, rejected=dialog.close)
     layout = QVBoxLayout(dialog)
     layout.addWidget(QLabel("<b>Window</b>"))
-    layout.addWidget(dialog.shortcut_table, 1)
+    layout.addWidget(dialog.shortcut_table)
     layout.addWidget(QLabel("<b>In lists and fields</b>"))
     layout.addWidget(dialog.field_table)
+    layout.addStretch(1)
     layout.addWidget(buttons)
-    dialog.resize(460, 420)
+    dialog.resize(440, dialog.sizeHint().height())
     dialog.setModal(False)
     dialog.show()
     return dialog
