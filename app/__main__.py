@@ -1,7 +1,8 @@
 """`glassbox` / `python -m app`: start the desktop app (optionally on a given model).
 
-`--smoke` is the installers' self-test (app/smoke.py): the main window offscreen, the model
-loaded, 8 tokens generated, one summary line printed. With `--prompt-file FILE --max-new-tokens N`
+`glassbox serve [MODEL] [--host --port --api-key ...]` serves the model with the OpenAI API instead,
+without a window (app/serve/cli.py). `--smoke` is the installers' self-test (app/smoke.py): the main
+window offscreen, the model loaded, 8 tokens generated, one summary line printed. With `--prompt-file FILE --max-new-tokens N`
 it is the window's benchmark (docs/benchmarks.md): FILE's text, N greedy tokens, decode speed and memory.
 """
 from __future__ import annotations
@@ -17,6 +18,11 @@ def main(argv: list[str] | None = None) -> int:
     # In a PyInstaller bundle the engine's helper process (its tokenizer) starts this executable again:
     # this runs the helper and exits; everywhere else it does nothing.
     multiprocessing.freeze_support()
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serve"]:  # the OpenAI-compatible server, headless: Qt is never imported
+        from app.serve.cli import main as serve
+
+        return serve(argv[1:])
     parser = argparse.ArgumentParser(prog="glassbox", description="Glassbox: watch an LLM think")
     parser.add_argument("model", nargs="?", help="GGUF file or HF model directory (default: SmolLM2-135M-Instruct)")
     parser.add_argument("--threads", type=int, default=0,
