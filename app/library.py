@@ -87,7 +87,8 @@ def matches(query: str, title: str, text: str) -> bool:
 class Library:
     def __init__(self, folder=None):
         self.folder = Path(folder) if folder is not None else default_folder()
-        self._cache: dict[Path, tuple[tuple[int, int], Entry]] = {}  # by (mtime_ns, size): unchanged files are not re-read
+        # Entries by (mtime_ns, size): a file that did not change is not read again at the next listing.
+        self._cache: dict[Path, tuple[tuple[int, int], Entry]] = {}
 
     def entries(self) -> list[Entry]:
         """Every conversation file in the folder, newest first; unreadable ones included, with the reason."""

@@ -14,7 +14,8 @@ MESSAGES = [
     {"role": "user", "content": "Write add() in Python, then compute 2+2."},
     {"role": "assistant", "content": f"Here it is:\n\n{CODE}\n\nNow the sum."},
     {"role": "assistant", "content": "", "tool_calls": [
-        {"id": "call_1", "type": "function", "function": {"name": "calculator", "arguments": '{"expression": "2+2"}'}}]},
+        {"id": "call_1", "type": "function",
+         "function": {"name": "calculator", "arguments": '{"expression": "2+2"}'}}]},
     {"role": "tool", "name": "calculator", "tool_call_id": "call_1", "content": "4"},
     {"role": "assistant", "content": "2+2 = **4**."},
 ]
