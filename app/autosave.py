@@ -55,6 +55,7 @@ class Snapshot:
     partial: str  # the reply that was streaming at the last write ("" if none)
     saved_at: float
     clean_exit: bool = False  # written by a session that ended normally: not offered
+    title: str = ""
 
 class Autosave:
     def __init__(self, folder: Path):
@@ -65,10 +66,11 @@ class Autosave:
         self._last: dict | None = None  # the latest save's data, marked at close
         self.closed = False  # closed normally: every later save is marked as a clean exit too
 
-    def save(self, system: str, messages: list[dict], partial: str = "", model: str = "") -> None:
-        """Queue one atomic write of the whole conversation (small: text only, no step records). The
-        text is built now, so later changes to `messages` cannot leak into this save."""
-        data = {"format": conversation_io.FORMAT, "model": model, "system": system, "messages": messages,
+    def save(self, system: str, messages: list[dict], partial: str = "", model: str = "", tree=None,
+             title: str = "") -> None:
+        """Queue one atomic write of the whole conversation, every branch (small: text and token ids, no
+        step records). The text is built now, so later changes to the conversation cannot leak into it."""
+        data = {**conversation_io.conversation_data(system, messages, (), model, tree, title),
                 "partial": partial, "saved_at": time.time(), "clean_exit": self.closed}
         text = json_text(data)
         self._last = json.loads(text)  # a copy: later changes to `messages` stay out of it
@@ -132,11 +134,11 @@ class Autosave:
 
     @staticmethod
     def _read(path: Path) -> Snapshot:
-        system, messages = conversation_io.load(path)  # validates, raises ValueError with the reason
-        data = json.loads(path.read_text(encoding="utf-8"))
+        saved = conversation_io.read(path)  # validates, raises ValueError with the reason
+        data = saved.data
         partial = data.get("partial") or ""
         saved_at = data.get("saved_at") or path.stat().st_mtime
         clean_exit = data.get("clean_exit", False)
         if not isinstance(partial, str) or not isinstance(saved_at, (int, float)) or not isinstance(clean_exit, bool):
             raise ValueError(f"{path}: 'partial' must be text, 'saved_at' a time and 'clean_exit' true or false")
-        return Snapshot(path, system, messages, partial, float(saved_at), clean_exit)
+        return Snapshot(path, saved.system, saved.messages, partial, float(saved_at), clean_exit, saved.title)

@@ -1,17 +1,21 @@
-"""Conversations on disk: JSON with the messages and system prompt, optionally every generated
-step's record (probabilities, routing, attention, memory) for later study. Plain JSON: nothing
-in it is executed when opened. Messages are OpenAI-shaped, tool calls and tool results included;
-`load` checks every field's type and keeps only the fields a chat template reads."""
+"""Conversations on disk: JSON with the title, the system prompt, the active path's messages and (version
+2) the whole branch tree (app/conversation_tree.py), optionally every shown step's record (probabilities,
+routing, attention, memory) for later study. Plain JSON: nothing in it is executed when opened. Messages
+are OpenAI-shaped, tool calls and tool results included; `read` checks every field's type and keeps only
+the fields a chat template reads. Version-1 files (linear messages) open as a one-branch tree."""
 from __future__ import annotations
 
 import dataclasses
 import json
 from array import array
+from dataclasses import dataclass
 from pathlib import Path
 
+from app.conversation_tree import ConversationTree
 from app.files import atomic_write, json_text
 
-FORMAT = "glassbox-conversation/1"
+FORMAT = "glassbox-conversation/2"
+FORMATS = ("glassbox-conversation/1", FORMAT)
 
 
 def _plain(value):
@@ -26,35 +30,67 @@ def _plain(value):
     return value
 
 
-def save(path, system: str, messages: list[dict], steps=(), model: str = "") -> None:
-    data = {"format": FORMAT, "model": model, "system": system, "messages": messages}
+def save(path, system: str, messages: list[dict], steps=(), model: str = "", tree: ConversationTree | None = None,
+         title: str = "") -> None:
+    atomic_write(Path(path), json_text(conversation_data(system, messages, steps, model, tree, title)))
+
+
+def conversation_data(system: str, messages: list[dict], steps=(), model: str = "",
+                      tree: ConversationTree | None = None, title: str = "") -> dict:
+    data = {"format": FORMAT, "title": title, "model": model, "system": system, "messages": messages}
+    if tree is not None:
+        data["tree"] = tree.to_json()
     if steps:
         data["steps"] = [_plain(s) for s in steps]
+    return data
 
-    atomic_write(Path(path), json_text(data))  # never a half-written conversation
+
+@dataclass
+class Saved:
+    system: str
+    messages: list[dict]  # the active path
+    tree: ConversationTree
+    title: str
+    model: str
+    data: dict  # the file's JSON, for callers that keep more in it (autosave)
 
 
 def load(path) -> tuple[str, list[dict]]:
-    """-> (system prompt, messages). Raises ValueError with a clear message for anything else."""
+    """-> (system prompt, the active path's messages). Raises ValueError with a clear message."""
+    saved = read(path)
+    return saved.system, saved.messages
+
+
+def read(path) -> Saved:
+    """A conversation file, every branch. Raises ValueError with a clear message for anything else."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: not a readable conversation file ({e})") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
+    if not isinstance(data, dict) or data.get("format") not in FORMATS:
         raise ValueError(f"{path}: not a Glassbox conversation (expected format {FORMAT!r})")
     messages = data.get("messages")
     if not isinstance(messages, list):
         raise ValueError(f"{path}: messages must be a list of {{role, content}} objects")
-    system = data.get("system")
+    system, title, model = data.get("system"), data.get("title", ""), data.get("model", "")
     if system is not None and not isinstance(system, str):
         raise ValueError(f"{path}: the system prompt must be text")
+    if not isinstance(title, str) or not isinstance(model, str):
+        raise ValueError(f"{path}: the title and the model must be text")
     checked = []
     for i, m in enumerate(messages):
         try:
             checked.append(message(m))
         except ValueError as e:
             raise ValueError(f"{path}: message {i + 1} {e}") from None
-    return system or "", checked
+    if data.get("tree") is None:
+        tree = ConversationTree.from_messages(checked)
+    else:
+        try:
+            tree = ConversationTree.from_json(data["tree"], message)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
+    return Saved(system or "", tree.messages(), tree, title, model, data)
 
 
 ROLES = ("system", "user", "assistant", "tool")

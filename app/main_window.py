@@ -19,7 +19,7 @@ from app.session_autosave import SessionAutosave
 from app.settings import Settings
 from engine.records import LoadOptions
 from widgets.attention_panel import AttentionPanel
-from widgets.chat_panel import ChatPanel
+from widgets.chat import ChatPanel
 from widgets.drift_panel import QuantDriftPanel
 from widgets.intervention_panel import InterventionPanel
 from widgets.lens_panel import LogitLensPanel
@@ -112,6 +112,7 @@ class MainWindow(QMainWindow):
         w.distribution.connect(self.probabilities.show_distribution)
         c.step_selected.connect(hub.select)
         self.chat.submitted.connect(session.save)  # after the controller took the message
+        c.changed.connect(session.save)  # an edit, a deletion, a branch switch, a new title
         self.chat.submitted.connect(self.inspections.new_turn)
         self.model_panel.rope_changed.connect(self.inspections.rope_changed)
         self.what_if.changed.connect(self._show_interventions)

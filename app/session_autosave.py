@@ -1,5 +1,6 @@
 """This session's conversation kept on disk, and the last one's offered back (the file format and the
-atomic writes are app/autosave.py's). Saves after the user's message and after every reply, and every
+atomic writes are app/autosave.py's). Saves after the user's message, after every reply and after edits, deletions and branch switches
+(every branch is kept), and every
 few seconds while a reply streams; at start, offers an unsaved conversation back and shows notices
 about files that could not be read (settings, autosaves) and were set aside. GUI thread only; reads
 the conversation through ChatController's public state and methods."""
@@ -45,7 +46,7 @@ class SessionAutosave(QObject):
         """After every turn (and the user's message): the conversation survives a crash or a kill."""
         self.saved_partial = self.controller.streaming_reply()
         self.autosaver.save(self.window.chat.system.text(), self.controller.messages, self.saved_partial,
-                            self.models.name)
+                            self.models.name, tree=self.controller.tree, title=self.controller.title)
         if self.autosaver.error:  # the previous write failed: a full or read-only disk
             self.window.statusBar().showMessage(f"Autosave failed: {self.autosaver.error}", 10_000)
 

@@ -9,7 +9,7 @@ from array import array
 from app.chat_controller import ChatController
 from app.history import HISTORY_BUDGET, HistoryBudget, lighten, record_bytes
 from engine.records import MemorySnapshot, RoutingRecord, StepRecord, TokenProb
-from widgets.chat_panel import ChatPanel
+from widgets.chat import ChatPanel
 
 
 def step(i: int, routed: bool = False) -> StepRecord:

@@ -3,7 +3,7 @@ results are drawn as the live chat drew them."""
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QApplication
 
-from widgets.chat_panel import ChatPanel
+from widgets.chat import ChatPanel
 
 
 def test_escape_asks_to_stop(qtbot):
@@ -83,7 +83,8 @@ def test_streamed_tokens_are_appended_in_place_as_a_full_render_draws_them(qtbot
     # insertion), spaced and placed exactly as the full render places them.
     assert _anchors(streamed) == _anchors(whole) == [(f"step:{i}", line) for i, text, _ in tokens
                                                      for line in text.split("\n") if line]
-    assert _block_tops(streamed) == _block_tops(whole) and len(_block_tops(whole)) == 3  # hi, Hello world!, <b> ok
+    # Each message's header (role, counts, actions) is a paragraph of its own: You, hi, Model, Hello world!, <b> ok
+    assert _block_tops(streamed) == _block_tops(whole) and len(_block_tops(whole)) == 5
     for panel in (streamed, whole):
         panel.set_busy(False)
         panel.end_assistant("length limit")

@@ -1,7 +1,7 @@
 """Speculative decoding in the GUI: the sampler panel's drafter and k controls produce SpeculativeOptions,
 and the chat panel marks accepted, resampled (after struck-through rejected drafts) and bonus tokens."""
 from engine.records import DraftToken, SpecStep, SpeculativeOptions, StepRecord
-from widgets.chat_panel import ChatPanel, spec_figures_text, spec_marks
+from widgets.chat import ChatPanel, spec_figures_text, spec_marks
 from widgets.sampler_panel import SamplerPanel
 
 
