@@ -160,7 +160,7 @@ class ChatPanel(QWidget):
                f" ({pending} more in the message being typed)" if pending else ""))
 
     def context_warning(self) -> bool:
-        return self.context_meter.isVisible() and "won't fit" in self.context_meter.format()
+        return not self.context_meter.isHidden() and "won't fit" in self.context_meter.format()
 
     def begin_edit(self, key: int, text: str) -> None:
         """The input box edits message `key`: Send makes a new branch, Esc (or Cancel edit) gives up."""

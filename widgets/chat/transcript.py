@@ -1,7 +1,7 @@
 """How the chat draws messages, as HTML: a header per message (role, token count, the ‹ i/n › navigator and
 its actions as links) and a reply's lines, each token its own link coloured by probability, with Markdown
 applied per line (widgets/chat/markdown.py): markup characters are hidden, but a token made only of markup
-is drawn faint rather than dropped, so every visible token stays clickable. No widget state here."""
+is drawn as a thin coloured space rather than dropped, so every token stays clickable. No widget state here."""
 from __future__ import annotations
 
 import html
@@ -16,8 +16,10 @@ HEADER = "margin-top:10px;margin-bottom:2px"
 BODY = "margin-top:0px;margin-bottom:0px"
 CODE_BACKGROUND = (127, 127, 127, 38)  # translucent: reads on light and dark themes
 HEADING_SIZES = {1: "x-large", 2: "large", 3: "medium"}
-RUN_CSS = {"": "", "b": "font-weight:600", "i": "font-style:italic", "code": "font-family:monospace",
-           "faint": "color:#9a9a9a"}
+RUN_CSS = {"": "", "b": "font-weight:600", "i": "font-style:italic", "code": "font-family:monospace"}
+# A token made only of markup ("**", "##", a fence) is drawn as a thin space in its probability colour: hidden
+# as markup, still its own link (its tooltip says what it was).
+MARKUP_TOKEN = "\u2009"
 
 
 def prob_colour(p: float) -> str:
@@ -126,18 +128,19 @@ def line_html(pieces: list[tuple], line: Line, colour: bool, show_rejected: bool
             out.append(f"<span style='text-decoration:line-through;color:#999'>{escape(rejected)}</span>")
         styles = line.styles[offset:offset + len(piece)]
         only_markup = all(s == HIDE for s in styles)
-        runs: list[list[str]] = []
-        for i, ch in enumerate(piece):
-            if styles[i] == HIDE and not only_markup:
+        runs: list[list[str]] = [["", MARKUP_TOKEN]] if only_markup else []
+        for i, ch in enumerate(piece if not only_markup else ""):
+            if styles[i] == HIDE:
                 continue
-            style = "faint" if only_markup else styles[i]
+            style = styles[i]
             ch = line.shown_as.get(offset + i, ch)
             if runs and runs[-1][0] == style:
                 runs[-1][1] += ch
             else:
                 runs.append([style, ch])
         for style, text in runs:
-            out.append(_run(index, text, prob, role, f"{base};{RUN_CSS[style]}", colour))
+            out.append(_run(index, text, prob, role, f"{base};{RUN_CSS[style]}", colour,
+                            f", markup {piece!r}" if only_markup else ""))
         offset += len(piece)
     if copy_href:
         out.append(f"&nbsp;<a href='{copy_href}' style='{LINK};font-family:sans-serif' "
@@ -145,13 +148,13 @@ def line_html(pieces: list[tuple], line: Line, colour: bool, show_rejected: bool
     return "".join(out)
 
 
-def _run(index, text: str, prob: float, role: str, css: str, colour: bool) -> str:
+def _run(index, text: str, prob: float, role: str, css: str, colour: bool, markup: str = "") -> str:
     if index is None:  # text without tokens (a saved reply)
         return f"<span style='white-space:pre-wrap;{css}'>{html.escape(text)}</span>"
     look = f"background:{prob_colour(prob)};color:#111" if colour else "color:inherit"
     note = f", {role} (speculative)" if role else ""
     style = f"text-decoration:none;white-space:pre-wrap;{look};{SPEC_STYLE.get(role, '')};{css}"
-    return f"<a href='step:{index}' style='{style}' title='p = {prob:.3f}{note}'>{html.escape(text)}</a>"
+    return f"<a href='step:{index}' style='{style}' title='p = {prob:.3f}{note}{html.escape(markup)}'>{html.escape(text)}</a>"
 
 
 def reply_lines(lines: list[list[tuple]], key, colour: bool, show_rejected: bool, markdown: bool,
