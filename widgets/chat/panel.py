@@ -81,7 +81,7 @@ class ChatPanel(QWidget):
                                         "kept; and the tokens each forward pass of the model gave (1 without "
                                         "speculative decoding)")
         self._spec_figures: tuple[float, float] | None = None
-        self.context_meter = QProgressBar(visible=False, textVisible=True, maximumWidth=190)
+        self.context_meter = QProgressBar(visible=False, textVisible=True, minimumWidth=150, maximumWidth=210)
         self.context_meter.setMaximumHeight(18)
         self.samples = SamplesView(visible=False)
         self.samples.chosen.connect(self.sample_chosen)

@@ -15,7 +15,7 @@ LINK = "text-decoration:none;color:#3a6ea5"
 HEADER = "margin-top:10px;margin-bottom:2px"
 BODY = "margin-top:0px;margin-bottom:0px"
 CODE_BACKGROUND = (127, 127, 127, 38)  # translucent: reads on light and dark themes
-HEADING_SIZES = {1: "x-large", 2: "large", 3: "medium"}
+HEADING_SIZES = {1: "xx-large", 2: "x-large", 3: "large"}
 RUN_CSS = {"": "", "b": "font-weight:600", "i": "font-style:italic", "code": "font-family:monospace"}
 # A token made only of markup ("**", "##", a fence) is drawn as a thin space in its probability colour: hidden
 # as markup, still its own link (its tooltip says what it was).
@@ -144,7 +144,7 @@ def line_html(pieces: list[tuple], line: Line, colour: bool, show_rejected: bool
         offset += len(piece)
     if copy_href:
         out.append(f"&nbsp;<a href='{copy_href}' style='{LINK};font-family:sans-serif' "
-                   f"title='Copy this code block'>⧉ copy</a>")
+                   f"title='Copy this code block'>copy code</a>")
     return "".join(out)
 
 
@@ -189,7 +189,7 @@ def header_html(view: MessageView, busy: bool) -> str:
     if view.key >= 0 and view.role != "error":
         actions = [] if busy else [(f"edit:{view.key}", "✎ edit", "Edit and resend: a new branch")] \
             if view.role == "user" else []
-        actions += [(f"copy:{view.key}", "⧉ copy", "Copy as text"),
+        actions += [(f"copy:{view.key}", "copy", "Copy as text"),
                     (f"md:{view.key}", "copy md", "Copy as Markdown")]
         if not busy:
             actions.append((f"del:{view.key}", "✕ delete", "Delete this message and what follows it (undoable)"))
