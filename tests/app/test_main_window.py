@@ -263,7 +263,7 @@ def test_continue_from_a_step_with_another_token(qtbot, settings, hf_checkpoint)
         assert start.prompt.token_ids == tuple(prompt) + tuple(kept) and start.kept == 3
         new = window.controller.steps
         assert [s.token_id for s in new[:2]] == kept[:2]  # the records kept before the branch
-        assert [token for token, _ in window.controller.kept] == kept  # the reply's tokens before the new steps
+        assert [token for token, *_ in window.controller.kept] == kept  # the reply's tokens before the new steps
         reply = window.controller.messages[-1]["content"]
         assert start.kept_text == engine.decode(kept) and reply.startswith(start.kept_text)
         assert len([m for m in window.controller.messages if m["role"] == "assistant"]) == 1
