@@ -14,6 +14,7 @@ from __future__ import annotations
 from PySide6.QtCore import QEvent, QObject, QTimer
 
 from app.contexts import RequestContexts
+from app.visibility import on_screen, when_shown
 from engine.records import ModelFacts, StepRecord
 
 LENS_TOP_N = 5
@@ -32,6 +33,7 @@ class OnDemand(QObject):
         self.asked: tuple | None = None
         self.generation = -1
         panel.installEventFilter(self)
+        when_shown(panel, self.refresh)  # its tab brought to the front
         worker.inspected.connect(self.on_inspected)  # a GUI-thread slot: delivered queued
 
     def wanted(self) -> tuple | None:
@@ -44,7 +46,7 @@ class OnDemand(QObject):
         return False
 
     def refresh(self, *_) -> None:
-        if not self.panel.isVisible():
+        if not on_screen(self.panel):
             return
         wanted = self.wanted()
         if wanted is None or wanted == self.asked:

@@ -17,6 +17,7 @@ from collections import OrderedDict
 
 from PySide6.QtCore import QObject
 
+from app.visibility import on_screen, when_shown
 from engine.records import AttentionView, PromptRecord, StepRecord
 
 ATTENTION_CACHE_BYTES = 64 << 20  # views the worker keeps (one is 4·heads·queries·context bytes)
@@ -74,6 +75,7 @@ class AttentionInspector(QObject):
         self.asked: tuple | None = None  # (ids, layer, queries) of the view asked for or shown
         self.generation = -1  # the worker's generation of that request: only its answer is drawn
         panel.wanted.connect(self.refresh)
+        when_shown(panel, self.refresh)  # its tab brought to the front
         worker.attention.connect(self.on_view)  # a GUI-thread slot: delivered queued
 
     def start(self, prompt: PromptRecord) -> None:
@@ -114,7 +116,7 @@ class AttentionInspector(QObject):
         """Ask for the view the panel wants, if it is on screen and does not show it already. Step i's
         row is the query that produced it: position prompt_len - 1 + i, over every position up to it.
         The rows asked for are the reply's latest MAX_QUERIES, or ones around the selected token's."""
-        if not self.panel.isVisible() or len(self.ids) <= self.prompt_len:
+        if not on_screen(self.panel) or len(self.ids) <= self.prompt_len:
             return
         end = len(self.ids) - 1  # the newest token has not been a query yet
         queries = (max(self.prompt_len - 1, end - MAX_QUERIES), end)

@@ -35,7 +35,7 @@ def show(qtbot, window, name: str) -> None:
     window.docks[name].show()
     window.docks[name].raise_()  # its tab to the front
     panel = window.docks[name].widget().widget().panel  # dock -> scroll area -> holder -> panel
-    qtbot.waitUntil(panel.isVisible, timeout=10_000)
+    qtbot.waitUntil(lambda: not panel.visibleRegion().isEmpty(), timeout=10_000)  # its tab in front
 
 
 def select(window, index: int) -> None:
@@ -47,10 +47,19 @@ def test_hidden_panels_compute_nothing(qtbot, settings, hf_checkpoint, calls):  
     directory, _ = hf_checkpoint("llama")
     window = open_window(qtbot, settings, directory)
     try:
+        window.show()  # every panel's dock is shown, but only the front tabs are on screen
+        qtbot.waitExposed(window)
+        window.docks["Probabilities"].raise_()
+        window.docks["Sampler"].raise_()
+        qtbot.waitUntil(lambda: window.attention.visibleRegion().isEmpty() and window.rope.visibleRegion().isEmpty())
+        assert window.lens.isVisible() and window.attention.isVisible()  # Qt's word for a background tab
         chat(qtbot, window, "t1 t2 t3 t4", max_new_tokens=5)
         select(window, 2)
-        QApplication.processEvents()
+        qtbot.wait(200)
         assert all(calls[name] == 0 for name in HEAVY), calls
+        assert window.worker.attention_views.replays == 0
+        show(qtbot, window, "Logit lens")  # brought to the front: asked for now
+        qtbot.waitUntil(lambda: calls["logit_lens"] == 1, timeout=TIMEOUT)
     finally:
         close_window(window)
 
