@@ -136,7 +136,9 @@ class RecordHub(QObject):
         key = step_key(record)
         # Searched from the end: while a reply streams the newest step is selected on every tick.
         index = next((i for i in range(len(self.routed) - 1, -1, -1) if self.routed[i] == key), -1)
-        self.routing.select_step(index)  # -1 (an earlier request's step) leaves the panel as it is
+        if index < 0 and not following and record.routing:
+            index = self._route_request_of(record)  # a token of an earlier reply: show that reply's routing
+        self.routing.select_step(index)
         self.inspector.select(record, following)
         if self.inspections is not None:
             self.inspections.select(record, following)
@@ -145,6 +147,19 @@ class RecordHub(QObject):
             return
         self._asked_at = time.perf_counter() if following else 0.0
         self.show_distribution()
+
+    def _route_request_of(self, record: StepRecord) -> int:
+        """Refill the routing panel with the steps of `record`'s request (the chat keeps them; the oldest may
+        have lost their routing to the history budget) and return `record`'s place among them."""
+        key = step_key(record)
+        steps = [s for s in self.controller.steps if s.request_id == record.request_id and s.seq_index == 0]
+        self.routing.clear()
+        self.routed = []
+        for s in steps:
+            self.routing.add_step(s)
+            if s.routing:
+                self.routed.append(step_key(s))
+        return self.routed.index(key) if key in self.routed else -1
 
     def show_distribution(self, *_) -> None:
         """Ask the worker for the selected step under the sampler's current values (no forward pass; a

@@ -125,6 +125,16 @@ def test_routing_fills_for_moe_and_attention_for_dense(qtbot, settings, hf_check
         window.chat.step_clicked.emit(0)  # the user clicks the reply's first token
         assert window.routing.selected_step() == 0
         assert not np.array_equal(window.routing.gate_matrix(), newest)  # that token's gates are drawn
+        first_reply = list(window.controller.steps)
+        chat(qtbot, window, "t4 t5", max_new_tokens=4)  # a second reply: the panel shows its steps
+        window.chat.step_clicked.emit(2)  # a token of the first reply
+        assert window.routing.selected_step() == 2
+        gates = {r.layer: r for r in first_reply[2].routing}
+        shown = window.routing.gate_matrix()
+        expected = np.zeros_like(shown)  # experts × layers
+        for layer, record in gates.items():
+            expected[list(record.expert_ids), layer] = record.gate_weights
+        assert np.allclose(shown, expected)  # the first reply's token, not the newest reply's
     finally:
         close_window(window)
     dense_dir, _ = hf_checkpoint("llama", seed=1)
