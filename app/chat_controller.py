@@ -434,8 +434,10 @@ class ChatController(QObject):
         seq = result.index if result is not None else live.shown_seq
         at = live.sequences.get(seq, [])
         tokens = [(self.records[i].token_id, self.records[i].text, self.records[i].prob) for i in at]
-        if result is not None and tuple(t for t, _, _ in tokens) != tuple(result.token_ids):
+        ids, final = tuple(t for t, _, _ in tokens), tuple(result.token_ids) if result is not None else ()
+        if result is not None and ids[:len(final)] != final[:len(ids)]:
             at, tokens = [], []  # a beam whose records are another lineage's: its text only
+        # (a result may leave out a step the records have, such as its end token: the records are kept)
         reason = result.finish_reason if result is not None else "cancelled"
         text = live.kept_text + (result.text if result is not None else "".join(t for _, t, _ in tokens))
         tokens = live.kept + tokens if tokens or not live.kept else []

@@ -20,7 +20,7 @@ def test_drafter_chosen_in_the_sampler_panel_speculates_and_marks_tokens(qtbot, 
         assert window.controller.messages[-1]["content"] == plain  # greedy: the same answer
         assert any(r.spec is not None and r.spec.drafted for r in steps)
         assert {r.spec_role for r in steps} & {"accepted", "resampled", "bonus"}
-        tokens, _ = window.chat._turns[-1]  # the reply's tokens carry their marks, and the legend says what they mean
+        tokens = window.chat.reply_tokens(-1)  # the reply's tokens carry their marks, and the legend says what they mean
         assert {t[3] for t in tokens} & {"accepted", "resampled", "bonus"} and not window.chat.spec_legend.isHidden()
     finally:
         close_window(window)
