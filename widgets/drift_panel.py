@@ -117,7 +117,7 @@ class QuantDriftPanel(QWidget):
         self.recompute_button = QPushButton("Recompute", toolTip="Compare the conversation as it is now")
         self.recompute_button.clicked.connect(self.compute_requested)
         self.explanation = QLabel(EXPLAIN, wordWrap=True)
-        self.summary = QLabel("")
+        self.summary = QLabel("", wordWrap=True)  # a narrow left dock must not scroll sideways
         self.strip = self._plot("KL (nats)")
         self.strip.setLabel("bottom", "token position")
         self.strip.setMouseEnabled(x=True, y=False)

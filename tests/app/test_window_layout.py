@@ -133,7 +133,7 @@ def test_a_layout_saved_by_the_old_arrangement_is_not_restored(qtbot, tmp_path):
 
 
 def test_full_panels_fit_a_laptop_dock_without_scrolling(qtbot):
-    """A right dock at 1366×768 is ~437×650. Panels whose wrapped labels made them height-for-width took
+    """A right dock at 1366×768 is ~437×650, the left one ~365×650. Panels whose wrapped labels made them height-for-width took
     Qt's preferred height as their least (routing: ~1000 px for a 30-layer MoE; drift: ~1200 px), so the
     dock scrolled with the gate plot and the top-N lists off screen."""
     import numpy as np
@@ -157,14 +157,15 @@ def test_full_panels_fit_a_laptop_dock_without_scrolling(qtbot):
                                    np.full((n, 5), 0.2, np.float32), top, np.full((n, 5), 0.2, np.float32),
                                    {i: f"t{i}" for i in range(5)}, "int4 66.4 MB + float32 0.1 MB", "float32",
                                    538_000_000))
-    for panel in (routing, drift):
+    for panel, width in ((routing, 437), (drift, 360)):  # the right dock at 1366 is ~437 wide, the left ~365
         area = scrolled(panel)
         qtbot.addWidget(area)
-        area.resize(437, 650)
+        area.resize(width, 650)
         area.show()
         qtbot.waitExposed(area)
         assert area.widget().minimumSizeHint().height() <= 650, type(panel).__name__
         assert not area.verticalScrollBar().isVisible(), type(panel).__name__
+        assert not area.horizontalScrollBar().isVisible(), type(panel).__name__
 
 
 def test_every_tab_title_is_whole_on_a_1366_wide_laptop(qtbot, tmp_path):
