@@ -202,8 +202,9 @@ class Inspections(QObject):
         self.lens.refresh()
 
     def new_turn(self) -> None:
-        """A message was sent: a what-if not kept on ends here."""
-        self.intervention_panel.clear_unless_kept()
+        """A message was sent. Interventions not kept on never reach generation (the worker is told only
+        of kept ones), and the list stays in the panel for the new reply's what-if: clearing it silently
+        threw away what the user had built (review of issue 19)."""
 
     def model_loaded(self, facts: ModelFacts) -> None:
         for inspection in (self.lens, self.what_if, self.rope):
