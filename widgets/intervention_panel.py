@@ -153,6 +153,7 @@ class InterventionPanel(QWidget):
         return new
 
     def show_computing(self) -> None:
+        self.summary.setText("")  # the last token's KL line must not stand above the next one's computing
         self.message.setText(COMPUTING)
         self.result.setCurrentWidget(self.message)
 
@@ -188,8 +189,10 @@ class InterventionPanel(QWidget):
         before, after = (display_text(view.token_texts[int(np.argmax(p))]) for p in (base, probs))
         top1 = f"top-1 unchanged (“{before}”)" if view.top1_same else f"top-1 changed (“{before}” → “{after}”)"
         chosen = dict(zip(view.token_ids, view.token_texts)).get(view.target_id, f"id {view.target_id}")
+        unchanged = " — nothing changed here: what was switched off did not contribute to this token " \
+            "(e.g. an expert the router did not pick for it)" if view.kl == 0 and view.top1_same else ""
         self.summary.setText(f"At the selected token (the model chose “{display_text(chosen)}”): "
-                             f"KL {view.kl:.3f} nats · {top1}")
+                             f"KL {view.kl:.3f} nats · {top1}{unchanged}")
         self.result.setCurrentWidget(self.bars)
         self._label_ticks()
 
