@@ -14,7 +14,7 @@ from typing import Iterator
 import torch
 
 from engine.config import ModelConfig, RopeScaling
-from engine.device import freeze_heap, pick_device, pick_dtype, set_threads
+from engine.device import freeze_heap, give_back_memory, pick_device, pick_dtype, set_threads
 from engine.errors import ContextOverflow, EngineError
 from engine.instrumentation.distribution import distribution_view
 from engine.instrumentation.drift import load_float_reference, quant_drift, require_quantized, scoring_window
@@ -346,8 +346,9 @@ class Engine:
                                self.tokenizer.token_text, self.facts().weights)
 
     def release_float_reference(self) -> None:
-        """Free the float reference quant_diff / quant_drift loaded."""
+        """Free the float reference quant_diff / quant_drift loaded, and give its memory back to the system."""
         self._float_reference = None
+        give_back_memory()
 
     def rope_view(self, rope_spec: str | None = None, context: int = 0) -> RopeView:
         """What RoPE does per dimension pair under `rope_spec` ('TYPE:FACTOR' as the model panel's override;
