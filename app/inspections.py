@@ -161,9 +161,16 @@ class RopeInspection(OnDemand):
         super().__init__(worker, panel, parent)
         self.rope_spec = rope_spec  # () -> 'TYPE:FACTOR' or None (the model's own)
         self.loaded = False
+        self.loaded_rope = ""  # the loaded model's own scaling (ModelFacts.rope)
 
     def wanted(self):
-        return (self.rope_spec(), 0) if self.loaded else None
+        if not self.loaded:
+            return None
+        spec = self.rope_spec()
+        self.panel.set_preview("" if spec is None else
+                               f"Preview of {spec.replace(':', ' ×')}: it applies when a model is opened "
+                               f"(Model panel → Open); the loaded model runs “{self.loaded_rope}”.")
+        return spec, 0
 
 
 class Inspections(QObject):
@@ -215,7 +222,7 @@ class Inspections(QObject):
         self.lens.selected = self.what_if.selected = None
         self.intervention_panel.set_model_shape(facts.layers, facts.heads, facts.kv_heads, facts.experts)
         self.drift.model_loaded(facts)
-        self.rope.loaded = True
+        self.rope.loaded, self.rope.loaded_rope = True, facts.rope
         self.rope.refresh()
 
     def rope_changed(self, *_) -> None:

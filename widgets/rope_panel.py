@@ -73,6 +73,9 @@ class RopePanel(QWidget):
 
     def _setup_ui(self) -> None:
         self.title = QLabel(EMPTY, wordWrap=True)
+        # A choice in the Model panel is a load option: drawn at once, applied only when a model is opened.
+        self.preview = QLabel("", wordWrap=True, styleSheet="color: #b9770e;")
+        self.preview.hide()
         self.caption = QLabel("", wordWrap=True)
         self.turns = QLabel("", wordWrap=True)
         self.plot = pg.PlotWidget()
@@ -103,12 +106,18 @@ class RopePanel(QWidget):
     def _layout(self) -> None:
         layout = QVBoxLayout(self)
         layout.addWidget(self.title)
+        layout.addWidget(self.preview)
         layout.addWidget(self.caption)
         layout.addWidget(self.turns)
         layout.addWidget(self.plot, 1)
         layout.addWidget(self.readout)
 
     # -- API ----------------------------------------------------------------------------------
+    def set_preview(self, text: str) -> None:
+        """'' : the view is the loaded model's; else why it is not (a choice that applies on reopening)."""
+        self.preview.setText(text)
+        self.preview.setVisible(bool(text))
+
     def clear(self) -> None:
         self._view = None
         self.wavelengths = {"scaled": np.zeros(0), "unscaled": np.zeros(0)}

@@ -154,6 +154,7 @@ def test_rope_follows_the_model_panels_choice(qtbot, settings, hf_checkpoint, ca
         window.model_panel.rope_factor.setValue(4.0)
         qtbot.waitUntil(lambda: window.rope.view.scaling == "yarn" and window.rope.view.factor == 4.0,
                         timeout=TIMEOUT)
+        assert "applies when a model is opened" in window.rope.preview.text() and not window.rope.preview.isHidden()
         reference = Engine.load(directory, LoadOptions(device="cpu", rope_scaling="yarn:4"))
         assert np.allclose(window.rope.view.inv_freq, reference.model.rope.inv_freq.tolist())
     finally:
