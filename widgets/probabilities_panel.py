@@ -21,6 +21,8 @@ from engine.records import DistributionView, StageView
 
 STAGES = ("raw", "constraint", "penalties", "temperature", "top_k", "top_p", "min_p", "typical_p")
 RAW, KEPT, CHOSEN, REMOVED = "#93aed0", "#2e86de", "#f1c40f", "#e74c3c"
+STAGE_WORDS = {"top_k": "top-k", "top_p": "top-p", "min_p": "min-p", "typical_p": "typical-p",
+               "constraint": "the constraint", "penalties": "the penalties"}
 LEGEND = (("model", RAW), ("after the stage", KEPT), ("chosen", CHOSEN), ("removed by the stage", REMOVED))
 GAP_PX = 6  # between two token labels on the x axis
 MAX_STRIDE = 4  # label at least every fourth candidate
@@ -226,7 +228,10 @@ class ProbabilitiesPanel(QWidget):
         final = view.stages[-1]
         remain = (f"{final.kept} of {view.stored} stored tokens remain" if view.stored else
                   f"{sum(p > 0 for p in final.probs)} of {len(final.probs)} shown tokens remain")
-        self.title.setText(f"Step {view.step_index}: chose “{display_text(chosen)}” · {remain}")
+        # The settings on the sliders may now remove the token the model chose with the settings it had.
+        gone = self._removed.get(view.chosen_token_id)
+        note = f" · under these settings {STAGE_WORDS.get(gone, gone)} would remove it" if gone else ""
+        self.title.setText(f"Step {view.step_index}: chose “{display_text(chosen)}” · {remain}{note}")
         before = view.entropy_before if view.stored else view.entropy
         self.entropy.setText(f"entropy before sampler {max(0.0, before):.2f} nats → "
                              f"after {max(0.0, view.entropy):.2f} nats")

@@ -124,3 +124,10 @@ def test_hovering_a_stage_names_the_token_and_what_the_stage_did(panel):
     tip = row.plot.toolTip()
     assert tip.startswith(f"“␣{view.token_texts[i].strip()}” (id {view.token_ids[i]}): ")
     assert "→ 0.0000 after top-p" in tip and tip.endswith("removed by top-p")
+
+
+def test_the_title_says_when_these_settings_would_remove_the_chosen_token(panel):
+    panel.show_distribution(view_for(SamplingParams(temperature=1.0, top_k=1)))  # the chosen one ranks second
+    assert "under these settings top-k would remove it" in panel.title.text()
+    panel.show_distribution(view_for(SamplingParams(temperature=1.0, top_k=5)))
+    assert "would remove" not in panel.title.text()
