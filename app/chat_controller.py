@@ -43,6 +43,7 @@ class LiveReply:
     shown_seq: int | None = None  # the sequence drawn while it streams (n > 1: the first one seen)
     prompt_ids: tuple = ()
     kept_text: str = ""
+    changed_by: str = ""  # what made this reply unlike the model's own: interventions kept on, turns dropped
     unsent: tuple | None = None  # a new message until the first token: (its node id, text, tool call)
 
 
@@ -383,6 +384,12 @@ class ChatController(QObject):
         live = self.live or self._start(self.tree.leaf().id, -1)
         live.prompt_ids = start.chat_prompt_ids
         live.kept_text = start.kept_text
+        marks = []
+        if start.interventions:  # never silently: this reply is not the model as loaded
+            marks.append("generated with interventions: " + ", ".join(start.interventions))
+        if start.dropped:
+            marks.append(f"{start.dropped} oldest messages left out to fit the context")
+        live.changed_by = " · ".join(marks)
         if start.kept:  # a branch: the chosen token, which has no step record
             chosen = (start.prompt.token_ids[-1], start.prompt.token_texts[-1], 1.0)
             live.kept.append(chosen)
@@ -443,7 +450,8 @@ class ChatController(QObject):
         tokens = live.kept + tokens if tokens or not live.kept else []
         return self.tree.add(live.parent, {"role": "assistant", "content": text}, prompt_ids=live.prompt_ids,
                              tokens=tokens, records=(live.kept_records + at) if tokens else [],
-                             kept=len(live.kept), note=ENDINGS.get(reason, reason))
+                             kept=len(live.kept),
+                             note=" · ".join(n for n in (ENDINGS.get(reason, reason), live.changed_by) if n))
 
     def on_failed(self, message: str) -> None:
         live, self.live = self.live, None

@@ -24,6 +24,8 @@ SHORTCUTS = [
     ("Esc", "Stop the reply being generated"),
     ("Ctrl+O", "Open a model file"),
     ("Ctrl+S", "Save the conversation"),
+    ("Ctrl+N", "A new conversation (this one stays in the list)"),
+    ("Ctrl+Shift+L", "The list of conversations: open, rename, delete, search, export"),
     ("Ctrl+Q", "Quit"),
     ("F1", "This sheet of shortcuts"),
 ]

@@ -5,12 +5,16 @@ line), app/session_autosave.py (autosave and restore), app/dock_layout.py (where
 window's size). Only the worker talks to the engine."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from PySide6.QtCore import QThread
 from PySide6.QtWidgets import QFileDialog, QLabel, QMainWindow, QMessageBox
 
 from app import dock_layout
 from app.autosave import default_folder
+from app import help as help_sheet
 from app.chat_controller import ChatController
+from app.conversations import Conversations
 from app.engine_worker import EngineWorker
 from app.inspections import Inspections
 from app.model_controller import ModelController
@@ -42,7 +46,7 @@ class MainWindow(QMainWindow):
         self.worker = EngineWorker()
         self.worker.moveToThread(self.thread)
         self.thread.start()
-        self.controller = ChatController(self.chat, self.worker, self.sampler.params)
+        self.controller = ChatController(self.chat, self.worker, self.sampler.params, self.turn_options)
         self.hub = RecordHub(self.worker, self.controller, self.sampler.params, self.routing, self.attention,
                              self.memory)
         self.inspections = Inspections(self.worker, self.hub.contexts, self.lens, self.what_if, self.drift,
@@ -52,6 +56,8 @@ class MainWindow(QMainWindow):
         # cycle through the window would leave destroying it to the garbage collector, which runs in
         # whichever thread allocates (the worker's, where destroying widgets deadlocks).
         self.models = ModelController(self, self.worker, self.settings)
+        self.conversations = Conversations(self, self.controller, lambda: self.models.name,
+                                           (Path(data_dir) / "conversations") if data_dir else None)
         # Shown while interventions kept on change what the model generates (never silently).
         self.intervention_note = QLabel()
         self.intervention_note.setStyleSheet("color: white; background: #b03a2e; padding: 1px 6px; border-radius: 3px;")
@@ -74,7 +80,11 @@ class MainWindow(QMainWindow):
         self.chat = ChatPanel()
         self.setCentralWidget(self.chat)
         self.sampler = SamplerPanel()
+        # Presets first, then the values, then which preset is active: "(modified)" compares the two.
+        self.sampler.presets.set_user_presets(self.settings.user_presets())
         self.sampler.set_params(self.settings.sampling())
+        self.sampler.set_request_shape(self.settings.request_shape())
+        self.sampler.presets.set_active(self.settings.active_preset())
         self.probabilities = ProbabilitiesPanel()
         self.routing = RoutingPanel()
         self.attention = AttentionPanel()
@@ -118,6 +128,11 @@ class MainWindow(QMainWindow):
         self.what_if.changed.connect(self._show_interventions)
         self.what_if.keep_changed.connect(self._show_interventions)
         self.sampler.params_changed.connect(self.settings.set_sampling)
+        self.sampler.presets.user_presets_changed.connect(self.settings.set_user_presets)
+        self.sampler.presets.active_changed.connect(self.settings.set_active_preset)
+        self.sampler.shape_changed.connect(self.settings.set_request_shape)
+        w.finished.connect(self.conversations.save)  # the library's copy of this conversation, after the autosave
+        c.changed.connect(self.conversations.save)
         self.sampler.params_changed.connect(hub.show_distribution)  # re-derived from stored logits
         # GUI signals reach the worker through its request_* methods, called here in the GUI thread
         # (connected to the worker's own methods they would run queued in its thread, which is busy
@@ -127,6 +142,11 @@ class MainWindow(QMainWindow):
         self.sampler.tools_changed.connect(c.offer_tools)
         self.probabilities.alternative_chosen.connect(hub.continue_with)
         self.model_panel.open_requested.connect(self.load_model)
+
+    def turn_options(self) -> dict:
+        """What the next turn asks beyond the sampler's values (app/turn.py's Turn fields): samples, best-of,
+        beams."""
+        return dict(self.sampler.request_shape())
 
     def _show_interventions(self, *_) -> None:
         """Interventions kept on change what the model generates: the status line says so while they do."""
@@ -141,6 +161,8 @@ class MainWindow(QMainWindow):
         file_menu.addAction("&Open model file…", self.model_panel.choose_model, "Ctrl+O")
         file_menu.addAction("Open model &folder…", self.model_panel.choose_folder)
         file_menu.addSeparator()
+        file_menu.addAction("&New conversation", self.conversations.new, "Ctrl+N")
+        file_menu.addAction("Conve&rsations…", self.conversations.show, "Ctrl+Shift+L")
         file_menu.addAction("Open &conversation…", self._open_conversation)
         file_menu.addAction("&Save conversation…", lambda: self._save_conversation(False), "Ctrl+S")
         file_menu.addAction("&Export with per-token records…", lambda: self._save_conversation(True))
@@ -156,6 +178,9 @@ class MainWindow(QMainWindow):
         dark.setCheckable(True)
         dark.setChecked(self.settings.dark_theme())
         dark.toggled.connect(self._set_dark)
+        help_menu = self.menuBar().addMenu("&Help")
+        help_menu.addAction("&Keyboard shortcuts", lambda: help_sheet.show_shortcuts(self), "F1")
+        help_menu.addAction("&About Glassbox", lambda: help_sheet.show_about(self, self.models.facts))
 
     def reset_layout(self) -> None:
         """View → Reset layout: every panel back where it starts, docked, shown and at its default width."""

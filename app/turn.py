@@ -50,6 +50,7 @@ class TurnStart:
     kept: int = 0
     kept_text: str = ""
     dropped: int = 0  # messages dropped from the start of the conversation so that it fits (overflow)
+    interventions: tuple[str, ...] = ()  # labels of the interventions kept on that generate this reply
 
     @property
     def chat_prompt_ids(self) -> tuple[int, ...]:
