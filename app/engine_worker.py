@@ -50,6 +50,16 @@ def default_instrumentation(n_layers: int = 0) -> InstrumentOptions:
     return InstrumentOptions(top_n=5, stored_logits=512, routing=True, memory=True)
 
 
+def _oldest_turn(messages: list[dict]) -> slice | None:
+    """Where the oldest droppable turn lies: from the first message that is not the system prompt up to the
+    next user message. None when that turn is the newest one (it holds the message being answered)."""
+    start = next((i for i, m in enumerate(messages) if m.get("role") != "system"), None)
+    if start is None:
+        return None
+    end = next((i for i in range(start + 1, len(messages)) if messages[i].get("role") == "user"), None)
+    return None if end is None else slice(start, end)
+
+
 class EngineWorker(QObject):
     # outputs (emitted in the worker thread, delivered queued to GUI-thread slots)
     loaded = Signal(object)  # ModelFacts
@@ -66,6 +76,12 @@ class EngineWorker(QObject):
     # The answer to request_inspection: its kind, the view (or a str saying why there is none) and the
     # generation request_inspection returned.
     inspected = Signal(str, object, int)
+    # request_count's answer: the prompt tokens those messages take (or why they make no prompt: a template
+    # that does not render them, said in the template's own words)
+    counted = Signal(int)
+    count_failed = Signal(str)
+    template = Signal(str)  # after each load: the model's own chat template source (or a note: it has none)
+    builtin_templates = Signal(object)  # after each load: dict name -> source of the templates offered besides
     # inputs (queued into the worker thread)
     _load = Signal(str, object, object)
     _generate = Signal(object)
@@ -76,6 +92,7 @@ class EngineWorker(QObject):
     _attention = Signal(object, int, object, int)
     _set_speculative = Signal(object)
     _pump = Signal()
+    _count = Signal(object, object, int)
 
     def __init__(self):
         super().__init__()
@@ -99,6 +116,8 @@ class EngineWorker(QObject):
         self._set_interventions.connect(self._do_interventions)
         self._attention.connect(self._do_attention)
         self._set_speculative.connect(self._do_speculative)
+        self._count_generation = 0  # of the latest request_count: older ones still queued are skipped
+        self._count.connect(self._do_count)
         # Queued even though sender and receiver share the thread: each step is its own event.
         self._pump.connect(self._advance, Qt.QueuedConnection)
 
@@ -150,6 +169,12 @@ class EngineWorker(QObject):
         self._load_cancel.set()
         self._turn_cancel.set()
 
+    def request_count(self, messages: tuple, options: dict) -> None:
+        """How many prompt tokens `messages` would take under `options` (Turn's mode, template and tools),
+        answered by `counted` (or `count_failed`). Only the latest request is answered."""
+        self._count_generation += 1
+        self._count.emit(tuple(messages), dict(options), self._count_generation)
+
     def request_speculative(self, options: SpeculativeOptions) -> None:
         """Speculative decoding for the requests after this one (queued: ordered with them)."""
         self._set_speculative.emit(options)
@@ -186,6 +211,8 @@ class EngineWorker(QObject):
         self._interventions = ()  # the old model's heads and experts mean nothing to this one
         self.attention_views.clear()
         self.loaded.emit(facts)
+        self.template.emit(engine.template_source())
+        self.builtin_templates.emit(engine.builtin_templates())
         self.memory.emit(engine.memory())  # the memory panel shows the new model before its first token
 
     def _do_generate(self, turn: Turn) -> None:
@@ -196,14 +223,16 @@ class EngineWorker(QObject):
             self.failed.emit("a reply is being generated: stop it first")
             return
         engine = self._engine
-        # Models whose template ignores `tools` get the plain chat: offering tools would do nothing.
-        tools = turn.tools if self._facts.supports_tools else "none"
+        tools = self._tool_mode(turn.tools, turn.mode, turn.template)
+        dropped = 0
         try:
             if turn.messages:
-                messages = list(turn.messages)
-                ids = engine.tool_prompt_ids(messages) if tools != "none" else engine.chat_prompt_ids(messages)
+                ids, dropped = self._fitted_prompt_ids(turn, tools)
             else:
                 ids = list(turn.prompt_ids) + list(turn.kept_ids)
+            if not ids:
+                self.failed.emit("there is no text to continue")
+                return
             problem = prompt_does_not_fit(len(ids), self._facts.context)
             if problem:
                 self.failed.emit(problem)
@@ -211,15 +240,62 @@ class EngineWorker(QObject):
             params = engine.tool_call_params(turn.params, tools == "required") if tools in ("auto", "required") \
                 else turn.params
             engine.set_interventions(self._interventions)  # kept on by the user, or none: never left over
-            request = engine.make_request(ids, params, instrument=default_instrumentation(),
-                                          speculative=self._speculative)
+            request = engine.make_request(ids, params, n=turn.n, best_of=turn.best_of, beams=turn.beams,
+                                          instrument=default_instrumentation(), speculative=self._speculative)
             kept_text = engine.decode(turn.kept_ids) if turn.kept_ids else ""
         except Exception as e:  # a template that cannot render these messages, a bad constraint, ...
             self.failed.emit(str(e) if isinstance(e, EngineError) else f"{type(e).__name__}: {e}")
             return
-        self._running = (tools, len(turn.kept_ids), kept_text)
+        self._running = (tools, len(turn.kept_ids), kept_text, dropped)  # TurnStart's fields after the prompt
         self._stream = engine.stream(request, turn.cancel)
         self._pump.emit()
+
+    def _tool_mode(self, tools: str, mode: str, template: str | None) -> str:
+        """The tools a turn really gets: none in a plain completion (no template to offer them in), nor
+        under a template override (the built-ins render no tools), nor with a model whose own template
+        ignores `tools` (offering them would do nothing)."""
+        return tools if mode == "chat" and template is None and self._facts.supports_tools else "none"
+
+    def _prompt_ids(self, messages: list[dict], mode: str, template: str | None, tools: str) -> list[int]:
+        """The prompt of `messages`: in completion mode their text continued as it is (every message's
+        content but the system prompt's, run together: Engine.completion_prompt_ids), else rendered by the
+        chat template (`template`, or the model's own when None)."""
+        if mode == "completion":
+            return self._engine.completion_prompt_ids(messages)
+        if tools != "none":
+            return self._engine.tool_prompt_ids(messages)
+        return self._engine.chat_prompt_ids(messages, template=template)
+
+    def _fitted_prompt_ids(self, turn: Turn, tools: str) -> tuple[list[int], int]:
+        """The turn's prompt and how many messages were dropped for it. With overflow "drop_oldest", whole
+        turns (a user message and what answered it) go, oldest first, until the prompt leaves room for the
+        reply (max_new_tokens, at most half the context); the system prompt and the newest turn stay."""
+        messages = list(turn.messages)
+        ids = self._prompt_ids(messages, turn.mode, turn.template, tools)
+        if turn.overflow != "drop_oldest":
+            return ids, 0
+        room = max(1, min(turn.params.max_new_tokens, self._facts.context // 2))
+        dropped = 0
+        while len(ids) + room > self._facts.context:
+            oldest = _oldest_turn(messages)
+            if oldest is None:
+                break  # only the system prompt and the newest turn are left: prompt_does_not_fit says so
+            del messages[oldest]
+            dropped += oldest.stop - oldest.start
+            ids = self._prompt_ids(messages, turn.mode, turn.template, tools)
+        return ids, dropped
+
+    def _do_count(self, messages: tuple, options: dict, generation: int) -> None:
+        if self._engine is None or generation != self._count_generation:
+            return
+        mode, template = options.get("mode", "chat"), options.get("template")
+        try:
+            ids = self._prompt_ids(list(messages), mode, template,
+                                   self._tool_mode(options.get("tools", "none"), mode, template))
+        except Exception as e:  # a template that does not render: the template panel shows why
+            self.count_failed.emit(str(e) if isinstance(e, EngineError) else f"{type(e).__name__}: {e}")
+            return
+        self.counted.emit(len(ids))
 
     def _advance(self) -> None:
         """One item of the running reply; the next one waits for the next event-loop turn."""
@@ -258,7 +334,7 @@ class EngineWorker(QObject):
         self._sent_at = time.perf_counter()
 
     def _finish(self, done: RequestDone) -> None:
-        tools, _, kept_text = self._running
+        tools, _, kept_text = self._running[:3]
         result = done.results[0] if done.results else None
         if tools != "none" and not done.error and result is not None and result.finish_reason == "eos":
             try:
