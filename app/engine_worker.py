@@ -246,7 +246,9 @@ class EngineWorker(QObject):
         except Exception as e:  # a template that cannot render these messages, a bad constraint, ...
             self.failed.emit(str(e) if isinstance(e, EngineError) else f"{type(e).__name__}: {e}")
             return
-        self._running = (tools, len(turn.kept_ids), kept_text, dropped)  # TurnStart's fields after the prompt
+        # TurnStart's fields after the prompt; the interventions named so the reply says it is not the model's own
+        self._running = (tools, len(turn.kept_ids), kept_text, dropped,
+                         tuple(i.label for i in engine.interventions))
         self._stream = engine.stream(request, turn.cancel)
         self._pump.emit()
 

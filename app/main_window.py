@@ -8,12 +8,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from PySide6.QtCore import QThread
-from PySide6.QtWidgets import QFileDialog, QLabel, QMainWindow, QMessageBox
+from PySide6.QtWidgets import QFileDialog, QLabel, QMainWindow, QMessageBox, QVBoxLayout, QWidget
 
 from app import dock_layout
 from app.autosave import default_folder
 from app import help as help_sheet
 from app.chat_controller import ChatController
+from app.context_meter import ContextMeter
 from app.conversations import Conversations
 from app.engine_worker import EngineWorker
 from app.inspections import Inspections
@@ -33,6 +34,7 @@ from widgets.probabilities_panel import ProbabilitiesPanel
 from widgets.rope_panel import RopePanel
 from widgets.routing_panel import RoutingPanel
 from widgets.sampler_panel import SamplerPanel
+from widgets.template_panel import TemplatePanel
 
 
 class MainWindow(QMainWindow):
@@ -56,6 +58,8 @@ class MainWindow(QMainWindow):
         # cycle through the window would leave destroying it to the garbage collector, which runs in
         # whichever thread allocates (the worker's, where destroying widgets deadlocks).
         self.models = ModelController(self, self.worker, self.settings)
+        self.meter = ContextMeter(self.worker, self.controller, self.chat, self.template_panel,
+                                  lambda: self.models.facts.context if self.models.facts else 0, self)
         self.conversations = Conversations(self, self.controller, lambda: self.models.name,
                                            (Path(data_dir) / "conversations") if data_dir else None)
         # Shown while interventions kept on change what the model generates (never silently).
@@ -94,9 +98,16 @@ class MainWindow(QMainWindow):
         self.drift = QuantDriftPanel()
         self.rope = RopePanel()
         self.model_panel = ModelPanel()
+        self.template_panel = TemplatePanel()  # the chat format: mode, template, overflow; under the model
+        self.template_panel.restore(self.settings.template_state())
+        model_side = QWidget()
+        column = QVBoxLayout(model_side)
+        column.setContentsMargins(0, 0, 0, 0)
+        column.addWidget(self.model_panel)
+        column.addWidget(self.template_panel)
         self.model_panel.set_recent(self.settings.recent_models())
         self.docks = dock_layout.make_docks(self, {
-            "Model": self.model_panel, "Sampler": self.sampler, "RoPE": self.rope, "Memory": self.memory,
+            "Model": model_side, "Sampler": self.sampler, "RoPE": self.rope, "Memory": self.memory,
             "Probabilities": self.probabilities, "Logit lens": self.lens, "What-if": self.what_if,
             "Attention": self.attention, "Routing": self.routing, "Quant drift": self.drift})
 
@@ -133,6 +144,13 @@ class MainWindow(QMainWindow):
         self.sampler.shape_changed.connect(self.settings.set_request_shape)
         w.finished.connect(self.conversations.save)  # the library's copy of this conversation, after the autosave
         c.changed.connect(self.conversations.save)
+        w.template.connect(self.template_panel.set_model_template)
+        w.builtin_templates.connect(self.template_panel.set_builtin_templates)
+        w.count_failed.connect(self.template_panel.show_problem)
+        self.template_panel.options_changed.connect(lambda *_: self.settings.set_template_state(
+            self.template_panel.state()))
+        for changed in (w.loaded, w.finished, c.changed, self.template_panel.options_changed):
+            changed.connect(self.meter.count_used)
         self.sampler.params_changed.connect(hub.show_distribution)  # re-derived from stored logits
         # GUI signals reach the worker through its request_* methods, called here in the GUI thread
         # (connected to the worker's own methods they would run queued in its thread, which is busy
@@ -144,9 +162,9 @@ class MainWindow(QMainWindow):
         self.model_panel.open_requested.connect(self.load_model)
 
     def turn_options(self) -> dict:
-        """What the next turn asks beyond the sampler's values (app/turn.py's Turn fields): samples, best-of,
-        beams."""
-        return dict(self.sampler.request_shape())
+        """What the next turn asks beyond the sampler's values (app/turn.py's Turn fields): the chat format
+        (mode, template, overflow) and samples, best-of, beams."""
+        return {**self.template_panel.options(), **self.sampler.request_shape()}
 
     def _show_interventions(self, *_) -> None:
         """Interventions kept on change what the model generates: the status line says so while they do."""

@@ -119,6 +119,8 @@ def test_an_intervention_not_kept_never_reaches_generation_and_one_kept_does(qtb
                     if hasattr(t, "token_id")]
         assert kept == expected[:len(kept)] and kept != plain  # the kept interventions changed the reply
         assert window.what_if.interventions() == off  # kept on: still there after the turn
+        reply = window.controller.tree.leaf()
+        assert "generated with interventions: layer 1 MLP off" in reply.note  # the chat says so
     finally:
         close_window(window)
 
