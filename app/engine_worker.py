@@ -76,6 +76,8 @@ class EngineWorker(QObject):
     # The answer to request_inspection: its kind, the view (or a str saying why there is none) and the
     # generation request_inspection returned.
     inspected = Signal(str, object, int)
+    # The memory now, after something changed it outside a reply (the drift's float reference loaded or freed)
+    memory_changed = Signal(object)
     # request_count's answer: the prompt tokens those messages take (or why they make no prompt: a template
     # that does not render them, said in the template's own words)
     counted = Signal(int)
@@ -396,10 +398,13 @@ class EngineWorker(QObject):
             view = f"{type(e).__name__}: {e}"
         if view is not None:
             self.inspected.emit(kind, view, generation)
+        if kind == "drift":  # the float reference may have been loaded: the memory panel shows its cost
+            self.memory_changed.emit(self._engine.memory())
 
     def _do_release_reference(self) -> None:
         if self._engine is not None:
             self._engine.release_float_reference()
+            self.memory_changed.emit(self._engine.memory())
 
     def _do_interventions(self, interventions: tuple) -> None:
         self._interventions = interventions  # read when the next turn starts

@@ -69,6 +69,7 @@ class RecordHub(QObject):
         self._asked_at = 0.0  # when the newest step's what-if was last asked for while streaming
         self._distribution_due = False  # the selected step's what-if is not yet asked for
         worker.memory.connect(self.on_model_memory)
+        worker.memory_changed.connect(self.on_memory_changed)
 
     # -- from the worker (queued, GUI thread) -------------------------------------------------
     def on_turn_started(self, start) -> None:
@@ -87,6 +88,12 @@ class RecordHub(QObject):
         self.contexts.reset()
         self._pending_memory = None
         self.memory.clear()
+        self.memory.show_memory(snapshot)
+
+    def on_memory_changed(self, snapshot: MemorySnapshot) -> None:
+        """Memory changed between replies (the drift's float reference loaded or released): shown at once."""
+        if self.controller.busy:
+            return  # a streaming reply's own snapshots follow within MEMORY_EVERY_S
         self.memory.show_memory(snapshot)
 
     def flush(self, *args) -> None:

@@ -141,6 +141,9 @@ def test_drift_equals_quant_diff_and_is_computed_only_when_asked(qtbot, settings
         assert np.allclose(window.drift.view.kl, expected.kl, atol=1e-6)
         assert window.drift.view.top1_agree == expected.top1_agree
         assert window.drift.view.reference_bytes > 0
+        rss = len(window.memory.rss_curve())
+        window.drift.release_requested.emit()  # freed: the memory panel shows the process after it
+        qtbot.waitUntil(lambda: len(window.memory.rss_curve()) > rss, timeout=TIMEOUT)
     finally:
         close_window(window)
 
