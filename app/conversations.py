@@ -19,8 +19,8 @@ from widgets.conversations_panel import ConversationsPanel
 
 class Conversations(QObject):
     def __init__(self, window, controller, model_name, folder=None):
-        super().__init__(window)
-        self.window, self.controller, self.model_name = window, controller, model_name
+        super().__init__(window)  # the window only as Qt parent: a Python reference would make a cycle
+        self.controller, self.model_name = controller, model_name
         self.library = Library(folder)
         self.current: Path | None = None  # the file of the conversation on screen (None until it has a message)
         self.panel = ConversationsPanel()

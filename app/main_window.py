@@ -37,6 +37,12 @@ from widgets.sampler_panel import SamplerPanel
 from widgets.template_panel import TemplatePanel
 
 
+def turn_options(sampler, template_panel) -> dict:
+    """What the next turn asks beyond the sampler's values (app/turn.py's Turn fields): the chat format
+    (mode, template, overflow) and samples, best-of, beams."""
+    return {**template_panel.options(), **sampler.request_shape()}
+
+
 class MainWindow(QMainWindow):
     def __init__(self, settings: Settings | None = None, model_path: str | None = None, autoload: bool = True,
                  data_dir=None, offer_restore: bool = True):
@@ -48,7 +54,9 @@ class MainWindow(QMainWindow):
         self.worker = EngineWorker()
         self.worker.moveToThread(self.thread)
         self.thread.start()
-        self.controller = ChatController(self.chat, self.worker, self.sampler.params, self.turn_options)
+        sampler, template = self.sampler, self.template_panel  # captured, not the window (a cycle through it)
+        self.controller = ChatController(self.chat, self.worker, self.sampler.params,
+                                         lambda: turn_options(sampler, template))
         self.hub = RecordHub(self.worker, self.controller, self.sampler.params, self.routing, self.attention,
                              self.memory)
         self.inspections = Inspections(self.worker, self.hub.contexts, self.lens, self.what_if, self.drift,
@@ -58,9 +66,10 @@ class MainWindow(QMainWindow):
         # cycle through the window would leave destroying it to the garbage collector, which runs in
         # whichever thread allocates (the worker's, where destroying widgets deadlocks).
         self.models = ModelController(self, self.worker, self.settings)
+        models = self.models  # captured instead of the window: a lambda holding the window would make a cycle
         self.meter = ContextMeter(self.worker, self.controller, self.chat, self.template_panel,
-                                  lambda: self.models.facts.context if self.models.facts else 0, self)
-        self.conversations = Conversations(self, self.controller, lambda: self.models.name,
+                                  lambda: models.facts.context if models.facts else 0, self)
+        self.conversations = Conversations(self, self.controller, lambda: models.name,
                                            (Path(data_dir) / "conversations") if data_dir else None)
         # Shown while interventions kept on change what the model generates (never silently).
         self.intervention_note = QLabel()
@@ -147,8 +156,7 @@ class MainWindow(QMainWindow):
         w.template.connect(self.template_panel.set_model_template)
         w.builtin_templates.connect(self.template_panel.set_builtin_templates)
         w.count_failed.connect(self.template_panel.show_problem)
-        self.template_panel.options_changed.connect(lambda *_: self.settings.set_template_state(
-            self.template_panel.state()))
+        self.template_panel.options_changed.connect(self._save_template_state)
         for changed in (w.loaded, w.finished, c.changed, self.template_panel.options_changed):
             changed.connect(self.meter.count_used)
         self.sampler.params_changed.connect(hub.show_distribution)  # re-derived from stored logits
@@ -161,10 +169,14 @@ class MainWindow(QMainWindow):
         self.probabilities.alternative_chosen.connect(hub.continue_with)
         self.model_panel.open_requested.connect(self.load_model)
 
-    def turn_options(self) -> dict:
-        """What the next turn asks beyond the sampler's values (app/turn.py's Turn fields): the chat format
-        (mode, template, overflow) and samples, best-of, beams."""
-        return {**self.template_panel.options(), **self.sampler.request_shape()}
+    def _show_shortcuts(self) -> None:
+        help_sheet.show_shortcuts(self)
+
+    def _show_about(self) -> None:
+        help_sheet.show_about(self, self.models.facts)
+
+    def _save_template_state(self, *_) -> None:
+        self.settings.set_template_state(self.template_panel.state())
 
     def _show_interventions(self, *_) -> None:
         """Interventions kept on change what the model generates: the status line says so while they do."""
@@ -197,8 +209,8 @@ class MainWindow(QMainWindow):
         dark.setChecked(self.settings.dark_theme())
         dark.toggled.connect(self._set_dark)
         help_menu = self.menuBar().addMenu("&Help")
-        help_menu.addAction("&Keyboard shortcuts", lambda: help_sheet.show_shortcuts(self), "F1")
-        help_menu.addAction("&About Glassbox", lambda: help_sheet.show_about(self, self.models.facts))
+        help_menu.addAction("&Keyboard shortcuts", self._show_shortcuts, "F1")
+        help_menu.addAction("&About Glassbox", self._show_about)
 
     def reset_layout(self) -> None:
         """View → Reset layout: every panel back where it starts, docked, shown and at its default width."""
