@@ -301,7 +301,26 @@ class ChatController(QObject):
         """The active path, drawn whole (after a turn or a change of branch); the chat's step indexes
         are renumbered with it."""
         self._shown = []
-        self.chat.show_conversation([self._view(n, self._shown) for n in self.tree.path()])
+        path = self.tree.path()
+        views = [self._view(n, self._shown) for n in path]
+        for view, count in zip(views, self._prompt_counts(path)):
+            if count is not None:
+                view.token_count = count
+        self.chat.show_conversation(views)
+
+    @staticmethod
+    def _prompt_counts(path: list[Node]) -> list[int | None]:
+        """Tokens each user (or tool) message adds to the prompt, template tokens included, from the prompts
+        the replies were given: the prompt of the reply after it, less the previous reply's prompt and
+        tokens (the first message's count holds the system prompt too). None where no reply tells."""
+        counts: list[int | None] = [None] * len(path)
+        before = 0  # prompt tokens up to the end of the previous reply
+        for i, node in enumerate(path):
+            if node.role == "assistant" and node.prompt_ids:
+                if i > 0 and path[i - 1].role != "assistant":
+                    counts[i - 1] = max(0, len(node.prompt_ids) - before)
+                before = len(node.prompt_ids) + len(node.tokens)
+        return counts
 
     def _view(self, node: Node, shown_list: list) -> MessageView:
         view = message_view(node.message) or MessageView(node.role, node.message.get("content") or "")

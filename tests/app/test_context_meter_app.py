@@ -15,6 +15,8 @@ def test_the_meter_counts_what_the_engine_counts_and_warns_before_sending(qtbot,
         qtbot.waitUntil(lambda: window.meter.used == expected, timeout=TIMEOUT)
         assert window.chat.context_meter.format().startswith(f"{expected} / 64 tokens")
         assert not window.chat.context_warning()
+        first_user = next(v for v in window.chat._turns if v.role == "user")
+        assert first_user.token_count == len(engine.chat_prompt_ids([window.controller.messages[0]]))
         window.chat.input.setPlainText(" ".join(f"t{i}" for i in range(60)))  # far more than the room left
         qtbot.waitUntil(window.chat.context_warning, timeout=TIMEOUT)
     finally:
