@@ -5,11 +5,18 @@ thread) or set a threading.Event (cancel), so the GUI never waits on the engine 
 prompts are rendered, tokens detokenized, tool calls run and distributions re-derived here, and
 what comes back is plain records (engine.records, or the small frozen ones of app/turn.py).
 
-A reply advances one engine step per event-loop turn (a queued `_pump`), so a distribution request,
-an attention request or a cancel that arrives while a reply streams is served between two steps. Its
-steps go to the GUI thread in batches (`steps`, every STEP_BATCH_S; the first token at once). A
-second generate request while a reply runs is refused with `failed` (the chat controller never sends
-one), and so is a turn whose prompt does not fit the model's context (app/turn.py), before any compute.
+The engine advances one step per event-loop turn (a queued `_pump`) while anything is in flight, so a
+distribution request, an attention request or a cancel that arrives while a reply streams is served
+between two steps. Each step (Engine.step) advances every request in flight together, the chat's reply
+and the requests served over HTTP (app/serving.py), and each record goes to its owner: the chat's steps
+to the GUI thread in batches (`steps`, every STEP_BATCH_S; the first token at once); a served request's
+to its listener (the HTTP front) and, batched the same way, to `served` (the Requests panel). A second
+generate request while a reply runs is refused with `failed` (the chat controller never sends one), and
+so is a turn whose prompt does not fit the model's context (app/turn.py), before any compute.
+
+The worker is also the HTTP front's Backend (app/serve/backend.py): run / submit / cancel are called from
+the server's thread and only queue a job here (a deque, woken by a queued `_wake`), which runs between two
+steps and resolves its Future on this thread. With nothing served, a step costs what Engine.stream did.
 
 The stream carries light records only (default_instrumentation): the chosen token, top-N, stored
 logits, routing and a memory snapshot; no attention, so generation runs the engine's fast path (SDPA).
@@ -20,11 +27,15 @@ from __future__ import annotations
 import threading
 import time
 import traceback
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from PySide6.QtCore import QObject, QStandardPaths, Qt, Signal
 
 from app.inspector import AttentionViews
+from app.serve.backend import Listener, ServedModel
 from app.turn import TOOL_MODES, ToolCall, Turn, TurnStart, prompt_does_not_fit  # noqa: F401 (re-exported)
 from engine.errors import EngineError
 from engine.records import (DistributionView, InstrumentOptions, LoadOptions, PromptRecord, RequestDone,
@@ -48,6 +59,22 @@ def default_instrumentation(n_layers: int = 0) -> InstrumentOptions:
     objects: 20 of them cost ~4.6 KB a token). No attention rows: the attention panel asks for one layer
     when it is shown (request_attention), so `n_layers` no longer matters (kept for callers that pass it)."""
     return InstrumentOptions(top_n=5, stored_logits=512, routing=True, memory=True)
+
+
+def watched_instrumentation(asked: InstrumentOptions) -> InstrumentOptions:
+    """A served request's instrumentation: what it asked for (its top_logprobs), and what the panels need to
+    show it as a chat reply when it is selected in the Requests list."""
+    return replace(default_instrumentation(), top_n=max(asked.top_n, 5))
+
+
+@dataclass(frozen=True)
+class ServedStart:
+    """A served request as the window first sees it (in `served`, before its steps)."""
+
+    prompt: PromptRecord  # its request id, prompt ids and their texts
+    params: SamplingParams  # what the client asked the sampler for
+    endpoint: str  # the HTTP path it came by ("" when unknown)
+    at: float  # time.time() when it was submitted
 
 
 def _oldest_turn(messages: list[dict]) -> slice | None:
@@ -84,6 +111,8 @@ class EngineWorker(QObject):
     count_failed = Signal(str)
     template = Signal(str)  # after each load: the model's own chat template source (or a note: it has none)
     builtin_templates = Signal(object)  # after each load: dict name -> source of the templates offered besides
+    # Served requests' records, in order, batched like `steps`: a ServedStart, then StepRecords, then RequestDone
+    served = Signal(object)
     # inputs (queued into the worker thread)
     _load = Signal(str, object, object)
     _generate = Signal(object)
@@ -95,12 +124,21 @@ class EngineWorker(QObject):
     _set_speculative = Signal(object)
     _pump = Signal()
     _count = Signal(object, object, int)
+    _wake = Signal()  # jobs queued by other threads (run / submit / cancel) wait in _jobs
 
     def __init__(self):
         super().__init__()
         self._engine = None  # worker thread only
         self._facts = None
-        self._stream = None  # the running reply's Engine.stream iterator
+        self.model: ServedModel | None = None  # the Backend's model, set at each load (worker thread)
+        self._chat: int | None = None  # the running reply's request id
+        self._chat_cancel = threading.Event()  # its turn's cancel, and whether the engine was told
+        self._chat_cancelled = False
+        self._stepping = False  # a `_pump` is queued: the engine steps until nothing is in flight
+        self._jobs: deque = deque()  # callables from other threads, run here between two steps
+        self._listeners: dict[int, Listener] = {}  # served request id -> the HTTP front's listener
+        self._served_out: list = []  # served records not yet sent, and when the last batch went
+        self._served_at = 0.0
         self._running = ("none", 0, "")  # and its tool mode, kept tokens and their text (see TurnStart)
         self._speculative = SpeculativeOptions()
         self._interventions: tuple = ()  # what the next turns generate with (request_interventions)
@@ -122,6 +160,44 @@ class EngineWorker(QObject):
         self._count.connect(self._do_count)
         # Queued even though sender and receiver share the thread: each step is its own event.
         self._pump.connect(self._advance, Qt.QueuedConnection)
+        self._wake.connect(self._run_jobs, Qt.QueuedConnection)
+
+    # -- the Backend of app/serve (any thread: only queues a job) --------------------------------
+    def run(self, fn) -> Future:
+        """fn(engine) on the worker thread between two steps; the Future resolves with its result or exception."""
+        future: Future = Future()
+
+        def job():
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                if self._engine is None:
+                    raise EngineError("no model is loaded")
+                future.set_result(fn(self._engine))
+            except BaseException as e:  # handed to the caller, who decides
+                future.set_exception(e)
+        self._jobs.append(job)  # deque.append is atomic: no lock
+        self._wake.emit()
+        return future
+
+    def submit(self, request, listener: Listener, endpoint: str = "") -> Future:
+        """Queue a served request (resolves to its id); listener(record) gets its StepRecords and RequestDone
+        on the worker thread, and the window gets them in `served`."""
+        def start(engine) -> int:
+            rid = engine.submit(replace(request, instrument=watched_instrumentation(request.instrument)))
+            self._listeners[rid] = listener
+            prompt = PromptRecord(rid, tuple(request.prompt_ids), engine.token_texts(request.prompt_ids))
+            self._served_out.append(ServedStart(prompt, request.params, endpoint, time.time()))
+            return rid
+        return self.run(start)
+
+    def cancel(self, request_id: int) -> None:
+        """Stop a served request at the next step (any thread; nothing happens for one already done)."""
+        self.run(lambda engine: engine.cancel(request_id) if request_id in self._listeners else None)
+
+    def request_stop_served(self) -> None:
+        """Cancel every served request in flight (the server is stopping): their blocks are freed."""
+        self.run(lambda engine: [engine.cancel(rid) for rid in list(self._listeners)])
 
     # -- called from the GUI thread -----------------------------------------------------------
     def request_load(self, path: str | None, options: LoadOptions) -> None:
@@ -209,7 +285,10 @@ class EngineWorker(QObject):
             self.load_failed.emit(f"{type(e).__name__}: {e}")
             traceback.print_exc()
             return
+        if self._chat is not None or self._listeners:
+            self._stop_all()  # what runs on the old model ends ("cancelled"), its owners told
         self._engine, self._facts = engine, facts
+        self.model = ServedModel(facts.name, facts.context, facts.vocab, facts.supports_tools, int(time.time()))
         self._interventions = ()  # the old model's heads and experts mean nothing to this one
         self.attention_views.clear()
         self.loaded.emit(facts)
@@ -221,7 +300,7 @@ class EngineWorker(QObject):
         if self._engine is None:
             self.failed.emit("no model is loaded")
             return
-        if self._stream is not None:
+        if self._chat is not None:
             self.failed.emit("a reply is being generated: stop it first")
             return
         engine = self._engine
@@ -251,8 +330,12 @@ class EngineWorker(QObject):
         # TurnStart's fields after the prompt; the interventions named so the reply says it is not the model's own
         self._running = (tools, len(turn.kept_ids), kept_text, dropped,
                          tuple(i.label for i in engine.interventions))
-        self._stream = engine.stream(request, turn.cancel)
-        self._pump.emit()
+        self._chat = engine.submit(request)
+        self._chat_cancel, self._chat_cancelled = turn.cancel, False
+        self._sent_at = time.perf_counter()  # the prefill takes longer: the first token goes out at once
+        self.turn_started.emit(TurnStart(PromptRecord(self._chat, tuple(ids), engine.token_texts(ids)),
+                                         *self._running[1:]))
+        self._kick()
 
     def _tool_mode(self, tools: str, mode: str, template: str | None) -> str:
         """The tools a turn really gets: none in a plain completion (no template to offer them in), nor
@@ -301,35 +384,102 @@ class EngineWorker(QObject):
             return
         self.counted.emit(len(ids))
 
+    def _run_jobs(self) -> None:
+        """What other threads queued (the HTTP front's run / submit / cancel), between two steps."""
+        while self._jobs:
+            self._jobs.popleft()()
+        self._send_served()  # a new request shows in the Requests list before its prefill
+        self._kick()
+
+    def _kick(self) -> None:
+        """Start stepping if something is in flight and no step is queued yet."""
+        if not self._stepping and self._engine is not None and self._engine.has_work():
+            self._stepping = True
+            self._pump.emit()
+
     def _advance(self) -> None:
-        """One item of the running reply; the next one waits for the next event-loop turn."""
-        if self._stream is None:
+        """One engine step over every request in flight; the next one waits for the next event-loop turn."""
+        if self._chat is None and not self._listeners and not self._engine.has_work():
+            self._stepping = False  # everything ended while this step waited (a model was replaced)
             return
+        if not self._chat_cancelled and self._chat is not None and self._chat_cancel.is_set():
+            self._engine.cancel(self._chat)
+            self._chat_cancelled = True
         try:
-            item = next(self._stream)
-        except StopIteration:
-            self._stream = None
-            self._send_steps()
-            return
+            records = self._engine.step()
         except Exception as e:  # the engine cleans up its own blocks on errors it knows; report the rest
-            self._stream = None
-            self._send_steps()
-            self.failed.emit(f"{type(e).__name__}: {e}")
+            self._stepping = False
+            self._fail_all(f"{type(e).__name__}: {e}")
             traceback.print_exc()
             return
-        if isinstance(item, PromptRecord):
-            self._sent_at = time.perf_counter()  # the prefill takes longer: the first token goes out at once
-            self.turn_started.emit(TurnStart(item, *self._running[1:]))
-        elif isinstance(item, StepRecord):
-            self._outbox.append(item)
+        for record in records:
+            if record.request_id == self._chat:
+                self._chat_record(record)
+            else:
+                self._served_record(record)
+        if self._served_out and time.perf_counter() - self._served_at >= STEP_BATCH_S:
+            self._send_served()
+        if self._chat is not None or self._listeners:
+            self._pump.emit()
+        else:
+            self._stepping = False
+            self._send_served()
+            self._kick()  # work nobody here owns (a request another caller submitted through run)
+
+    def _chat_record(self, record) -> None:
+        if isinstance(record, StepRecord):
+            self._outbox.append(record)
             if time.perf_counter() - self._sent_at >= STEP_BATCH_S:
                 self._send_steps()
-        elif isinstance(item, RequestDone):
-            self._stream = None
+        elif isinstance(record, RequestDone):
+            self._chat = None
             self._send_steps()
-            self._finish(item)
-            return
-        self._pump.emit()
+            self._finish(record)
+
+    def _served_record(self, record) -> None:
+        listener = self._listeners.get(record.request_id)
+        if listener is None:
+            return  # a request that ended already (cancelled after an engine failure)
+        if isinstance(record, RequestDone):
+            del self._listeners[record.request_id]
+        self._served_out.append(record)
+        try:
+            listener(record)
+        except Exception:  # the front's bug must not stop the chat's reply
+            traceback.print_exc()
+
+    def _send_served(self) -> None:
+        if self._served_out:
+            batch, self._served_out = tuple(self._served_out), []
+            self.served.emit(batch)
+        self._served_at = time.perf_counter()
+
+    def _fail_all(self, error: str) -> None:
+        """The engine broke a step: every request in flight ends with the error (the chat keeps its
+        conversation; served clients get their RequestDone) and is cancelled, so its blocks can be freed."""
+        for rid in list(self._listeners):
+            self._engine.cancel(rid)
+            self._served_record(RequestDone(rid, (), 0, 0, 0.0, 0.0, error=f"the engine failed: {error}"))
+        self._send_served()
+        if self._chat is not None:
+            self._engine.cancel(self._chat)
+            self._chat = None
+            self._send_steps()
+            self.failed.emit(error)
+
+    def _stop_all(self) -> None:
+        """Cancel everything in flight and step until each has said it is done (a model is being replaced)."""
+        for rid in list(self._listeners) + ([self._chat] if self._chat is not None else []):
+            self._engine.cancel(rid)
+        while self._chat is not None or self._listeners:
+            try:
+                records = self._engine.step()
+            except Exception as e:
+                self._fail_all(f"{type(e).__name__}: {e}")
+                break
+            for record in records:
+                (self._chat_record if record.request_id == self._chat else self._served_record)(record)
+        self._send_served()
 
     def _send_steps(self) -> None:
         if self._outbox:

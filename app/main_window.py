@@ -20,6 +20,7 @@ from app.engine_worker import EngineWorker
 from app.inspections import Inspections
 from app.model_controller import ModelController
 from app.record_hub import RecordHub
+from app.serving import Serving
 from app.session_autosave import SessionAutosave
 from app.settings import Settings
 from engine.records import LoadOptions
@@ -62,6 +63,7 @@ class MainWindow(QMainWindow):
         self.inspections = Inspections(self.worker, self.hub.contexts, self.lens, self.what_if, self.drift,
                                        self.rope, self.model_panel.rope_spec, self)
         self.hub.inspections = self.inspections
+        self.serving = Serving(self, self.worker, self.hub, self.settings)  # Server menu, Requests dock
         # Parts that need the window get it as their Qt parent, never as a Python attribute: a reference
         # cycle through the window would leave destroying it to the garbage collector, which runs in
         # whichever thread allocates (the worker's, where destroying widgets deadlocks).
@@ -208,6 +210,7 @@ class MainWindow(QMainWindow):
         dark.setCheckable(True)
         dark.setChecked(self.settings.dark_theme())
         dark.toggled.connect(self._set_dark)
+        self.serving.add_menu(self.menuBar(), view)
         help_menu = self.menuBar().addMenu("&Help")
         help_menu.addAction("&Keyboard shortcuts", self._show_shortcuts, "F1")
         help_menu.addAction("&About Glassbox", self._show_about)
@@ -253,6 +256,7 @@ class MainWindow(QMainWindow):
         self.settings.save_window(self, dock_layout.LAYOUT_VERSION)
         self.settings.set_sampling(self.sampler.params())
         self.settings.sync()
+        self.serving.stop()  # before the worker's thread: stopping cancels the served requests there
         self.worker.request_cancel()
         self.thread.quit()
         self.thread.wait(5000)

@@ -16,6 +16,12 @@ reply or when the panel asks. The memory panel gets the newest step's snapshot e
 at the end of a reply, and the worker's snapshot after a load (a new model: the old one's figures are
 cleared first).
 
+A served request chosen in the Requests list (app/serving.py) is *watched*: the panels show its prompt
+and steps by the same path as a chat reply (routing, attention's tokens, the contexts the lens and the
+penalties read, the selected step), its distribution under the sampler values its client asked for, and
+they follow its newest step while it streams. The chat still gets its own steps; a chat turn starting or
+a chat token clicked brings the panels back to the chat.
+
 The worker's `attention` and `memory` signals are connected here (to GUI-thread slots, so queued)."""
 from __future__ import annotations
 
@@ -26,7 +32,7 @@ from PySide6.QtCore import QObject, QTimer
 from app.history import step_key
 from app.contexts import RequestContexts
 from app.inspector import AttentionInspector
-from engine.records import MemorySnapshot, RequestDone, StepRecord
+from engine.records import MemorySnapshot, PromptRecord, RequestDone, SamplingParams, StepRecord
 
 REDRAW_MS = 33  # the fastest tick
 SLOWEST_MS = 500
@@ -68,19 +74,41 @@ class RecordHub(QObject):
         self._pending_memory: MemorySnapshot | None = None  # the newest step's, not yet shown
         self._asked_at = 0.0  # when the newest step's what-if was last asked for while streaming
         self._distribution_due = False  # the selected step's what-if is not yet asked for
+        self.watched: int | None = None  # the served request the panels show instead of the chat (None: the chat)
+        self._watched_params: SamplingParams | None = None  # what its client asked the sampler for
+        self.pending_watched: list[StepRecord] = []  # its steps arrived since the last tick
         worker.memory.connect(self.on_model_memory)
         worker.memory_changed.connect(self.on_memory_changed)
 
     # -- from the worker (queued, GUI thread) -------------------------------------------------
     def on_turn_started(self, start) -> None:
         """A new request: the routing and attention panels show its steps only."""
+        self.watched, self.pending_watched = None, []
+        self._start(start.prompt)
+
+    def _start(self, prompt: PromptRecord) -> None:
         self.routed = []
         self.routing.clear()
-        self.inspector.start(start.prompt)
-        self.contexts.start(start.prompt)
+        self.inspector.start(prompt)
+        self.contexts.start(prompt)
 
     def on_steps(self, records: tuple[StepRecord, ...]) -> None:
         self.pending.extend(records)
+
+    # -- a served request (app/serving.py, GUI thread) ----------------------------------------
+    def watch(self, prompt: PromptRecord, steps, params: SamplingParams | None) -> None:
+        """Show served request `prompt.request_id` in the panels as a chat reply: its prompt, the steps it
+        has so far (the newest selected), then each step as it comes (on_served_steps)."""
+        self.watched, self._watched_params, self.pending_watched = prompt.request_id, params, []
+        self._start(prompt)
+        if steps:
+            self._draw(list(steps))
+            self.select(steps[-1])
+
+    def on_served_steps(self, records) -> None:
+        """Steps of served requests: the watched one's are drawn at the next tick."""
+        if self.watched is not None:
+            self.pending_watched.extend(r for r in records if r.request_id == self.watched)
 
     def on_model_memory(self, snapshot: MemorySnapshot) -> None:
         """A model was loaded: its weights and empty KV pool, before the first token."""
@@ -100,20 +128,19 @@ class RecordHub(QObject):
         """Timer tick (and the end of a reply, with its RequestDone): hand everything that arrived since
         the last tick to the controller and the panels, once. At the end of a reply the attention panel,
         if on screen, asks for the finished reply's view."""
-        if self.pending:
+        drawn = None
+        if self.pending or self.pending_watched:
             self._pace()
+        if self.pending:
             records, self.pending = self.pending, []
             self.controller.on_steps(records)
-            for r in records:
-                self.routing.add_step(r)
-                if r.routing:  # the routing panel keeps only steps that were routed
-                    self.routed.append(step_key(r))
-            self.inspector.add(records)
-            self.contexts.add(records)
-            last = records[-1]
-            if last.memory is not None:
-                self._pending_memory = last.memory
-            self.select(last, following=True)
+            if self.watched is None:
+                drawn = records
+        if self.pending_watched:
+            drawn, self.pending_watched = self.pending_watched, []
+        if drawn:
+            self._draw(drawn)
+            self.select(drawn[-1], following=True)
         done = bool(args) and isinstance(args[0], RequestDone)
         if done and self._distribution_due:
             self.show_distribution()
@@ -125,6 +152,16 @@ class RecordHub(QObject):
             self.inspector.refresh()
             if self.inspections is not None:
                 self.inspections.reply_done()
+
+    def _draw(self, records: list[StepRecord]) -> None:
+        for r in records:
+            self.routing.add_step(r)
+            if r.routing:  # the routing panel keeps only steps that were routed
+                self.routed.append(step_key(r))
+        self.inspector.add(records)
+        self.contexts.add(records)
+        if records[-1].memory is not None:
+            self._pending_memory = records[-1].memory
 
     def _pace(self) -> None:
         """Set the next tick from the GUI thread's CPU time since the last tick that drew (this tick's
@@ -139,6 +176,8 @@ class RecordHub(QObject):
     def select(self, record: StepRecord, following: bool = False) -> None:
         """Show `record`: clicked in the chat, or (`following`) the newest step of a streaming reply, whose
         what-if is asked for at most every DISTRIBUTION_EVERY_S (and at the reply's end)."""
+        if self.watched is not None and record.request_id != self.watched:
+            self._back_to_chat(record)
         self.selected = record
         key = step_key(record)
         # Searched from the end: while a reply streams the newest step is selected on every tick.
@@ -154,6 +193,16 @@ class RecordHub(QObject):
             return
         self._asked_at = time.perf_counter() if following else 0.0
         self.show_distribution()
+
+    def _back_to_chat(self, record: StepRecord) -> None:
+        """A chat token clicked while a served request is watched: the attention panel gets that token's
+        reply back (the routing panel is refilled by select, the contexts still hold it if recent)."""
+        self.watched, self.pending_watched = None, []
+        steps = [s for s in self.controller.steps if s.request_id == record.request_id and s.seq_index == 0]
+        before = self.contexts.before(steps[0]) if steps else None
+        if before is not None:
+            self.inspector.start(PromptRecord(record.request_id, *before))
+            self.inspector.add(steps)
 
     def _route_request_of(self, record: StepRecord) -> int:
         """Refill the routing panel with the steps of `record`'s request (the chat keeps them; the oldest may
@@ -174,9 +223,11 @@ class RecordHub(QObject):
         self._distribution_due = False
         if self.selected is not None:
             before = self.contexts.before(self.selected)  # what the penalties count
-            self.worker.request_distribution(self.selected, self.sampler_params(), before[0] if before else ())
+            params = self._watched_params if self.watched is not None and self._watched_params else \
+                self.sampler_params()
+            self.worker.request_distribution(self.selected, params, before[0] if before else ())
 
     def continue_with(self, token_id: int) -> None:
         """The probabilities panel's "continue from here with this token", for the selected step."""
-        if self.selected is not None:
+        if self.selected is not None and self.watched is None:  # a served request is not the chat's to branch
             self.controller.continue_with(self.selected, token_id)

@@ -20,8 +20,9 @@ def test_escape_stops_the_reply(qtbot, settings, hf_checkpoint):  # noqa: F811
         qtbot.waitExposed(window)
         window.activateWindow()
         qtbot.waitUntil(lambda: QApplication.activeWindow() is window)
-        # seeded: this tiny random model does not sample its end token in the first steps
-        window.sampler.set_params(SamplingParams(temperature=1.0, max_new_tokens=2000, seed=7))
+        # past its end token: a tiny model's steps take ~1 ms, so on a loaded machine the 168 steps before
+        # this seed's end token went by before the key press and the reply ended "eos", not "cancelled"
+        window.sampler.set_params(SamplingParams(temperature=1.0, max_new_tokens=2000, seed=7, ignore_eos=True))
         with qtbot.waitSignal(window.worker.finished, timeout=TIMEOUT) as blocker:
             window.chat.input.setPlainText("t1 t2 t3")
             window.chat.send_button.click()
