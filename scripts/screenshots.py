@@ -14,6 +14,10 @@ computed, and the dock saved as the screen shows it; the routing panel on the bu
 or the cached one if it was built):
     xvfb-run -a -s "-screen 0 1366x768x24" .venv/bin/python scripts/screenshots.py --panels
 
+`--chat` takes issue 20's screenshots at 1366×768: a branched conversation with Markdown replies
+(chat_branched_markdown.png), the conversations list (conversations_list.png) and the sampler with a user
+preset (panel_sampler_presets.png).
+
 `--laptop` instead shows the whole window as a laptop screen holds it, filling a 1366×768 screen, after a
 short chat with the default model, and saves the X server's own picture of the screen:
     xvfb-run -a -s "-screen 0 1366x768x24" .venv/bin/python scripts/screenshots.py --laptop
@@ -77,6 +81,8 @@ def main() -> int:
         return shoot_speculative(app, window)
     if "--panels" in sys.argv:
         return shoot_panels(app, window)
+    if "--chat" in sys.argv:
+        return shoot_chat(app, window)
     window.resize(1600, 1000)
     window.show()
     window.load_model(None, LoadOptions(device="cpu"))
@@ -222,6 +228,45 @@ def shoot_panels(app, window) -> int:
         shoot_dock(app, window, "Routing", "panel_expert_routing_moe")
     else:
         print(f"no built-in MoE at {folder}: the routing screenshot is not retaken")
+    window.close()
+    return 0
+
+
+def shoot_chat(app, window) -> int:
+    import tempfile as _tempfile
+
+    from engine.records import LoadOptions, SamplingParams
+
+    window.conversations.library.folder = Path(_tempfile.mkdtemp()) / "conversations"  # not the user's list
+    window.setGeometry(app.primaryScreen().availableGeometry())
+    window.show()
+    window.load_model(None, LoadOptions(device="cpu"))
+    wait_for(window.worker.loaded)
+    window.sampler.set_params(SamplingParams(temperature=0.7, top_p=0.9, seed=3, max_new_tokens=40))
+    for question in ("What is the capital of France?", "Name two colours."):  # earlier conversations
+        chat(window, question)
+        window.conversations.new()
+    window.sampler.set_params(SamplingParams(temperature=0.3, top_p=0.9, seed=5, max_new_tokens=120))
+    window.chat.system.setText("You are a helpful assistant. Answer in Markdown.")
+    chat(window, "Give me three tips for staying healthy, as a numbered list.")
+    user = next(n for n in window.controller.tree.path() if n.message["role"] == "user")
+    window.controller.edit(user.id, "Give me three tips for sleeping well, as a Markdown numbered list with "
+                                    "the key words in **bold**, then one line of Python in a code block.")
+    wait_for(window.worker.finished)
+    settle(800)
+    app.primaryScreen().grabWindow(0).save(str(OUT / "chat_branched_markdown.png"))
+    print(OUT / "chat_branched_markdown.png")
+    window.conversations.show()
+    settle(500)
+    dialog = window.conversations.dialog
+    app.primaryScreen().grabWindow(0).save(str(OUT / "conversations_list.png"))  # over the window, as seen
+    print(OUT / "conversations_list.png")
+    dialog.hide()
+    window.docks["Sampler"].raise_()
+    window.sampler.more.setChecked(True)
+    window.sampler.presets.save_as("Focused answers")
+    window.sampler.knobs["temperature"].set_value(0.9)  # a knob moved: the preset reads "(modified)"
+    shoot_dock(app, window, "Sampler", "panel_sampler_presets")
     window.close()
     return 0
 
