@@ -23,7 +23,8 @@ from engine.records import RequestDone, StepRecord
 from widgets.chat import MessageView, message_view, plain_text, spec_marks
 
 MAX_TOOL_ROUNDS = 3  # calls answered by built-in tools before the model must answer in prose
-ENDINGS = {"eos": "", "stop": "", "length": "length limit", "cancelled": "stopped"}
+ENDINGS = {"eos": "", "stop": "", "length": "length limit", "cancelled": "stopped",
+           "context_full": "the context is full"}
 
 
 def shown(index: int, record: StepRecord) -> tuple:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from PySide6.QtCore import QEvent, QSize, Qt
 from PySide6.QtGui import QGuiApplication
-from PySide6.QtWidgets import QDockWidget, QFrame, QMainWindow, QScrollArea, QTabBar, QTabWidget, QWidget
+from PySide6.QtWidgets import (QDockWidget, QFrame, QMainWindow, QScrollArea, QTabBar, QTabWidget, QVBoxLayout,
+                               QWidget)
 
 LEFT, RIGHT = Qt.LeftDockWidgetArea, Qt.RightDockWidgetArea
 # The default arrangement: each area's docks are tabbed together, the first one shown.
@@ -57,6 +58,31 @@ class Holder(QWidget):
         if event.type() == QEvent.LayoutRequest:  # the panel's size hints changed: tell the scroll area
             self.updateGeometry()
         return super().event(event)
+
+
+class Stacked(QWidget):
+    """Panels one under the other in one dock (the Model panel and the chat format). Its least height is
+    the panels' preferred heights added up, so the dock's scroll area scrolls to the last of them: with the
+    layout's own least height the model facts were squeezed into overlapping rows and the overflow policy
+    sat below the scrollable range at 1366×768 (review of issue 20)."""
+
+    def __init__(self, *panels: QWidget):
+        super().__init__()
+        column = QVBoxLayout(self)
+        column.setContentsMargins(0, 0, 0, 0)
+        for panel in panels:
+            column.addWidget(panel)
+        self.panels = panels
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 (Qt's name)
+        width = max(p.minimumSizeHint().width() for p in self.panels)
+        spacing = self.layout().spacing() * (len(self.panels) - 1)
+        height = sum(p.heightForWidth(self.width()) if p.hasHeightForWidth() and self.width() > 0
+                     else p.sizeHint().height() for p in self.panels)
+        return QSize(width, height + spacing)
+
+    def hasHeightForWidth(self) -> bool:  # noqa: N802 (Qt's name)
+        return False  # the Holder takes minimumSizeHint, which already holds the panels' whole heights
 
 
 def scrolled(panel: QWidget) -> QScrollArea:

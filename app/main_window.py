@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from PySide6.QtCore import QThread
-from PySide6.QtWidgets import QFileDialog, QLabel, QMainWindow, QMessageBox, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QFileDialog, QLabel, QMainWindow, QMessageBox
 
 from app import dock_layout
 from app.autosave import default_folder
@@ -111,11 +111,7 @@ class MainWindow(QMainWindow):
         self.model_panel = ModelPanel()
         self.template_panel = TemplatePanel()  # the chat format: mode, template, overflow; under the model
         self.template_panel.restore(self.settings.template_state())
-        model_side = QWidget()
-        column = QVBoxLayout(model_side)
-        column.setContentsMargins(0, 0, 0, 0)
-        column.addWidget(self.model_panel)
-        column.addWidget(self.template_panel)
+        model_side = dock_layout.Stacked(self.model_panel, self.template_panel)
         self.model_panel.set_recent(self.settings.recent_models())
         self.docks = dock_layout.make_docks(self, {
             "Model": model_side, "Sampler": self.sampler, "RoPE": self.rope, "Memory": self.memory,
@@ -159,7 +155,8 @@ class MainWindow(QMainWindow):
         w.builtin_templates.connect(self.template_panel.set_builtin_templates)
         w.count_failed.connect(self.template_panel.show_problem)
         self.template_panel.options_changed.connect(self._save_template_state)
-        for changed in (w.loaded, w.finished, c.changed, self.template_panel.options_changed):
+        for changed in (w.loaded, w.finished, c.changed, self.chat.clear_requested,
+                        self.template_panel.options_changed):
             changed.connect(self.meter.count_used)
         self.sampler.params_changed.connect(hub.show_distribution)  # re-derived from stored logits
         # GUI signals reach the worker through its request_* methods, called here in the GUI thread

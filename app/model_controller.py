@@ -83,4 +83,6 @@ class ModelController(QObject):
             self.on_failed(done.error)
 
     def on_failed(self, message: str) -> None:
-        QMessageBox.warning(self.window, "Generation failed", f"{message}\n\nThe conversation is kept.")
+        # The chat says why inline, where the message went back to the input box; a modal box on top said
+        # it twice and had to be clicked away (review of issue 20). The status line keeps it a while.
+        self.window.statusBar().showMessage(f"Not sent: {message}", 10_000)

@@ -101,7 +101,9 @@ def test_context_meter_warns_when_a_message_would_not_fit(qtbot):
     qtbot.addWidget(panel)
     assert panel.context_meter.isHidden()
     panel.set_context(100, 2048, pending=20)
-    assert not panel.context_meter.isHidden() and panel.context_meter.format() == "100 / 2048 tokens"
+    # what sending the draft would take: the conversation's 100 and the draft's 20 (review of issue 20)
+    assert not panel.context_meter.isHidden() and panel.context_meter.format() == "120 / 2048 tokens"
+    assert panel.context_meter.value() == 120
     assert not panel.context_warning()
     panel.set_context(2000, 2048, pending=60)
     assert panel.context_warning() and "would not fit" in panel.context_meter.toolTip()

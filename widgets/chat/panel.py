@@ -113,8 +113,8 @@ class ChatPanel(QWidget):
         buttons = QHBoxLayout()
         for w in (self.send_button, self.stop_button, self.regenerate_button, self.clear_button):
             buttons.addWidget(w)
+        buttons.addStretch(1)
         buttons.addWidget(self.context_meter)
-        buttons.addWidget(self.status, 1)
         layout = QVBoxLayout(self)
         layout.addLayout(top)
         layout.addWidget(self.transcript, 1)
@@ -124,6 +124,9 @@ class ChatPanel(QWidget):
         layout.addLayout(editing)
         layout.addWidget(self.input)
         layout.addLayout(buttons)
+        # Its own line: beside four buttons and the meter it had ~30 px at 1366×768 ("Dele…", the Undo link
+        # off screen; review of issue 20).
+        layout.addWidget(self.status)
 
     # -- slots --------------------------------------------------------------------------------
     def set_busy(self, busy: bool) -> None:
@@ -150,9 +153,9 @@ class ChatPanel(QWidget):
         if limit <= 0:
             return
         self.context_meter.setRange(0, limit)
-        self.context_meter.setValue(min(used, limit))
+        self.context_meter.setValue(min(used + pending, limit))  # the bar: what sending the draft would take
         full = used + pending >= limit
-        self.context_meter.setFormat(f"{used} / {limit} tokens" + (" — won't fit" if full else ""))
+        self.context_meter.setFormat(f"{used + pending} / {limit} tokens" + (" — won't fit" if full else ""))
         self.context_meter.setStyleSheet("QProgressBar::chunk{background:#c0392b}" if full else "")
         self.context_meter.setToolTip(
             f"{used} of the model's {limit} context tokens are used"

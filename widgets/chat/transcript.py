@@ -190,7 +190,7 @@ def header_html(view: MessageView, busy: bool) -> str:
         actions = [] if busy else [(f"edit:{view.key}", "✎ edit", "Edit and resend: a new branch")] \
             if view.role == "user" else []
         actions += [(f"copy:{view.key}", "copy", "Copy as text"),
-                    (f"md:{view.key}", "copy md", "Copy as Markdown")]
+                    (f"md:{view.key}", "copy as Markdown", "Copy as Markdown")]
         if not busy:
             actions.append((f"del:{view.key}", "✕ delete", "Delete this message and what follows it (undoable)"))
             if view.role == "assistant":
