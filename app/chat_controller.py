@@ -44,6 +44,7 @@ class LiveReply:
     shown_seq: int | None = None  # the sequence drawn while it streams (n > 1: the first one seen)
     prompt_ids: tuple = ()
     kept_text: str = ""
+    keep: int = 1  # replies kept as branches: the samples asked for (n) or the beam width, best first
     changed_by: str = ""  # what made this reply unlike the model's own: interventions kept on, turns dropped
     unsent: tuple | None = None  # a new message until the first token: (its node id, text, tool call)
 
@@ -379,6 +380,8 @@ class ChatController(QObject):
         return "required" if self.tool_choice == "required" and self.tool_rounds == 0 else "auto"
 
     def _begin(self, turn: Turn) -> None:
+        if self.live is not None:  # beam search reports every finished hypothesis; the user asked for `beams`
+            self.live.keep = max(1, turn.beams or turn.n)
         self.chat.hide_samples()
         self.chat.set_busy(True)
         self.chat.begin_assistant()
@@ -448,7 +451,7 @@ class ChatController(QObject):
                 self.chat.end_assistant("stopped")
                 self.chat.show_error(done.error)
             return
-        nodes = [self._add_reply(live, result) for result in (done.results or (None,))]
+        nodes = [self._add_reply(live, result) for result in (done.results or (None,))[:live.keep]]
         self.tree.activate(nodes[0].id)  # the best first (best-of, beams), or the first sample
         self.chat.end_assistant(nodes[0].note)
         self._show()

@@ -177,3 +177,15 @@ def test_n_best_of_and_beams_reach_the_engine(qtbot, window, shape, samples):
         window.worker.request_generate(Turn(params, messages=({"role": "user", "content": "t1"},), **shape))
     qtbot.waitUntil(lambda: not window.controller.busy, timeout=10_000)
     assert not done.args[0].error and len(done.args[0].results) == samples
+
+
+def test_a_beam_search_reply_keeps_as_many_branches_as_beams(qtbot, window):
+    """Beam search reports every finished hypothesis (often more than the width); the chat keeps the best
+    `beams` as sibling replies (review of issue 20: 3 beams showed as ‹ 1/5 ›)."""
+    window.controller.turn_options = lambda: {"beams": 3}
+    window.sampler.set_params(SamplingParams(temperature=0, max_new_tokens=6))
+    with qtbot.waitSignal(window.worker.finished, timeout=TIMEOUT):
+        window.controller.submit("t1 t2")
+    qtbot.waitUntil(lambda: not window.controller.busy, timeout=10_000)
+    reply = window.controller.tree.leaf()
+    assert window.controller.tree.position(reply.id)[1] == 3
