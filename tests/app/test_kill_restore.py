@@ -96,6 +96,10 @@ app = QApplication([])
 window = MainWindow(settings=Settings(path=sys.argv[1]), autoload=False, offer_restore=False)
 window.show()
 window.controller.messages = json.loads(sys.argv[2])
+if len(sys.argv) > 4 and sys.argv[4] == "branch":  # an edit of the first message, with its own reply
+    tree = window.controller.tree
+    edited = tree.edit(tree.path()[0].id, "What is 2 + 2?")
+    tree.add(edited.id, {"role": "assistant", "content": "2 + 2 = 4."})
 window.session.save()
 window.session.autosaver.flush()
 print("saved", flush=True)
@@ -106,11 +110,11 @@ sys.exit(app.exec())
 """
 
 
-def run_session(tmp_path, ending: str) -> Path:
+def run_session(tmp_path, ending: str, *extra: str) -> Path:
     data = tmp_path / "data"
     env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "GLASSBOX_DATA_DIR": str(data)}
     app = subprocess.Popen([sys.executable, "-c", SESSION, str(tmp_path / "first.ini"), json.dumps(TOOL_MESSAGES),
-                            ending], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            ending, *extra], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         lines = []  # Qt's warnings may come first
         while not lines or lines[-1] not in ("saved\n", ""):
@@ -148,5 +152,23 @@ def test_a_normal_quit_offers_nothing_at_the_next_start(qtbot, tmp_path):
     try:
         assert window.session.restore_offer is None and not window.session.notices
         assert window.controller.messages == [] and not list(data.glob("unsaved-*.json"))
+    finally:
+        window.close()
+
+
+def test_a_killed_branched_conversation_is_restored_with_every_branch(qtbot, tmp_path):
+    """Issue 20: an edit makes a branch, and both branches survive kill → restore."""
+    data = run_session(tmp_path, "kill", "branch")
+    window = MainWindow(settings=Settings(path=str(tmp_path / "restart.ini")), autoload=False, data_dir=data)
+    qtbot.addWidget(window)
+    try:
+        window.session.restore_offer.restore_button.click()
+        assert window.controller.messages == [{"role": "user", "content": "What is 2 + 2?"},
+                                              {"role": "assistant", "content": "2 + 2 = 4."}]
+        tree = window.controller.tree
+        first = tree.path()[0]
+        assert tree.position(first.id) == (2, 2)  # the edit, beside the original
+        tree.switch(first.id, -1)
+        assert tree.messages() == TOOL_MESSAGES  # the original branch, whole
     finally:
         window.close()
