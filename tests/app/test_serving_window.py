@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 import urllib.request
 
 from engine.records import StepRecord
@@ -78,6 +79,9 @@ def test_served_requests_show_in_the_panels_and_share_the_engine_with_the_chat(q
         real_step = engine.step
 
         def step():  # notes whose records each step returned
+            # A tiny model's step takes ~1 ms: without a pause its 200 tokens could all be out before the chat
+            # turn is typed on a loaded machine; at 30 ms a step they take 6 s, and the server is stopped sooner.
+            time.sleep(0.03)
             records = real_step()
             owners.append({r.request_id for r in records})
             return records
