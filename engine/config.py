@@ -7,7 +7,10 @@ from dataclasses import dataclass, field
 
 from engine.errors import ModelFormatError, UnsupportedArchitecture
 
-SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe")
+SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe",
+                           "gemma", "gemma2", "gemma3")
+# config.json model_type -> our architecture name (Gemma 3's text-only checkpoints say "gemma3_text")
+MODEL_TYPE_ALIASES = {"gemma3_text": "gemma3"}
 ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "llama3")
 
 
@@ -115,6 +118,17 @@ class ModelConfig:
     sliding_windows: tuple[int | None, ...] = ()
     moe: MoeConfig | None = None
     moe_layers: tuple[bool, ...] = ()  # per layer: sparse MoE block instead of the dense MLP
+    # Gemma-family mechanisms (defaults = off; each is general, any architecture may set it)
+    embed_scale: float = 1.0  # embeddings multiplied by this, rounded to the model's dtype (Gemma: sqrt(dim))
+    norm_weight_offset: float = 0.0  # RMSNorm scales by (offset + weight), in fp32 before the cast (Gemma: 1)
+    mlp_activation: str = "silu"  # the gated MLP's activation: "silu" (SwiGLU) | "gelu_tanh" (GeGLU, Gemma)
+    attn_logit_softcap: float | None = None  # scores -> cap * tanh(scores / cap) before the softmax (Gemma 2)
+    final_logit_softcap: float | None = None  # the same on the output logits (Gemma 2)
+    post_norms: bool = False  # an RMSNorm on the attention and MLP outputs before each residual add (Gemma 2/3)
+    query_scale: float | None = None  # attention scores' scale; None = head_dim ** -0.5
+    # RoPE base of the sliding-window layers, which then rotate without rope_scaling (Gemma 3's local
+    # layers); None = every layer uses rope_theta and rope_scaling
+    local_rope_theta: float | None = None
 
     def __post_init__(self):
         if self.arch not in SUPPORTED_ARCHITECTURES:
@@ -122,6 +136,8 @@ class ModelConfig:
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads})")
         assert self.qk_norm in ("none", "head", "full"), self.qk_norm
+        if self.mlp_activation not in ("silu", "gelu_tanh"):
+            raise ValueError(f"unknown MLP activation {self.mlp_activation!r}")
         if not self.sliding_windows:
             object.__setattr__(self, "sliding_windows", (None,) * self.n_layers)
         if not self.moe_layers:
@@ -137,9 +153,14 @@ class ModelConfig:
     def from_hf(cls, hf: dict, path="config.json") -> "ModelConfig":
         """Translate a Hugging Face config.json dict. Raises ModelFormatError naming `path`."""
         arch = hf.get("model_type")
+        if arch == "gemma3" and isinstance(hf.get("text_config"), dict):  # the multimodal config: its text model
+            hf = {"tie_word_embeddings": hf.get("tie_word_embeddings", True), **hf["text_config"]}
+        arch = MODEL_TYPE_ALIASES.get(arch, arch)
         if arch not in SUPPORTED_ARCHITECTURES:
             raise UnsupportedArchitecture(path, str(arch or hf.get("architectures")), SUPPORTED_ARCHITECTURES)
         try:
+            if arch in GEMMA_ARCHITECTURES:
+                return _from_hf(arch, hf).replace(**_gemma_fields(arch, hf))
             return _from_hf(arch, hf)
         except (KeyError, TypeError, ValueError, AssertionError, ArithmeticError) as e:  # e.g. n_kv_heads = 0
             raise ModelFormatError(path, f"invalid {arch} config: {type(e).__name__}: {e}") from None
@@ -210,3 +231,44 @@ def _from_hf(arch: str, hf: dict) -> ModelConfig:
         moe=moe,
         moe_layers=moe_layers,
     )
+
+
+GEMMA_ARCHITECTURES = ("gemma", "gemma2", "gemma3")
+
+
+def _gemma_fields(arch: str, hf: dict) -> dict:
+    """What a Gemma config.json means beyond the fields every architecture shares (read by _from_hf)."""
+    n_layers, dim = int(hf["num_hidden_layers"]), int(hf["hidden_size"])
+    activation = hf.get("hidden_activation") or hf.get("hidden_act") or "gelu_pytorch_tanh"
+    # Gemma 1's released configs say "gelu", which its reference reads as the tanh approximation.
+    if activation != "gelu_pytorch_tanh" and not (arch == "gemma" and activation == "gelu"):
+        raise ValueError(f"hidden activation {activation!r} (Gemma runs gelu_pytorch_tanh)")
+    fields = dict(embed_scale=dim ** 0.5, norm_weight_offset=1.0, mlp_activation="gelu_tanh",
+                  tie_embeddings=bool(hf.get("tie_word_embeddings", True)), o_bias=bool(hf.get("attention_bias")))
+    if arch == "gemma":
+        return fields
+    window = int(hf.get("sliding_window") or 4096)
+    pattern = 2 if arch == "gemma2" else int(hf.get("sliding_window_pattern") or 6)  # every Nth layer is global
+    layer_types = hf.get("layer_types") or ["full_attention" if (i + 1) % pattern == 0 else "sliding_attention"
+                                            for i in range(n_layers)]
+    if len(layer_types) != n_layers:
+        raise ValueError(f"layer_types lists {len(layer_types)} layers, the model has {n_layers}")
+    fields.update(
+        sliding_windows=tuple(window if t == "sliding_attention" else None for t in layer_types),
+        post_norms=True,
+        query_scale=float(hf.get("query_pre_attn_scalar") or 256) ** -0.5,
+        final_logit_softcap=hf.get("final_logit_softcapping", 30.0 if arch == "gemma2" else None),
+    )
+    if arch == "gemma2":
+        fields["attn_logit_softcap"] = hf.get("attn_logit_softcapping", 50.0)
+        return fields
+    # Gemma 3: v5 configs nest RoPE per layer type; v4 ones say rope_theta, rope_local_base_freq, rope_scaling.
+    params = hf.get("rope_parameters") or {}
+    full, local = params.get("full_attention") or {}, params.get("sliding_attention") or {}
+    fields.update(
+        qk_norm="head",
+        rope_theta=float(full.get("rope_theta") or hf.get("rope_theta") or 1_000_000.0),
+        rope_scaling=RopeScaling.from_hf(hf.get("rope_scaling") or full),
+        local_rope_theta=float(local.get("rope_theta") or hf.get("rope_local_base_freq") or 10_000.0),
+    )
+    return fields
