@@ -19,6 +19,17 @@ ARCHS = {
                   {"num_experts": 4, **MOE, "shared_expert_intermediate_size": 80, "mlp_only_layers": [1]}),
     "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM", {"num_experts": 4, **MOE, "norm_topk_prob": True}),
     "olmoe": ("OlmoeConfig", "OlmoeForCausalLM", {"num_experts": 4, "num_experts_per_tok": 2, "clip_qkv": 3.0}),
+    # Gemma: head_dim unlike dim/heads; windows (8) shorter than the tests' sequences; caps and query
+    # scales small enough to change the numbers.
+    "gemma": ("GemmaConfig", "GemmaForCausalLM", {"head_dim": 32}),
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM",
+               {"head_dim": 16, "sliding_window": 8, "query_pre_attn_scalar": 24, "attn_logit_softcapping": 5.0,
+                "final_logit_softcapping": 3.0}),
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM",
+               {"head_dim": 16, "sliding_window": 8, "query_pre_attn_scalar": 24, "final_logit_softcapping": 3.0,
+                "layer_types": ["sliding_attention", "full_attention"],
+                "rope_parameters": {"sliding_attention": {"rope_type": "default", "rope_theta": 100.0},
+                                    "full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}}}),
 }
 
 

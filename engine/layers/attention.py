@@ -23,13 +23,17 @@ class Attention(nn.Module):
         self.clip_qkv = config.clip_qkv
         self.qk_norm = config.qk_norm
         self.window = config.sliding_windows[layer_idx]
+        self.use_rope = config.rope_layers[layer_idx]  # False: a NoPE layer (SmolLM3), q and k stay unrotated
+        self.query_scale = config.query_scale  # None: SDPA's own head_dim ** -0.5
+        self.softcap = config.attn_logit_softcap  # SDPA cannot cap scores: such layers take the explicit path
         H, K, d = self.n_heads, self.n_kv_heads, self.head_dim
         self.wq = nn.Linear(config.dim, H * d, bias=config.qkv_bias)
         self.wk = nn.Linear(config.dim, K * d, bias=config.qkv_bias)
         self.wv = nn.Linear(config.dim, K * d, bias=config.qkv_bias)
         self.wo = nn.Linear(H * d, config.dim, bias=config.o_bias)
-        if config.qk_norm == "head":  # Qwen3: one RMSNorm shared by every head
-            self.q_norm, self.k_norm = RMSNorm(d, config.norm_eps), RMSNorm(d, config.norm_eps)
+        offset = config.norm_weight_offset
+        if config.qk_norm == "head":  # Qwen3, Gemma 3: one RMSNorm shared by every head
+            self.q_norm, self.k_norm = RMSNorm(d, config.norm_eps, offset), RMSNorm(d, config.norm_eps, offset)
         elif config.qk_norm == "full":  # OLMoE: RMSNorm over all heads' concatenation
             self.q_norm, self.k_norm = RMSNorm(H * d, config.norm_eps), RMSNorm(K * d, config.norm_eps)
         self.wqkv = None  # q, k, v stacked into one matmul by engine.quant.concat.fuse_projections; wq/wk/wv are then None
@@ -46,9 +50,12 @@ class Attention(nn.Module):
 
         if probe is not None and probe.wants_attention(self.layer_idx):
             out = self._explicit(q, k, v, mask, probe)
+        elif self.softcap is not None:
+            out = self._explicit(q, k, v, mask, None)
         else:
             # Fused kernel; GQA is handled inside SDPA without repeating K/V in memory.
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=H != K)  # [B, H, T, d]
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=H != K,
+                                                 scale=self.query_scale)  # [B, H, T, d]
         return self.wo(out.transpose(1, 2).reshape(B, T, H * d))
 
     def _fused_qkv_rope(self, x, cos, sin):
@@ -57,7 +64,9 @@ class Attention(nn.Module):
         B, T, _ = x.shape
         H, K, d = self.n_heads, self.n_kv_heads, self.head_dim
         qkv = self.wqkv(x).view(B, T, H + 2 * K, d)
-        qk = apply_rope(qkv[:, :, :H + K], cos.unsqueeze(2), sin.unsqueeze(2))  # [B, T, H+K, d]
+        qk = qkv[:, :, :H + K]  # [B, T, H+K, d]
+        if self.use_rope:
+            qk = apply_rope(qk, cos.unsqueeze(2), sin.unsqueeze(2))
         return qk[:, :, :H].transpose(1, 2), qk[:, :, H:].transpose(1, 2), qkv[:, :, H + K:].transpose(1, 2)
 
     def _qkv_rope(self, x, cos, sin):
@@ -76,19 +85,25 @@ class Attention(nn.Module):
         k = k.view(B, T, K, d)
         if self.qk_norm == "head":
             q, k = self.q_norm(q), self.k_norm(k)
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # [B, 1, T, d]: one table for every head
-        q = apply_rope(q.transpose(1, 2), cos, sin)  # [B, H, T, d]
-        k = apply_rope(k.transpose(1, 2), cos, sin)  # [B, K, T, d]
+        q, k = q.transpose(1, 2), k.transpose(1, 2)  # [B, H, T, d], [B, K, T, d]
+        if self.use_rope:
+            cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # [B, 1, T, d]: one table for every head
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         return q, k, v.view(B, T, K, d).transpose(1, 2)  # v: [B, K, T, d]
 
     def _explicit(self, q, k, v, mask, probe) -> torch.Tensor:
-        """The slow path that materialises the attention matrix so a probe can see it."""
+        """The slow path that materialises the attention matrix, so a probe can see it (probe may be None:
+        soft-capped scores, which SDPA cannot compute)."""
         G = self.n_heads // self.n_kv_heads
         k = k.repeat_interleave(G, dim=1)  # [B, H, S, d]: head h reads kv head h // G
         v = v.repeat_interleave(G, dim=1)
-        scores = (q.float() @ k.float().transpose(-1, -2)) * self.head_dim ** -0.5  # [B, H, T, S]
+        scale = self.head_dim ** -0.5 if self.query_scale is None else self.query_scale
+        scores = (q.float() @ k.float().transpose(-1, -2)) * scale  # [B, H, T, S]
+        if self.softcap is not None:
+            scores = torch.tanh(scores / self.softcap) * self.softcap
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf"))
         probs = torch.softmax(scores, dim=-1)
-        probe.record_attention(self.layer_idx, probs)
+        if probe is not None:
+            probe.record_attention(self.layer_idx, probs)
         return (probs.to(v.dtype) @ v)

@@ -62,12 +62,27 @@ def _llama3(head_dim: int, theta: float, s: RopeScaling, original: int) -> torch
     return torch.where(medium, blended, scaled)
 
 
+def _longrope(head_dim: int, theta: float, s: RopeScaling, original: int,
+              seq_len: int | None) -> tuple[torch.Tensor, float]:
+    """LongRoPE (Phi-3): each frequency divided by its own searched factor, one list for sequences that
+    fit in the trained context and another for longer ones; attention logits scaled (through cos/sin) by
+    sqrt(1 + ln(stretch) / ln(original)) whichever list is in use."""
+    factors = s.long_factor if seq_len and seq_len > original else s.short_factor
+    if s.attention_factor is not None:
+        attention = s.attention_factor
+    else:
+        attention = 1.0 if s.factor <= 1 else math.sqrt(1 + math.log(s.factor) / math.log(original))
+    exponent = torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim
+    return 1.0 / (torch.tensor(factors, dtype=torch.float32) * theta ** exponent), float(attention)
+
+
 def rope_inv_freq(head_dim: int, theta: float, scaling: RopeScaling, max_position: int,
                   seq_len: int | None = None) -> tuple[torch.Tensor, float]:
     """Inverse frequencies [F] (float32) and the factor cos/sin are multiplied by.
 
     `max_position` is the config's max_position_embeddings; `seq_len` matters only for dynamic
-    NTK, which re-derives the base from the current length once it exceeds the trained context.
+    NTK, which re-derives the base from the current length once it exceeds the trained context, and
+    for LongRoPE, which switches to its long factors then.
     """
     kind = scaling.rope_type
     original = scaling.original_max_position or max_position
@@ -83,6 +98,8 @@ def rope_inv_freq(head_dim: int, theta: float, scaling: RopeScaling, max_positio
         return _yarn(head_dim, theta, scaling, original)
     if kind == "llama3":
         return _llama3(head_dim, theta, scaling, original), 1.0
+    if kind == "longrope":
+        return _longrope(head_dim, theta, scaling, original, seq_len)
     raise ValueError(f"unknown RoPE scaling {kind!r}")
 
 
@@ -94,7 +111,11 @@ def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor, attention_scal
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x [..., T, d] by the angles in cos/sin (broadcast over heads)."""
+    """Rotate x [..., T, d] by the angles in cos/sin (broadcast over heads). A table narrower than the
+    head (partial rotary) rotates the leading dims and passes the rest through."""
+    rotary = cos.shape[-1]
+    if rotary < x.shape[-1]:
+        return torch.cat((apply_rope(x[..., :rotary], cos, sin), x[..., rotary:]), dim=-1)
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return x * cos + rotated * sin
@@ -105,13 +126,32 @@ class RopeTable:
     depends on how long the sequence has grown (length = largest position + 1, as HF does)."""
 
     def __init__(self, config: ModelConfig, device="cpu"):
-        self.head_dim, self.theta = config.head_dim, config.rope_theta
+        # head_dim here is the rotated width: the whole head unless the model rotates part of it
+        self.head_dim, self.theta = config.rotary_dim, config.rope_theta
         self.scaling, self.max_position = config.rope_scaling, config.max_seq_len
         self.dynamic = self.scaling.rope_type == "dynamic"
         with torch.device("cpu"):  # real numbers even while the model is being built on the meta device
             inv_freq, self.attention_scaling = rope_inv_freq(self.head_dim, self.theta, self.scaling,
                                                              self.max_position)
         self.inv_freq = inv_freq.to(device)
+        self.long_inv_freq = None  # LongRoPE's second set, for sequences past the original context
+        if self.scaling.rope_type == "longrope":
+            self.original = self.scaling.original_max_position or self.max_position
+            with torch.device("cpu"):
+                long, _ = rope_inv_freq(self.head_dim, self.theta, self.scaling, self.max_position, self.original + 1)
+            self.long_inv_freq = long.to(device)
+        # Gemma 3: the sliding-window layers rotate with their own base and no scaling.
+        self.local_inv_freq = None
+        if config.local_rope_theta is not None:
+            with torch.device("cpu"):
+                local, _ = rope_inv_freq(self.head_dim, config.local_rope_theta, RopeScaling(), self.max_position)
+            self.local_inv_freq = local.to(device)
+
+    def local_cos_sin(self, positions: torch.Tensor):
+        """The sliding-window layers' table, or None when they use the common one (cos_sin)."""
+        if self.local_inv_freq is None:
+            return None
+        return rope_cos_sin(positions, self.local_inv_freq, 1.0)
 
     def cos_sin(self, positions: torch.Tensor):
         inv_freq = self.inv_freq
@@ -119,4 +159,10 @@ class RopeTable:
             seq_len = int(positions.max()) + 1
             inv_freq, _ = rope_inv_freq(self.head_dim, self.theta, self.scaling, self.max_position, seq_len)
             inv_freq = inv_freq.to(positions.device)
+        if self.long_inv_freq is not None:
+            # Per sequence (row), as transformers does per forward: the long factors once the sequence's
+            # length (largest position + 1) passes the original context. On the device: no host sync.
+            longer = (positions.amax(-1, keepdim=True) + 1 > self.original).unsqueeze(-1)  # [..., 1, 1]
+            inv_freq = torch.where(longer, self.long_inv_freq.to(positions.device),
+                                   inv_freq.to(positions.device))  # [..., 1, F]
         return rope_cos_sin(positions, inv_freq, self.attention_scaling)

@@ -30,6 +30,10 @@ _RENAMES = [
     (r"model\.layers\.(\d+)\.(?:mlp|block_sparse_moe)\.gate\.weight", "layers.{0}.mlp.router.weight"),
     (r"model\.layers\.(\d+)\.mlp\.shared_expert\.(gate|up|down)_proj\.weight", "layers.{0}.mlp.shared.w_{1}.weight"),
     (r"model\.layers\.(\d+)\.mlp\.shared_expert_gate\.weight", "layers.{0}.mlp.shared_gate.weight"),
+    # DeepSeek-V2: latent attention's projections and norms, and its (ungated) shared experts
+    (r"model\.layers\.(\d+)\.self_attn\.(q_a|q_b|kv_a|kv_b)_proj(?:_with_mqa)?\.(weight|bias)", "layers.{0}.attn.w{1}.{2}"),
+    (r"model\.layers\.(\d+)\.self_attn\.(q_a|kv_a)_layernorm\.weight", "layers.{0}.attn.{1}_norm.weight"),
+    (r"model\.layers\.(\d+)\.mlp\.shared_experts\.(gate|up|down)_proj\.weight", "layers.{0}.mlp.shared.w_{1}.weight"),
 ]
 _RENAMES = [(re.compile(p), c) for p, c in _RENAMES]
 # Per-expert tensors, stacked into [E, ...] after reading.
@@ -39,10 +43,18 @@ _EXPERT_PART = {"gate_proj": "w_gate", "up_proj": "w_up", "down_proj": "w_down",
 # config.json counts and widths, with ceilings far above any real model (layers size per-layer tuples).
 _COUNTS = {"num_hidden_layers": 1 << 12, "max_window_layers": 1 << 12, "decoder_sparse_step": 1 << 12,
            **dict.fromkeys(["num_attention_heads", "num_key_value_heads", "num_experts", "num_local_experts",
-                            "num_experts_per_tok"], 1 << 16),
+                            "num_experts_per_tok", "n_routed_experts", "n_shared_experts", "n_group", "topk_group",
+                            "first_k_dense_replace", "moe_layer_freq"], 1 << 16),
+           **dict.fromkeys(["kv_lora_rank", "q_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"], 1 << 20),
            **dict.fromkeys(["hidden_size", "intermediate_size", "moe_intermediate_size", "shared_expert_intermediate_size",
                             "head_dim", "vocab_size", "max_position_embeddings", "sliding_window"], 1 << 31)}
 _FUSED = re.compile(r"model\.layers\.(\d+)\.mlp\.experts\.(gate_up_proj|down_proj)")
+# Gemma 2/3 norm four times per layer; there post_attention_layernorm is the attention output's norm, not the MLP's.
+_POST_NORMS = {"post_attention_layernorm": "attn_post_norm", "pre_feedforward_layernorm": "mlp_norm",
+               "post_feedforward_layernorm": "mlp_post_norm"}
+_POST_NORM = re.compile(r"model\.layers\.(\d+)\.(" + "|".join(_POST_NORMS) + r")\.weight")
+# A multimodal Gemma 3 checkpoint keeps its text model under language_model (v4 and v5 spell it differently).
+_TEXT_MODEL = re.compile(r"(?:model\.language_model\.|language_model\.model\.)")
 
 
 def _canonical(name: str) -> str | None:
@@ -58,7 +70,10 @@ def hf_state_to_canonical(state: dict[str, torch.Tensor], config: ModelConfig) -
     out: dict[str, torch.Tensor] = {}
     experts: dict[tuple[int, str], dict[int, torch.Tensor]] = {}
     for name, tensor in state.items():
-        if (m := _EXPERT.fullmatch(name)) and m.group(3) in _EXPERT_PART:
+        name = _TEXT_MODEL.sub("model.", name, count=1).replace("language_model.lm_head.", "lm_head.")
+        if config.post_norms and (m := _POST_NORM.fullmatch(name)):
+            out[f"layers.{m.group(1)}.{_POST_NORMS[m.group(2)]}.weight"] = tensor
+        elif (m := _EXPERT.fullmatch(name)) and m.group(3) in _EXPERT_PART:
             experts.setdefault((int(m.group(1)), _EXPERT_PART[m.group(3)]), {})[int(m.group(2))] = tensor
         elif m := _FUSED.fullmatch(name):
             layer = m.group(1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from engine.config import ModelConfig
 from engine.errors import ModelFormatError
+from engine.layers.mla import mla_shapes
 
 
 def expected_shapes(c: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -16,6 +17,8 @@ def expected_shapes(c: ModelConfig) -> dict[str, tuple[int, ...]]:
         p = f"layers.{i}."
         shapes[p + "attn_norm.weight"] = (D,)
         shapes[p + "mlp_norm.weight"] = (D,)
+        if c.post_norms:
+            shapes[p + "attn_post_norm.weight"] = shapes[p + "mlp_post_norm.weight"] = (D,)
         for name, rows in (("wq", H * d), ("wk", K * d), ("wv", K * d)):
             shapes[f"{p}attn.{name}.weight"] = (rows, D)
             if c.qkv_bias:
@@ -26,6 +29,10 @@ def expected_shapes(c: ModelConfig) -> dict[str, tuple[int, ...]]:
         if c.qk_norm != "none":
             q, k = (d, d) if c.qk_norm == "head" else (H * d, K * d)
             shapes[p + "attn.q_norm.weight"], shapes[p + "attn.k_norm.weight"] = (q,), (k,)
+        if c.mla is not None:  # latent attention (engine/layers/mla.py) replaces the per-head projections above
+            for name in [n for n in shapes if n.startswith(p + "attn.")]:
+                del shapes[name]
+            shapes.update(mla_shapes(c, p))
         if c.moe_layers[i]:
             E, I = c.moe.n_experts, c.moe.expert_hidden_dim
             shapes[p + "mlp.router.weight"] = (E, D)
