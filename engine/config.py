@@ -5,13 +5,15 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from engine.config_fields import hf_extra_fields, hf_rope_params
 from engine.errors import ModelFormatError, UnsupportedArchitecture
 
 SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe",
-                           "gemma", "gemma2", "gemma3")
+                           "gemma", "gemma2", "gemma3", "deepseek_v2", "phi3", "granite", "smollm3",
+                           "gpt_oss")
 # config.json model_type -> our architecture name (Gemma 3's text-only checkpoints say "gemma3_text")
 MODEL_TYPE_ALIASES = {"gemma3_text": "gemma3"}
-ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "llama3")
+ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "llama3", "longrope")
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,12 +37,22 @@ class RopeScaling:
     # llama3
     low_freq_factor: float = 1.0
     high_freq_factor: float = 4.0
+    # LongRoPE (Phi-3): one divisor per frequency, `short_factor` while a sequence fits in the original
+    # context and `long_factor` once it is longer; attention_factor None = sqrt(1 + ln factor / ln original)
+    short_factor: tuple[float, ...] = ()
+    long_factor: tuple[float, ...] = ()
 
     def __post_init__(self):
         if self.rope_type not in ROPE_TYPES:
             raise ValueError(f"unknown RoPE scaling {self.rope_type!r}; known: {', '.join(ROPE_TYPES)}")
         if self.factor <= 0:
             raise ValueError(f"RoPE scaling factor must be positive, got {self.factor}")
+        if self.rope_type == "longrope":
+            if not self.short_factor or len(self.short_factor) != len(self.long_factor):
+                raise ValueError("LongRoPE needs short_factor and long_factor lists of equal length "
+                                 "(they come with the checkpoint's config)")
+            if not all(f > 0 for f in self.short_factor + self.long_factor):
+                raise ValueError("LongRoPE factors must be positive")
 
     @classmethod
     def from_hf(cls, params: dict | None) -> "RopeScaling":
@@ -48,8 +60,7 @@ class RopeScaling:
         if not params:
             return cls()
         kind = params.get("rope_type", params.get("type", "default")) or "default"
-        if kind == "su" or kind == "longrope":
-            raise ValueError(f"RoPE scaling {kind!r} is not supported")
+        kind = "longrope" if kind == "su" else kind  # transformers 4's name for it
         opt = lambda key, default=None: params.get(key) if params.get(key) is not None else default  # noqa: E731
         return cls(
             rope_type=kind,
@@ -63,6 +74,8 @@ class RopeScaling:
             truncate=bool(opt("truncate", True)),
             low_freq_factor=float(opt("low_freq_factor", 1.0)),
             high_freq_factor=float(opt("high_freq_factor", 4.0)),
+            short_factor=tuple(float(f) for f in opt("short_factor", ())),
+            long_factor=tuple(float(f) for f in opt("long_factor", ())),
         )
 
     @classmethod
@@ -88,11 +101,45 @@ class MoeConfig:
     # factor so that every selected expert's weight is E·softmax = 1; the probabilities shown and
     # counted in router statistics are softmax(logits / router_scale). Routing itself ignores it.
     router_scale: float = 1.0
+    # DeepSeek's group-limited routing: experts form n_group equal groups, each token keeps the topk_group
+    # groups whose best expert scores highest and picks its k experts among those (1, 1 = plain top-k).
+    n_group: int = 1
+    topk_group: int = 1
+    routed_scaling_factor: float = 1.0  # the chosen experts' weights are multiplied by this (DeepSeek)
+    # gpt-oss: a router with a bias, experts with biases, and a clamped SwiGLU: gate clamped to <= limit,
+    # up to [-limit, limit], out = gate * sigmoid(alpha * gate) * (up + 1). None = plain silu(gate) * up.
+    router_bias: bool = False
+    expert_bias: bool = False
+    swiglu_limit: float | None = None
+    swiglu_alpha: float = 1.0
 
     def __post_init__(self):
         assert self.router in ("topk_softmax", "softmax_topk"), self.router
         if not 0 < self.n_experts_per_tok <= self.n_experts:
             raise ValueError(f"experts per token ({self.n_experts_per_tok}) must be in 1..{self.n_experts}")
+        if self.n_group > 1 and (self.n_experts % self.n_group or not 0 < self.topk_group <= self.n_group
+                                 or self.topk_group * (self.n_experts // self.n_group) < self.n_experts_per_tok):
+            raise ValueError(f"{self.n_experts} experts in {self.n_group} groups, {self.topk_group} groups kept, "
+                             f"cannot give each token {self.n_experts_per_tok} experts")
+
+
+@dataclass(frozen=True, slots=True)
+class MlaConfig:
+    """DeepSeek-V2's multi-head latent attention (engine/layers/mla.py): keys and values are expanded per
+    head from one compressed latent per token, which (with the RoPE key shared by every head) is all the
+    KV cache keeps."""
+
+    kv_lora_rank: int  # width of the latent c_kv
+    qk_nope_head_dim: int  # per head: the part of q and k without position
+    qk_rope_head_dim: int  # the rotated part: one k_pe per token shared by every head (= ModelConfig.head_dim)
+    v_head_dim: int
+    q_lora_rank: int | None = None  # None: q = q_proj(x) (V2-Lite); else q = q_b(norm(q_a(x)))
+    a_bias: bool = False  # q_a_proj and kv_a_proj_with_mqa carry biases (attention_bias)
+
+    def __post_init__(self):
+        if min(self.kv_lora_rank, self.qk_nope_head_dim, self.qk_rope_head_dim, self.v_head_dim) <= 0 or \
+                self.qk_rope_head_dim % 2 or (self.q_lora_rank is not None and self.q_lora_rank <= 0):
+            raise ValueError("MLA ranks and head widths must be positive (the RoPE part even)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +165,9 @@ class ModelConfig:
     sliding_windows: tuple[int | None, ...] = ()
     moe: MoeConfig | None = None
     moe_layers: tuple[bool, ...] = ()  # per layer: sparse MoE block instead of the dense MLP
+    mla: MlaConfig | None = None  # multi-head latent attention (DeepSeek-V2) instead of GQA
+    # gpt-oss: one learned logit per query head joins every softmax row (it takes probability mass, has no value)
+    attn_sinks: bool = False
     # Gemma-family mechanisms (defaults = off; each is general, any architecture may set it)
     embed_scale: float = 1.0  # embeddings multiplied by this, rounded to the model's dtype (Gemma: sqrt(dim))
     norm_weight_offset: float = 0.0  # RMSNorm scales by (offset + weight), in fp32 before the cast (Gemma: 1)
@@ -129,6 +179,11 @@ class ModelConfig:
     # RoPE base of the sliding-window layers, which then rotate without rope_scaling (Gemma 3's local
     # layers); None = every layer uses rope_theta and rope_scaling
     local_rope_theta: float | None = None
+    # Granite / SmolLM3 / Phi-3 mechanisms (defaults = off; general, like the ones above)
+    residual_multiplier: float = 1.0  # attention and MLP outputs scaled before each residual add (Granite)
+    logit_divisor: float = 1.0  # output logits divided by this (Granite's logits_scaling)
+    rope_layers: tuple[bool, ...] = ()  # per layer: rotate q/k; False = a NoPE layer (SmolLM3); () = all rotate
+    rotary_dim: int = 0  # leading dims of each head that RoPE rotates (partial rotary, Phi-4-mini); 0 = all
 
     def __post_init__(self):
         if self.arch not in SUPPORTED_ARCHITECTURES:
@@ -145,9 +200,35 @@ class ModelConfig:
         assert len(self.sliding_windows) == self.n_layers and len(self.moe_layers) == self.n_layers
         if any(self.moe_layers) and self.moe is None:
             raise ValueError("moe_layers set but no MoeConfig")
+        if not self.rope_layers:
+            object.__setattr__(self, "rope_layers", (True,) * self.n_layers)
+        if not self.rotary_dim:
+            object.__setattr__(self, "rotary_dim", self.head_dim)
+        if len(self.rope_layers) != self.n_layers:
+            raise ValueError(f"rope_layers has {len(self.rope_layers)} entries for {self.n_layers} layers")
+        if self.rotary_dim % 2 or not 0 < self.rotary_dim <= self.head_dim:
+            raise ValueError(f"rotary_dim {self.rotary_dim} must be even and within the head ({self.head_dim})")
+        if self.rope_scaling.rope_type == "longrope" and len(self.rope_scaling.short_factor) != self.rotary_dim // 2:
+            raise ValueError(f"LongRoPE has {len(self.rope_scaling.short_factor)} factors; {self.rotary_dim} "
+                             f"rotated dims need {self.rotary_dim // 2}")
 
     def replace(self, **changes) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
+
+    @property
+    def kv_entry(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        """What the KV cache keeps per token and layer, as (heads, width) of its two tensors: K and V
+        ((K, d) each), or for MLA the latent c_kv and the shared RoPE key k_pe ((1, rank), (1, rope))."""
+        if self.mla is not None:
+            return (1, self.mla.kv_lora_rank), (1, self.mla.qk_rope_head_dim)
+        return (self.n_kv_heads, self.head_dim), (self.n_kv_heads, self.head_dim)
+
+    def first_layers(self, n: int) -> "ModelConfig":
+        """The same model cut after its first n layers (a replay up to a layer, a layer-skip draft). Every
+        per-layer tuple is cut with it, including ones added later, so no caller has to know them all."""
+        cut = {f.name: getattr(self, f.name)[:n] for f in dataclasses.fields(self)
+               if isinstance(getattr(self, f.name), tuple) and len(getattr(self, f.name)) == self.n_layers}
+        return dataclasses.replace(self, n_layers=n, **cut)
 
     @classmethod
     def from_hf(cls, hf: dict, path="config.json") -> "ModelConfig":
@@ -161,6 +242,10 @@ class ModelConfig:
         try:
             if arch in GEMMA_ARCHITECTURES:
                 return _from_hf(arch, hf).replace(**_gemma_fields(arch, hf))
+            if arch == "deepseek_v2":
+                return _from_hf(arch, hf).replace(**_deepseek_v2_fields(hf))
+            if arch == "gpt_oss":
+                return _from_hf(arch, hf).replace(**_gpt_oss_fields(hf))
             return _from_hf(arch, hf)
         except (KeyError, TypeError, ValueError, AssertionError, ArithmeticError) as e:  # e.g. n_kv_heads = 0
             raise ModelFormatError(path, f"invalid {arch} config: {type(e).__name__}: {e}") from None
@@ -176,12 +261,12 @@ def _from_hf(arch: str, hf: dict) -> ModelConfig:
     # v5 keeps rope_theta inside rope_parameters; v4 had it at the top level next to rope_scaling.
     rope_params = dict(hf.get("rope_parameters") or {})
     rope_theta = float(rope_params.get("rope_theta", hf.get("rope_theta", 10000.0)))
-    rope_scaling = RopeScaling.from_hf(hf.get("rope_scaling") or rope_params)
+    rope_scaling = RopeScaling.from_hf(hf_rope_params(arch, hf, hf.get("rope_scaling") or rope_params))
     window = hf.get("sliding_window")
     layer_types = hf.get("layer_types")
     if layer_types:
         windows = tuple(window if t == "sliding_attention" else None for t in layer_types)
-    elif arch == "mistral" or arch == "mixtral":
+    elif arch in ("mistral", "mixtral", "phi3"):
         windows = (window,) * n_layers
     elif hf.get("use_sliding_window") and window:
         windows = tuple(window if i >= hf.get("max_window_layers", 0) else None for i in range(n_layers))
@@ -224,12 +309,14 @@ def _from_hf(arch: str, hf: dict) -> ModelConfig:
         max_seq_len=int(hf.get("max_position_embeddings", 2048)),
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
         qkv_bias=bool(qkv_bias),
-        o_bias=bool(hf.get("attention_bias", False)) and arch in ("llama", "mistral", "qwen3", "qwen3_moe", "olmoe"),
+        o_bias=bool(hf.get("attention_bias", False)) and arch in ("llama", "mistral", "qwen3", "qwen3_moe", "olmoe",
+                                                                       "granite", "smollm3"),
         qk_norm={"qwen3": "head", "qwen3_moe": "head", "olmoe": "full"}.get(arch, "none"),
         clip_qkv=hf.get("clip_qkv"),
         sliding_windows=windows,
         moe=moe,
         moe_layers=moe_layers,
+        **hf_extra_fields(arch, hf, n_layers, int(hf.get("head_dim") or dim // n_heads), rope_params),
     )
 
 
@@ -271,4 +358,51 @@ def _gemma_fields(arch: str, hf: dict) -> dict:
         rope_scaling=RopeScaling.from_hf(hf.get("rope_scaling") or full),
         local_rope_theta=float(local.get("rope_theta") or hf.get("rope_local_base_freq") or 10_000.0),
     )
+    return fields
+
+
+def _deepseek_v2_fields(hf: dict) -> dict:
+    """DeepSeek-V2 (and -Lite): MLA, and MoE with shared experts and group-limited routing after
+    first_k_dense_replace dense layers (every moe_layer_freq-th layer from there, as DeepSeek's own code)."""
+    n_layers = int(hf["num_hidden_layers"])
+    if (hf.get("hidden_act") or "silu") != "silu" or (hf.get("scoring_func") or "softmax") != "softmax":
+        raise ValueError(f"activation {hf.get('hidden_act')!r} / scoring {hf.get('scoring_func')!r} "
+                         "(DeepSeek-V2 runs silu and softmax)")
+    q_lora = hf.get("q_lora_rank")
+    mla = MlaConfig(int(hf["kv_lora_rank"]), int(hf["qk_nope_head_dim"]), int(hf["qk_rope_head_dim"]),
+                    int(hf["v_head_dim"]), int(q_lora) if q_lora else None, bool(hf.get("attention_bias")))
+    fields = dict(mla=mla, head_dim=mla.qk_rope_head_dim, n_kv_heads=int(hf["num_attention_heads"]),
+                  qkv_bias=False, o_bias=bool(hf.get("attention_bias")))
+    n_experts = hf.get("n_routed_experts") or hf.get("num_experts")
+    if not n_experts:
+        return fields
+    method = hf.get("topk_method") or "greedy"
+    if method not in ("greedy", "group_limited_greedy"):
+        raise ValueError(f"topk_method {method!r} (DeepSeek-V2 routes 'greedy' or 'group_limited_greedy')")
+    grouped = method == "group_limited_greedy"
+    fields["moe"] = MoeConfig(
+        int(n_experts), int(hf["num_experts_per_tok"]), int(hf["moe_intermediate_size"]),
+        router="softmax_topk", norm_topk_prob=bool(hf.get("norm_topk_prob", False)),
+        shared_expert_hidden_dim=int(hf.get("n_shared_experts") or 0) * int(hf["moe_intermediate_size"]),
+        shared_expert_gated=False,
+        n_group=int(hf.get("n_group") or 1) if grouped else 1, topk_group=int(hf.get("topk_group") or 1) if grouped else 1,
+        routed_scaling_factor=float(hf.get("routed_scaling_factor") or 1.0))
+    first_dense, freq = int(hf.get("first_k_dense_replace") or 0), int(hf.get("moe_layer_freq") or 1)
+    fields["moe_layers"] = tuple(i >= first_dense and i % freq == 0 for i in range(n_layers))
+    return fields
+
+
+def _gpt_oss_fields(hf: dict) -> dict:
+    """gpt-oss: attention sinks and biases everywhere in attention; every layer a MoE whose router has a
+    bias and picks the top k logits, softmaxed over those k (= Mixtral's rule), with biased experts and a
+    clamped SwiGLU. Sliding and full layers alternate per `layer_types` (read by _from_hf)."""
+    n_layers = int(hf["num_hidden_layers"])
+    k = hf.get("num_experts_per_tok") or hf.get("experts_per_token")  # the older configs' name
+    moe = MoeConfig(int(hf["num_local_experts"]), int(k), int(hf["intermediate_size"]),
+                    router="topk_softmax", norm_topk_prob=True, router_bias=True, expert_bias=True,
+                    swiglu_limit=float(hf.get("swiglu_limit") or 7.0), swiglu_alpha=float(hf.get("swiglu_alpha") or 1.702))
+    bias = bool(hf.get("attention_bias", True))
+    fields = dict(attn_sinks=True, moe=moe, moe_layers=(True,) * n_layers, qkv_bias=bias, o_bias=bias)
+    if not hf.get("layer_types") and hf.get("sliding_window"):  # transformers' default: even layers slide
+        fields["sliding_windows"] = tuple(int(hf["sliding_window"]) if i % 2 == 0 else None for i in range(n_layers))
     return fields

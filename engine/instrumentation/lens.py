@@ -84,22 +84,19 @@ def _residuals(model, token_ids: list[int], first: int, cancelled) -> torch.Tens
             return None
         stop = min(start + LENS_CHUNK, end)
         view = cache.view(start, stop - start)
-        cos, sin = model.rope.cos_sin(view.positions)  # [1, T, d] each
-        cos, sin = cos.to(weight.dtype), sin.to(weight.dtype)
-        x = model.embed(torch.tensor([token_ids[start:stop]], device=weight.device))  # [1, T, D]
         lo = max(first, start)
-        for layer, block in enumerate(model.layers):
-            x = block(x, cos, sin, view)
+
+        def keep(layer: int, x: torch.Tensor) -> None:
             if stop > first:
                 kept[layer, lo - first:stop - first] = x[0, lo - start:]
+        model.run_blocks(torch.tensor([token_ids[start:stop]], device=weight.device), view, each=keep)
     return None if cancelled() else kept
 
 
 def _logits(model, residual: torch.Tensor) -> torch.Tensor:
     """The model's own head on residual rows [P, D]: final norm, then the LM head or the tied embedding,
     as Decoder.forward ends. fp32 [P, V]."""
-    x = model.norm(residual)
-    return (x @ model.embed.weight.T if model.lm_head is None else model.lm_head(x)).float()
+    return model.head(residual)
 
 
 @torch.inference_mode()

@@ -28,8 +28,7 @@ def replay_attention(model, token_ids: list[int], layer: int, queries: tuple[int
     first, end = max(0, queries[0]), min(len(token_ids), queries[1])
     if first >= end:
         raise ValueError(f"no query positions in {queries} for {len(token_ids)} tokens")
-    upto = config.replace(n_layers=layer + 1, sliding_windows=config.sliding_windows[:layer + 1],
-                          moe_layers=config.moe_layers[:layer + 1])
+    upto = config.first_layers(layer + 1)
     weight = model.embed.weight
     cache = ContiguousKVCache(upto, end, device=weight.device, dtype=weight.dtype)
     probe = Probe(InstrumentOptions(attention_layers=(layer,)), config.n_heads, config.n_kv_heads)
@@ -52,8 +51,4 @@ def replay_attention(model, token_ids: list[int], layer: int, queries: tuple[int
 
 def _run_layers(model, tokens: torch.Tensor, view, probe, last: int) -> None:
     """The model's forward up to and including layer `last` (what is above it cannot change its attention)."""
-    cos, sin = model.rope.cos_sin(view.positions)
-    cos, sin = cos.to(model.embed.weight.dtype), sin.to(model.embed.weight.dtype)
-    x = model.embed(tokens)
-    for block in model.layers[:last + 1]:
-        x = block(x, cos, sin, view, probe)
+    model.run_blocks(tokens, view, probe, upto=last + 1)

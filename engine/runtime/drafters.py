@@ -145,8 +145,7 @@ def layer_skip_model(target, n_layers: int):
         raise ValueError(f"self-layers:L needs 1 <= L < {config.n_layers} (the target's layers), got {n_layers}")
     draft = Decoder.__new__(Decoder)
     nn.Module.__init__(draft)
-    draft.config = config.replace(n_layers=n_layers, sliding_windows=config.sliding_windows[:n_layers],
-                                  moe_layers=config.moe_layers[:n_layers])
+    draft.config = config.first_layers(n_layers)
     draft.embed, draft.norm, draft.lm_head, draft.rope = target.embed, target.norm, target.lm_head, target.rope
     draft.layers = nn.ModuleList(list(target.layers[:n_layers]))
     return draft.eval()
