@@ -19,6 +19,19 @@ ARCHS = {
                   {"num_experts": 4, **MOE, "shared_expert_intermediate_size": 80, "mlp_only_layers": [1]}),
     "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM", {"num_experts": 4, **MOE, "norm_topk_prob": True}),
     "olmoe": ("OlmoeConfig", "OlmoeForCausalLM", {"num_experts": 4, "num_experts_per_tok": 2, "clip_qkv": 3.0}),
+    # DeepSeek-V2 (a key's "-variant" suffix names a second form of one model_type): latent attention with
+    # q through its own low rank; layer 0 dense, layer 1 MoE: 3 of 8 experts, from the best 2 of 4 groups
+    # (with 2 experts a token, keeping 2 groups could never exclude anything).
+    # Widths all differ (latent 32, q rank 24, nope 16, rope 8, v 12) so that a mixed-up one cannot pass.
+    "deepseek_v2": ("DeepseekV2Config", "DeepseekV2ForCausalLM", DEEPSEEK_V2 := {
+        "kv_lora_rank": 32, "q_lora_rank": 24, "qk_nope_head_dim": 16, "qk_rope_head_dim": 8, "v_head_dim": 12,
+        "n_routed_experts": 8, "n_shared_experts": 2, "moe_intermediate_size": 40, "num_experts_per_tok": 3,
+        "first_k_dense_replace": 1, "topk_method": "group_limited_greedy", "n_group": 4, "topk_group": 2,
+        "routed_scaling_factor": 1.5, "num_key_value_heads": 4}),
+    # V2-Lite: q straight from x, plain greedy top-k
+    "deepseek_v2-lite": ("DeepseekV2Config", "DeepseekV2ForCausalLM",
+                         {**DEEPSEEK_V2, "q_lora_rank": None, "topk_method": "greedy", "n_group": None,
+                          "topk_group": None, "routed_scaling_factor": 1.0}),
     # Gemma: head_dim unlike dim/heads; windows (8) shorter than the tests' sequences; caps and query
     # scales small enough to change the numbers.
     "gemma": ("GemmaConfig", "GemmaForCausalLM", {"head_dim": 32}),
@@ -30,6 +43,20 @@ ARCHS = {
                 "layer_types": ["sliding_attention", "full_attention"],
                 "rope_parameters": {"sliding_attention": {"rope_type": "default", "rope_theta": 100.0},
                                     "full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}}}),
+    # Phi-3 (Phi-4-mini's shape): LongRoPE trained on 16 positions, so the tests' 48-token streams run past
+    # it; half of each head rotated (4 frequencies, each with its own short and long factor).
+    "phi3": ("Phi3Config", "Phi3ForCausalLM",
+             {"partial_rotary_factor": 0.5, "original_max_position_embeddings": 16, "pad_token_id": None,
+              "eos_token_id": None,
+              "rope_parameters": {"rope_type": "longrope", "rope_theta": 10000.0, "short_factor": [1.0, 1.3, 2.1, 3.5],
+                                  "long_factor": [1.1, 2.5, 6.0, 14.0]}}),
+    # Granite: every multiplier away from 1, attention biases on.
+    "granite": ("GraniteConfig", "GraniteForCausalLM",
+                {"embedding_multiplier": 3.0, "residual_multiplier": 0.5, "attention_multiplier": 0.3,
+                 "logits_scaling": 4.0, "attention_bias": True}),
+    # SmolLM3: with 2 layers, an interval of 2 makes layer 1 the NoPE layer.
+    "smollm3": ("SmolLM3Config", "SmolLM3ForCausalLM", {"no_rope_layer_interval": 2, "pad_token_id": None,
+                                                     "bos_token_id": None, "eos_token_id": None}),
 }
 
 

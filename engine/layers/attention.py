@@ -13,6 +13,7 @@ from torch import nn
 from engine.config import ModelConfig
 from engine.layers.norm import RMSNorm
 from engine.layers.rope import apply_rope
+from engine.layers.sinks import sdpa_with_sinks, softmax_with_sinks
 
 
 class Attention(nn.Module):
@@ -26,6 +27,8 @@ class Attention(nn.Module):
         self.use_rope = config.rope_layers[layer_idx]  # False: a NoPE layer (SmolLM3), q and k stay unrotated
         self.query_scale = config.query_scale  # None: SDPA's own head_dim ** -0.5
         self.softcap = config.attn_logit_softcap  # SDPA cannot cap scores: such layers take the explicit path
+        # gpt-oss: a learned logit per query head in every softmax row (engine/layers/sinks.py)
+        self.sinks = nn.Parameter(torch.empty(config.n_heads)) if config.attn_sinks else None
         H, K, d = self.n_heads, self.n_kv_heads, self.head_dim
         self.wq = nn.Linear(config.dim, H * d, bias=config.qkv_bias)
         self.wk = nn.Linear(config.dim, K * d, bias=config.qkv_bias)
@@ -52,6 +55,9 @@ class Attention(nn.Module):
             out = self._explicit(q, k, v, mask, probe)
         elif self.softcap is not None:
             out = self._explicit(q, k, v, mask, None)
+        elif self.sinks is not None:
+            scale = self.head_dim ** -0.5 if self.query_scale is None else self.query_scale
+            out = sdpa_with_sinks(q, k, v, mask, self.sinks, scale)  # [B, H, T, d]
         else:
             # Fused kernel; GQA is handled inside SDPA without repeating K/V in memory.
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=H != K,
@@ -103,7 +109,12 @@ class Attention(nn.Module):
             scores = torch.tanh(scores / self.softcap) * self.softcap
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf"))
-        probs = torch.softmax(scores, dim=-1)
-        if probe is not None:
-            probe.record_attention(self.layer_idx, probs)
+        if self.sinks is None:
+            probs = torch.softmax(scores, dim=-1)
+            if probe is not None:
+                probe.record_attention(self.layer_idx, probs)
+        else:
+            probs, sink = softmax_with_sinks(scores, self.sinks)  # [B, H, T, S], the sink's share [B, H, T]
+            if probe is not None:
+                probe.record_attention(self.layer_idx, probs, sink)
         return (probs.to(v.dtype) @ v)

@@ -49,6 +49,9 @@ _COUNTS = {"num_hidden_layers": 1 << 12, "max_window_layers": 1 << 12, "decoder_
            **dict.fromkeys(["hidden_size", "intermediate_size", "moe_intermediate_size", "shared_expert_intermediate_size",
                             "head_dim", "vocab_size", "max_position_embeddings", "sliding_window"], 1 << 31)}
 _FUSED = re.compile(r"model\.layers\.(\d+)\.mlp\.experts\.(gate_up_proj|down_proj)")
+# Phi-3 stores q, k, v as one qkv_proj and gate, up as one gate_up_proj: split into the canonical names here
+# (engine.quant.concat.fuse_projections stacks them again for the fast path, whatever the weights' format).
+_DENSE_FUSED = re.compile(r"model\.layers\.(\d+)\.(self_attn\.qkv_proj|mlp\.gate_up_proj)\.(weight|bias)")
 # Gemma 2/3 norm four times per layer; there post_attention_layernorm is the attention output's norm, not the MLP's.
 _POST_NORMS = {"post_attention_layernorm": "attn_post_norm", "pre_feedforward_layernorm": "mlp_norm",
                "post_feedforward_layernorm": "mlp_post_norm"}
@@ -82,6 +85,8 @@ def hf_state_to_canonical(state: dict[str, torch.Tensor], config: ModelConfig) -
                 out[f"layers.{layer}.mlp.w_gate"], out[f"layers.{layer}.mlp.w_up"] = gate, up
             else:
                 out[f"layers.{layer}.mlp.w_down"] = tensor
+        elif m := _DENSE_FUSED.fullmatch(name):
+            out.update(_split_dense(m.group(1), m.group(2), m.group(3), tensor, config))
         elif (target := _canonical(name)) is not None:
             out[target] = tensor
     for (layer, part), by_index in experts.items():
@@ -92,6 +97,20 @@ def hf_state_to_canonical(state: dict[str, torch.Tensor], config: ModelConfig) -
     if config.tie_embeddings:
         out.pop("lm_head.weight", None)
     return out
+
+
+def _split_dense(layer: str, kind: str, suffix: str, tensor: torch.Tensor, config: ModelConfig) -> dict:
+    """One fused projection's rows -> its parts' canonical tensors (q, k, v rows in order; gate, then up)."""
+    if kind == "self_attn.qkv_proj":
+        sizes = (config.n_heads * config.head_dim, config.n_kv_heads * config.head_dim,
+                 config.n_kv_heads * config.head_dim)
+        names = [f"layers.{layer}.attn.w{p}.{suffix}" for p in "qkv"]
+    else:
+        sizes = (config.hidden_dim, config.hidden_dim)
+        names = [f"layers.{layer}.mlp.w_{p}.{suffix}" for p in ("gate", "up")]
+    if tensor.shape[0] != sum(sizes):
+        raise ValueError(f"layer {layer}: {kind} has {tensor.shape[0]} rows, the config implies {sum(sizes)}")
+    return dict(zip(names, tensor.split(sizes)))
 
 
 def _read_config(path: Path) -> tuple[ModelConfig, dict]:
