@@ -30,9 +30,10 @@ def causal_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None) ->
 
 class ContiguousKVCache:
     def __init__(self, config: ModelConfig, max_len: int, batch: int = 1, device="cpu", dtype=torch.float32):
-        shape = (config.n_layers, batch, config.n_kv_heads, max_len, config.head_dim)  # [L, B, K, S, d]
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        # [L, B, K, S, d]; an MLA model keeps its latent and RoPE key in these two (ModelConfig.kv_entry)
+        (k_heads, k_dim), (v_heads, v_dim) = config.kv_entry
+        self.k = torch.zeros((config.n_layers, batch, k_heads, max_len, k_dim), device=device, dtype=dtype)
+        self.v = torch.zeros((config.n_layers, batch, v_heads, max_len, v_dim), device=device, dtype=dtype)
         self.max_len = max_len
         self.length = 0  # positions [0, length) hold valid K/V
 
@@ -51,7 +52,7 @@ class ContiguousKVCache:
 
     @property
     def nbytes(self) -> int:
-        return self.k.numel() * self.k.element_size() * 2
+        return (self.k.numel() + self.v.numel()) * self.k.element_size()
 
 
 class ContiguousView:

@@ -159,6 +159,7 @@ def memory_snapshot(blocks, pool, max_seq_len: int, weight_bytes: dict[str, int]
         block_tables=block_tables, block_refs=refs, cached_blocks=cached, sequence_tokens=sequence_tokens,
         prefix_hits=hits, prefix_blocks=prefix_blocks,
         draft_blocks_used=draft[0], draft_blocks_total=draft[1], draft_bytes_per_block=draft[2],
+        kv_latent_values=getattr(pool, "latent_values", 0), kv_per_head_values=getattr(pool, "per_head_values", 0),
         weight_bytes=previous.weight_bytes if previous is not None and previous.weight_bytes == weight_bytes
         else dict(weight_bytes),
         process_rss=_rss(), cuda_allocated=cuda_alloc, cuda_reserved=cuda_reserved)

@@ -72,7 +72,8 @@ def quantize_model(model: nn.Module, mode: str, head: bool = True, exact: bool =
     dtype, device = model.embed.weight.dtype, model.embed.weight.device
     compute = compute_dtype_for(device, dtype, exact)
     for block in model.layers:
-        _swap_linears(block.attn, ("wq", "wk", "wv", "wqkv", "wo"), mode, compute)  # fused or not
+        # fused or not; MLA lists its own projections (MLAttention.LINEARS)
+        _swap_linears(block.attn, getattr(block.attn, "LINEARS", ("wq", "wk", "wv", "wqkv", "wo")), mode, compute)
         mlp = block.mlp
         if isinstance(mlp, SparseMoE) and not isinstance(mlp, QuantSparseMoE):
             block.mlp = QuantSparseMoE.from_float(mlp, lambda w: make_weight(w, mode, compute_dtype=compute))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from engine.layers.mla import MLAttention
 from engine.layers.mlp import SwiGLU
 from engine.quant.int4 import Int4Weight
 from engine.quant.int8 import Int8Weight
@@ -90,7 +91,9 @@ def fuse_projections(model) -> int:
     fused = 0
     for block in model.layers:
         attn = block.attn
-        if attn.wqkv is None and (qkv := concat_linears([attn.wq, attn.wk, attn.wv])) is not None:
+        # MLA (engine/layers/mla.py) has no q/k/v triple: its projections read different inputs
+        if not isinstance(attn, MLAttention) and attn.wqkv is None and \
+                (qkv := concat_linears([attn.wq, attn.wk, attn.wv])) is not None:
             attn.wqkv, attn.wq, attn.wk, attn.wv = qkv, None, None, None
             fused += 1
         mlp = getattr(block.mlp, "shared", None) if block.is_moe else block.mlp

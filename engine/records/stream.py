@@ -61,12 +61,13 @@ class RoutingRecord:
 
 @dataclass(frozen=True, slots=True)
 class AttentionRecord:
-    """One head's attention from the newest token over every earlier position (sums to 1)."""
+    """One head's attention from the newest token over every earlier position (with `sink`, sums to 1)."""
 
     layer: int
     head: int
     kv_head: int  # the GQA group this query head reads from
     weights: tuple[float, ...]
+    sink: float = 0.0  # the share an attention sink (gpt-oss) took, which no position received
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +93,10 @@ class MemorySnapshot:
     draft_blocks_used: int = 0
     draft_blocks_total: int = 0
     draft_bytes_per_block: int = 0
+    # Multi-head latent attention (DeepSeek-V2): values a token and layer the cache stores (its latent and
+    # RoPE key), and what per-head K and V of the same attention would store; 0, 0 for other architectures.
+    kv_latent_values: int = 0
+    kv_per_head_values: int = 0
     process_rss: int = 0
     cuda_allocated: int = 0
     cuda_reserved: int = 0

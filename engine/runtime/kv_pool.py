@@ -12,10 +12,13 @@ import torch
 
 from engine.config import ModelConfig
 from engine.kv_cache import causal_mask
+from engine.layers.mla import per_head_kv_values
 
 
 def kv_bytes_per_token(config: ModelConfig, dtype: torch.dtype) -> int:
-    return 2 * config.n_layers * config.n_kv_heads * config.head_dim * torch.finfo(dtype).bits // 8
+    """K and V of every layer; for an MLA model its latent and RoPE key (ModelConfig.kv_entry)."""
+    (k_heads, k_dim), (v_heads, v_dim) = config.kv_entry
+    return config.n_layers * (k_heads * k_dim + v_heads * v_dim) * torch.finfo(dtype).bits // 8
 
 
 def blocks_for_budget(config: ModelConfig, block_size: int, budget_bytes: int, dtype: torch.dtype) -> int:
@@ -39,9 +42,14 @@ class KVPool:
     def __init__(self, config: ModelConfig, num_blocks: int, block_size: int, device="cpu", dtype=torch.float32):
         self.num_blocks, self.block_size = num_blocks, block_size
         # Slots are stored flat ([N*P] rather than [N, P]) so a write is one index_copy_ by slot number.
-        shape = (config.n_layers, num_blocks * block_size, config.n_kv_heads, config.head_dim)  # [L, N*P, K, d]
-        self.k = _lazy_zeros(shape, device, dtype)
-        self.v = _lazy_zeros(shape, device, dtype)
+        # [L, N*P, K, d] each; an MLA model's latent c_kv and RoPE key k_pe take K's and V's places.
+        (k_heads, k_dim), (v_heads, v_dim) = config.kv_entry
+        self.k = _lazy_zeros((config.n_layers, num_blocks * block_size, k_heads, k_dim), device, dtype)
+        self.v = _lazy_zeros((config.n_layers, num_blocks * block_size, v_heads, v_dim), device, dtype)
+        # What the memory panel compares for an MLA model: values a token and layer stored, and what per-head
+        # K and V would hold (0, 0 for every other architecture: what is stored *is* per-head K and V).
+        self.latent_values = (k_heads * k_dim + v_heads * v_dim) if config.mla is not None else 0
+        self.per_head_values = per_head_kv_values(config) if config.mla is not None else 0
         # Where each layer's K/V are gathered for attention, reused by every layer and step and grown by
         # doubling: gathering into fresh tensors made 2 context-sized allocations per layer per step, and
         # their growing sizes left the allocator's heap ~15 KB per token of context bigger (measured).
@@ -54,7 +62,7 @@ class KVPool:
         rows = B * S
         if not self._gather or self._gather[0].shape[0] < rows:
             capacity = max(rows, 2 * self._gather[0].shape[0] if self._gather else 0)
-            self._gather = [self.k.new_empty((capacity, *self.k.shape[2:])) for _ in range(2)]
+            self._gather = [pool.new_empty((capacity, *pool.shape[2:])) for pool in (self.k, self.v)]
         flat = read_slots.reshape(-1)
         k = torch.index_select(self.k[layer], 0, flat, out=self._gather[0][:rows])
         v = torch.index_select(self.v[layer], 0, flat, out=self._gather[1][:rows])
@@ -62,7 +70,7 @@ class KVPool:
 
     @property
     def nbytes(self) -> int:
-        return 2 * self.k.numel() * self.k.element_size()
+        return (self.k.numel() + self.v.numel()) * self.k.element_size()
 
     def copy_blocks(self, copies) -> None:
         """Execute copy-on-write instructions: each (src, dst) copies one whole block, every layer."""
@@ -100,7 +108,7 @@ class PagedView:
         B, K, T, d = k.shape
         pool_k, pool_v = self.pool.k[layer], self.pool.v[layer]
         pool_k.index_copy_(0, self.slots, k.transpose(1, 2).reshape(B * T, K, d))
-        pool_v.index_copy_(0, self.slots, v.transpose(1, 2).reshape(B * T, K, d))
+        pool_v.index_copy_(0, self.slots, v.transpose(1, 2).reshape(B * T, v.shape[1], v.shape[3]))
         k_all, v_all = self.pool.gather(layer, self.read_slots)  # [B, S, K, d]
         return k_all.transpose(1, 2), v_all.transpose(1, 2)
 
