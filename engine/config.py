@@ -371,7 +371,8 @@ def _deepseek_v2_fields(hf: dict) -> dict:
     q_lora = hf.get("q_lora_rank")
     mla = MlaConfig(int(hf["kv_lora_rank"]), int(hf["qk_nope_head_dim"]), int(hf["qk_rope_head_dim"]),
                     int(hf["v_head_dim"]), int(q_lora) if q_lora else None, bool(hf.get("attention_bias")))
-    fields = dict(mla=mla, head_dim=mla.qk_rope_head_dim, n_kv_heads=int(hf["num_attention_heads"]),
+    fields = dict(mla=mla, head_dim=mla.qk_rope_head_dim, rotary_dim=mla.qk_rope_head_dim,
+                  n_kv_heads=int(hf["num_attention_heads"]),
                   qkv_bias=False, o_bias=bool(hf.get("attention_bias")))
     n_experts = hf.get("n_routed_experts") or hf.get("num_experts")
     if not n_experts:
@@ -385,7 +386,8 @@ def _deepseek_v2_fields(hf: dict) -> dict:
         router="softmax_topk", norm_topk_prob=bool(hf.get("norm_topk_prob", False)),
         shared_expert_hidden_dim=int(hf.get("n_shared_experts") or 0) * int(hf["moe_intermediate_size"]),
         shared_expert_gated=False,
-        n_group=int(hf.get("n_group") or 1) if grouped else 1, topk_group=int(hf.get("topk_group") or 1) if grouped else 1,
+        n_group=int(hf.get("n_group") or 1) if grouped else 1,
+        topk_group=int(hf.get("topk_group") or 1) if grouped else 1,
         routed_scaling_factor=float(hf.get("routed_scaling_factor") or 1.0))
     first_dense, freq = int(hf.get("first_k_dense_replace") or 0), int(hf.get("moe_layer_freq") or 1)
     fields["moe_layers"] = tuple(i >= first_dense and i % freq == 0 for i in range(n_layers))

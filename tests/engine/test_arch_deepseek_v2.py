@@ -1,0 +1,214 @@
+"""DeepSeek-V2 (and -Lite) on tiny random checkpoints made by transformers: multi-head latent attention
+whose KV cache holds the latent (sized from the config), group-limited routing with shared experts,
+the paged engine (prefix sharing, forks) against a plain recompute and against transformers' greedy
+tokens, int8 loading, and config.json errors. The ARCHS entries run the shared parity/loader tests too."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from engine.config import ModelConfig
+from engine.engine import Engine
+from engine.errors import ModelFormatError
+from engine.kv_cache import ContiguousKVCache
+from engine.layers.mla import MLAttention
+from engine.records import GenerationRequest, InstrumentOptions, LoadOptions, RequestDone, SamplingParams, StepRecord
+from engine.runtime.kv_pool import kv_bytes_per_token
+from tests.engine.test_parity_hf import TOL, run_both
+
+FLOAT = LoadOptions(device="cpu", dtype="float32", kv_block_size=8)
+FULL_LOGITS = InstrumentOptions(stored_logits=-1)
+YARN = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 64,
+        "mscale": 0.707, "mscale_all_dim": 1.0, "beta_fast": 32.0, "beta_slow": 1.0}
+
+
+class RoutingProbe:
+    def __init__(self):
+        self.routing = []  # (layer, probs [N, E], expert_ids [N, A], gate weights [N, A])
+
+    def record_routing(self, layer, probs, expert_ids, weights):
+        self.routing.append((layer, probs.clone(), expert_ids.clone(), weights.clone()))
+
+    def wants_attention(self, layer):
+        return False
+
+
+def test_yarn_softmax_scale_matches_transformers(hf_checkpoint):
+    directory, hf_model = hf_checkpoint("deepseek_v2", rope_parameters=YARN)
+    assert run_both(directory, hf_model) <= TOL
+    engine = Engine.load(directory, FLOAT)
+    attn = engine.model.layers[0].attn
+    mscale = 0.1 * 1.0 * torch.log(torch.tensor(4.0)).item() + 1.0
+    assert attn.scale == pytest.approx(24 ** -0.5 * mscale ** 2)  # (nope 16 + rope 8) ** -0.5 · mscale²
+
+
+def test_group_limited_routing_keeps_the_best_groups(hf_checkpoint):
+    directory, hf_model = hf_checkpoint("deepseek_v2")
+    probe = RoutingProbe()
+    assert run_both(directory, hf_model, probe=probe) <= TOL
+    assert {layer for layer, *_ in probe.routing} == {1}  # layer 0 is dense (first_k_dense_replace = 1)
+    probs = torch.cat([p for _, p, _, _ in probe.routing])  # [N, 8]
+    ids = torch.cat([i for _, _, i, _ in probe.routing])  # [N, 3]
+    weights = torch.cat([w for _, _, _, w in probe.routing])
+    best_groups = probs.view(-1, 4, 2).amax(-1).topk(2, dim=-1).indices  # [N, 2]
+    assert ((ids // 2).unsqueeze(-1) == best_groups.unsqueeze(1)).any(-1).all(), "an expert outside the kept groups"
+    plain = probs.topk(3, dim=-1).indices.sort(-1).values
+    assert (plain != ids.sort(-1).values).any(-1).sum() > 0, "no token's choice was changed by the group limit"
+    torch.testing.assert_close(weights, probs.gather(1, ids) * 1.5)  # routed_scaling_factor, no renormalisation
+    assert len(ids.unique()) > 2
+
+
+@pytest.mark.parametrize("arch", ["deepseek_v2", "deepseek_v2-lite"])
+def test_kv_pool_stores_the_latent(arch, hf_checkpoint):
+    directory, hf_model = hf_checkpoint(arch)
+    cfg = hf_model.config
+    engine = Engine.load(directory, FLOAT)
+    config, pool = engine.config, engine._runner.pool
+    latent = cfg.kv_lora_rank + cfg.qk_rope_head_dim  # 32 + 8 values a token and layer
+    assert pool.k.shape[2:] == (1, cfg.kv_lora_rank) and pool.v.shape[2:] == (1, cfg.qk_rope_head_dim)
+    assert kv_bytes_per_token(config, torch.float32) == cfg.num_hidden_layers * latent * 4
+    assert pool.nbytes == pool.num_blocks * pool.block_size * cfg.num_hidden_layers * latent * 4
+    per_head = cfg.num_attention_heads * (cfg.qk_nope_head_dim + cfg.qk_rope_head_dim + cfg.v_head_dim)
+    mem = engine.memory()
+    assert (mem.kv_latent_values, mem.kv_per_head_values) == (latent, per_head)
+    assert mem.kv_bytes_per_block == 8 * cfg.num_hidden_layers * latent * 4
+    cache = ContiguousKVCache(config, 10)
+    assert cache.nbytes == 10 * kv_bytes_per_token(config, torch.float32)
+
+
+def test_released_v2_lite_config_sizes():
+    """DeepSeek-V2-Lite's published config.json (no weights): 27 layers, latent 512 + RoPE key 64."""
+    lite = {"model_type": "deepseek_v2", "vocab_size": 102400, "hidden_size": 2048, "intermediate_size": 10944,
+            "num_hidden_layers": 27, "num_attention_heads": 16, "num_key_value_heads": 16, "kv_lora_rank": 512,
+            "q_lora_rank": None, "qk_nope_head_dim": 128, "qk_rope_head_dim": 64, "v_head_dim": 128,
+            "n_routed_experts": 64, "n_shared_experts": 2, "moe_intermediate_size": 1408, "num_experts_per_tok": 6,
+            "first_k_dense_replace": 1, "moe_layer_freq": 1, "topk_method": "greedy", "n_group": 1, "topk_group": 1,
+            "routed_scaling_factor": 1.0, "norm_topk_prob": False, "scoring_func": "softmax",
+            "max_position_embeddings": 163840, "rms_norm_eps": 1e-6, "rope_theta": 10000,
+            "rope_scaling": {"type": "yarn", "factor": 40, "original_max_position_embeddings": 4096, "beta_fast": 32,
+                             "beta_slow": 1, "mscale": 0.707, "mscale_all_dim": 0.707}}
+    config = ModelConfig.from_hf(lite)
+    assert config.kv_entry == ((1, 512), (1, 64)) and config.head_dim == 64
+    assert config.moe_layers == (False,) + (True,) * 26
+    assert config.moe.shared_expert_hidden_dim == 2 * 1408 and not config.moe.shared_expert_gated
+    assert kv_bytes_per_token(config, torch.bfloat16) == 27 * 576 * 2  # 31,104 B; per-head K/V: 276,480 B
+    every_other = ModelConfig.from_hf({**lite, "moe_layer_freq": 2})
+    assert every_other.moe_layers[:5] == (False, False, True, False, True)
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"topk_method": "noaux_tc"}, "topk_method"),
+    ({"topk_method": "group_limited_greedy", "n_group": 3, "topk_group": 1}, "groups"),
+    ({"scoring_func": "sigmoid"}, "scoring"),
+    ({"qk_rope_head_dim": 7}, "RoPE part even"),
+])
+def test_bad_configs_are_format_errors(change, words, hf_checkpoint, tmp_path):
+    directory, _ = hf_checkpoint("deepseek_v2-lite")
+    raw = json.loads((directory / "config.json").read_text())
+    with pytest.raises(ModelFormatError, match=words):
+        ModelConfig.from_hf({**raw, **change})
+
+
+def run(engine, *requests):
+    """Submit all, step until done: per request (StepRecords by sample, RequestDone)."""
+    ids = [engine.submit(r) for r in requests]
+    records, done = {i: {} for i in ids}, {}
+    while engine.has_work():
+        for item in engine.step():
+            if isinstance(item, StepRecord):
+                records[item.request_id].setdefault(item.seq_index, []).append(item)
+            elif isinstance(item, RequestDone):
+                done[item.request_id] = item
+    return [(records[i], done[i]) for i in ids]
+
+
+def recompute(model, tokens) -> torch.Tensor:
+    """The last position's logits from one full forward over the whole sequence (no paging)."""
+    cache = ContiguousKVCache(model.config, len(tokens))
+    return model(torch.tensor([tokens]), cache.view(0, len(tokens)))[0, -1]
+
+
+def stored(record: StepRecord) -> torch.Tensor:
+    out = torch.empty(len(record.logit_ids))
+    out[list(record.logit_ids)] = torch.tensor(record.logit_values)
+    return out
+
+
+def check_against_recompute(model, prompt, steps):
+    tokens = list(prompt)
+    for rec in steps:
+        torch.testing.assert_close(stored(rec), recompute(model, tokens), atol=1e-4, rtol=0)
+        tokens.append(rec.token_id)
+
+
+@pytest.mark.parametrize("arch", ["deepseek_v2", "deepseek_v2-lite"])
+def test_paged_engine_prefix_sharing_and_forks(arch, hf_checkpoint):
+    directory, hf_model = hf_checkpoint(arch)
+    engine = Engine.load(directory, FLOAT)
+    g = torch.Generator().manual_seed(1)
+    prefix = torch.randint(0, 127, (32,), generator=g).tolist()  # 4 whole blocks of 8
+    a, b = prefix + [5, 6, 7], prefix + [9, 10, 11, 12]
+    greedy = SamplingParams(temperature=0, max_new_tokens=16, ignore_eos=True)
+
+    def reference(prompt):
+        out = hf_model.generate(torch.tensor([prompt]), max_new_tokens=16, do_sample=False, eos_token_id=None,
+                                pad_token_id=0)
+        return out[0, len(prompt):].tolist()
+
+    (recs_a, done_a), = run(engine, GenerationRequest(tuple(a), greedy, instrument=FULL_LOGITS))
+    (recs_b, done_b), = run(engine, GenerationRequest(tuple(b), greedy, instrument=FULL_LOGITS))
+    assert done_b.cached_prompt_tokens == 32  # b's prefix came from a's blocks: latents shared, not recomputed
+    assert list(done_a.results[0].token_ids) == reference(a)
+    assert list(done_b.results[0].token_ids) == reference(b)
+    check_against_recompute(engine.model, a, recs_a[0])
+    check_against_recompute(engine.model, b, recs_b[0])
+    # A fork: two samples share the prompt's blocks (19 tokens: the last block is partial, so it is copied).
+    prompt = list(range(3, 22))
+    (recs, done), = run(engine, GenerationRequest(tuple(prompt), SamplingParams(temperature=1.5, seed=3,
+                                                                                max_new_tokens=10),
+                                                  n=2, instrument=FULL_LOGITS))
+    assert sorted(recs) == [0, 1] and len({r.token_ids for r in done.results}) == 2
+    for steps in recs.values():
+        check_against_recompute(engine.model, prompt, steps)
+    stats = engine._runner.blocks.stats()
+    assert engine.kv_blocks_in_use == 0 and stats.used == 0 and stats.free + stats.cached_free == stats.total
+
+
+def test_int8_loading_quantizes_the_latent_projections(hf_checkpoint):
+    from engine.quant import QuantLinear
+
+    directory, _ = hf_checkpoint("deepseek_v2")
+    float_engine = Engine.load(directory, FLOAT)
+    engine = Engine.load(directory, LoadOptions(device="cpu", dtype="float32", kv_block_size=8, quant="int8",
+                                                quant_exact=True))
+    attn = engine.model.layers[1].attn
+    assert isinstance(attn, MLAttention)
+    assert all(isinstance(getattr(attn, name), QuantLinear) for name in ("wq_a", "wq_b", "wkv_a", "wkv_b", "wo"))
+    prompt = list(range(4, 30))
+    ours, ref = recompute(engine.model, prompt), recompute(float_engine.model, prompt)
+    assert (ours - ref).abs().max() < 0.05 * ref.abs().max()  # int8 per-channel error, not a wrong layout
+    (recs, done), = run(engine, GenerationRequest(tuple(prompt), SamplingParams(temperature=0, max_new_tokens=6,
+                                                                                ignore_eos=True),
+                                                  instrument=FULL_LOGITS))
+    check_against_recompute(engine.model, prompt, recs[0])
+    assert engine.kv_blocks_in_use == 0
+
+
+def test_attention_replay_and_head_interventions(hf_checkpoint):
+    from engine.records import Intervention
+
+    directory, _ = hf_checkpoint("deepseek_v2-lite")
+    engine = Engine.load(directory, FLOAT)
+    ids = list(range(5, 25))
+    view = engine.attention(ids, 1, (0, len(ids)))
+    rows = torch.from_numpy(view.weights)  # [H, Q, S]
+    torch.testing.assert_close(rows.sum(-1), torch.ones(rows.shape[:2]), atol=1e-5, rtol=0)
+    assert torch.triu(rows, diagonal=1).abs().max() == 0  # causal
+    before = recompute(engine.model, ids)
+    engine.set_interventions([Intervention("head", 1, 0, 0.0)])
+    after = recompute(engine.model, ids)
+    engine.set_interventions([])
+    assert (after - before).abs().max() > 1e-4
+    torch.testing.assert_close(recompute(engine.model, ids), before, atol=0, rtol=0)
