@@ -7,6 +7,7 @@ here: cancellation is a threading.Event the caller sets, checked between steps.
 """
 from __future__ import annotations
 
+import math
 import threading
 from pathlib import Path
 from typing import Iterator
@@ -16,6 +17,7 @@ import torch
 from engine.config import ModelConfig, RopeScaling
 from engine.device import freeze_heap, give_back_memory, pick_device, pick_dtype, set_threads
 from engine.errors import ContextOverflow, EngineError
+from engine.instrumentation.adapter_compare import adapter_comparison
 from engine.instrumentation.distribution import distribution_view
 from engine.instrumentation.drift import load_float_reference, quant_drift, require_quantized, scoring_window
 from engine.instrumentation.interventions import as_loaded, check_interventions, install_interventions
@@ -23,16 +25,19 @@ from engine.instrumentation.lens import intervene, logit_lens
 from engine.instrumentation.quality import compare
 from engine.instrumentation.replay import replay_attention
 from engine.instrumentation.rope_view import rope_view
+from engine.layers.lora import adapter_stack, checked_scale
 from engine.loaders import ProgressCallback, load_checkpoint
+from engine.loaders.lora_adapter import read_adapter
 from engine.model import Decoder
 from engine.quant import build_model, check_mode
-from engine.records import (AttentionView, DistributionView, GenerationDone, GenerationRequest, Intervention,
+from engine.records import (AdapterComparisonView, AdapterFacts, AttentionView, DistributionView, GenerationDone, GenerationRequest, Intervention,
                             InterventionView, LoadOptions, LogitLensView, MemorySnapshot, ModelFacts, PromptRecord,
                             QuantDiff, QuantDriftView, RequestDone, RopeView, SamplingParams, SpeculativeOptions,
                             StepRecord, TokenStep)
 from engine.runtime.drafters import build_drafter
 from engine.runtime.runner import Runner
-from engine.text.builtin_templates import BUILTIN_TEMPLATES, CHATML, NO_TEMPLATE_NOTE, completion_text
+from engine.text.builtin_templates import (BUILTIN_TEMPLATES, completion_text, fallback_template,
+                                           fallback_template_with_note)
 from engine.text.chat_template import ChatTemplate
 from engine.text.tools import template_supports_tools
 
@@ -55,7 +60,7 @@ class Engine:
         self.config = model.config
         self.source = Path(source)
         self.device = model.embed.weight.device
-        self.chat_template = ChatTemplate.of(tokenizer)
+        self.chat_template = ChatTemplate.of(tokenizer, fallback_template(model.config.arch))
         if self.device.type == "cuda":
             budget = int(torch.cuda.mem_get_info(self.device)[0] * options.kv_gpu_fraction)
         else:
@@ -101,6 +106,8 @@ class Engine:
                                 exact=options.quant_exact)
         engine = cls(model, ckpt.tokenizer, ckpt.source, options)
         engine._checkpoint_config = ckpt.config
+        for folder, scale in options.adapters:
+            engine.add_adapter(folder, scale)
         if beside_gui:
             freeze_heap()  # the model's own objects too: passes while chatting walk only the records
         return engine
@@ -110,7 +117,7 @@ class Engine:
         c = self.config
         quantized = {id(w): w for m in self.model.modules() for w in getattr(m, "quant_weights", lambda: [])()}
         parameters = sum(p.numel() for p in self.model.parameters()) + sum(
-            w.shape[0] * w.shape[1] for w in quantized.values())  # packed weights are not Parameters
+            math.prod(w.shape) for w in quantized.values())  # packed weights are not Parameters
         weights = sorted(self.model.weight_bytes().items(), key=lambda kv: -kv[1])
         dense = tuple(i for i, moe in enumerate(c.moe_layers) if not moe) if c.moe else ()
         return ModelFacts(
@@ -120,7 +127,9 @@ class Engine:
             dense_layers=dense, context=c.max_seq_len, vocab=c.vocab_size,
             dtype=str(self.model.embed.weight.dtype).removeprefix("torch."), device=str(self.device),
             rope=c.rope_scaling.rope_type, weight_bytes=tuple(weights),
-            supports_tools=template_supports_tools(self.chat_template.source))
+            supports_tools=template_supports_tools(self.chat_template.source),
+            expert_groups=c.moe.n_group if c.moe else 1,
+            expert_groups_kept=c.moe.topk_group if c.moe and c.moe.n_group > 1 else 0)
 
     def memory(self) -> MemorySnapshot:
         return self._runner.memory()
@@ -154,8 +163,9 @@ class Engine:
         return self.tokenizer.encode(text, add_special_tokens=True)
 
     def template_source(self) -> str:
-        """The model's own chat template, or (it ships none) a note and the ChatML source used instead."""
-        return self.tokenizer.chat_template or NO_TEMPLATE_NOTE + CHATML
+        """The model's own chat template, or (it ships none) a note and the source used instead (ChatML;
+        the Gemma format for Gemma models)."""
+        return self.tokenizer.chat_template or fallback_template_with_note(self.config.arch)
 
     @staticmethod
     def builtin_templates() -> dict[str, str]:
@@ -328,10 +338,59 @@ class Engine:
             self._interventions = None
         if interventions:
             self._interventions = install_interventions(self.model, interventions)
+        self._forget_prefixes()
+
+    def _forget_prefixes(self) -> None:
+        """The model now computes other K/V (interventions, adapters): no cached prefix may be reused."""
         self._runner.drop_prefix_cache()
         for drafter in self._drafters.values():  # a drafter made of this model's layers drafted with the old one
             if getattr(drafter, "blocks", None) is not None:
                 drafter.blocks.forget_prefixes()
+
+    # -- LoRA adapters beside the weights (engine/layers/lora.py, engine/loaders/lora_adapter.py) -----
+    def add_adapter(self, path: str | Path, scale: float = 1.0, enabled: bool = True) -> AdapterFacts:
+        """Load the PEFT LoRA adapter in folder `path` onto the model, beside its weights (quantized ones
+        stay quantized); named after the folder. ModelFormatError for a bad adapter: the model is untouched."""
+        scale = checked_scale(scale)
+        stack = adapter_stack(self.model)
+        name = base = Path(path).name or "adapter"
+        n = 1
+        while name in stack.adapters:
+            n += 1
+            name = f"{base}-{n}"
+        adapter = read_adapter(path, self.model, name)
+        adapter.scale, adapter.enabled = scale, bool(enabled)
+        stack.add(adapter)
+        if adapter.enabled:
+            self._forget_prefixes()
+        return _adapter_facts(adapter)
+
+    def set_adapter(self, name: str, enabled: bool | None = None, scale: float | None = None) -> AdapterFacts:
+        """Switch adapter `name` on or off and/or set its scale, live (the base model is not reloaded; the
+        prefix cache is dropped). ValueError for a name not loaded or a scale that is not a finite number."""
+        stack = adapter_stack(self.model)
+        before = stack.adapters.get(name)
+        before = (before.enabled, before.scale) if before is not None else None
+        adapter = stack.configure(name, enabled, scale)
+        if before != (adapter.enabled, adapter.scale) and (adapter.enabled or before[0]):
+            self._forget_prefixes()
+        return _adapter_facts(adapter)
+
+    def remove_adapter(self, name: str) -> None:
+        """Unload adapter `name` (ValueError if it is not loaded)."""
+        if adapter_stack(self.model).remove(name).enabled:
+            self._forget_prefixes()
+
+    def adapters(self) -> tuple[AdapterFacts, ...]:
+        """The loaded adapters, in the order added."""
+        return tuple(_adapter_facts(a) for a in adapter_stack(self.model).adapters.values())
+
+    def adapter_comparison(self, context_ids, target_id: int, top_n: int = 10, cancelled=lambda: False
+                           ) -> AdapterComparisonView | None:
+        """The next-token distribution after `context_ids` with the enabled adapters and without any, by
+        replay (KL, the union of both top-N). ValueError when no adapter is enabled. None when cancelled."""
+        return adapter_comparison(self.model, list(context_ids), target_id, self.tokenizer.token_text, top_n,
+                                  cancelled)
 
     # -- quantization drift and RoPE (engine/instrumentation/drift.py, rope_view.py) --------------------
     def quant_drift(self, token_ids, top_n: int = 5, cancelled=lambda: False) -> QuantDriftView | None:
@@ -387,3 +446,8 @@ class Engine:
         from engine.moefy.build import ensure_builtin_moe
 
         return ensure_builtin_moe(Path(cache_dir), progress)
+
+
+def _adapter_facts(adapter) -> AdapterFacts:
+    return AdapterFacts(adapter.name, adapter.path, adapter.rank, adapter.alpha, adapter.rslora, adapter.targets,
+                        adapter.layers, adapter.parameters, adapter.enabled, adapter.scale)

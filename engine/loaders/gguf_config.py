@@ -11,14 +11,16 @@ import math
 
 import torch
 
-from engine.config import ModelConfig, MoeConfig, RopeScaling
+from engine.config import GEMMA_ARCHITECTURES, ModelConfig, MoeConfig, RopeScaling
 from engine.errors import ModelFormatError, UnsupportedArchitecture
 from engine.layers.rope import rope_inv_freq
+from engine.loaders.gguf_phi3_granite_smollm3 import extra_fields, longrope_scaling
 
 # general.architecture -> ours. "llama" becomes "mixtral" with experts and "mistral" when the file
 # says so (llama.cpp writes Mistral models as llama; only general.name or a window tells them apart).
 GGUF_ARCHS = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3", "qwen2moe": "qwen2_moe",
-              "qwen3moe": "qwen3_moe", "olmoe": "olmoe"}
+              "qwen3moe": "qwen3_moe", "olmoe": "olmoe", "gemma": "gemma", "gemma2": "gemma2", "gemma3": "gemma3",
+              "phi3": "phi3", "granite": "granite", "smollm3": "smollm3"}
 _QK_NORM = {"qwen3": "head", "qwen3_moe": "head", "olmoe": "full"}
 # llama.cpp hard-codes whether each MoE renormalises its top-k weights (norm_w in its graph builders).
 _NORM_TOPK = {"mixtral": True, "qwen2_moe": False, "qwen3_moe": True, "olmoe": False}
@@ -72,8 +74,10 @@ def gguf_architecture(meta: dict, path) -> tuple[str, str]:
 
 
 def build_config(meta: dict, shapes: dict[str, tuple[int, ...]], path,
-                 rope_freqs: torch.Tensor | None = None) -> ModelConfig:
-    """`shapes` are torch-order tensor shapes by GGUF name; `rope_freqs` the llama-3 divisors if any."""
+                 rope_freqs: torch.Tensor | None = None,
+                 rope_factors: tuple[torch.Tensor, torch.Tensor] | None = None) -> ModelConfig:
+    """`shapes` are torch-order tensor shapes by GGUF name; `rope_freqs` the llama-3 divisors if any;
+    `rope_factors` Phi-3's LongRoPE (long, short) factors if any."""
     gguf_arch, arch = gguf_architecture(meta, path)
     k = _Keys(meta, gguf_arch, path)
     n_experts = k.int("expert_count", 0, lo=0, hi=1 << 16)
@@ -90,7 +94,8 @@ def build_config(meta: dict, shapes: dict[str, tuple[int, ...]], path,
     head_dim = k.int("attention.key_length", dim // n_heads if dim % n_heads == 0 else None)
     if k.int("attention.value_length", head_dim) != head_dim:
         k.fail("attention.value_length", "differs from the key length, which Glassbox does not support")
-    if k.int("rope.dimension_count", head_dim) != head_dim:
+    rotary_dim = k.int("rope.dimension_count", head_dim, hi=head_dim)
+    if rotary_dim != head_dim and arch != "phi3":  # partial rotary: read where the layout is known (NeoX)
         k.fail("rope.dimension_count", f"rotates part of each {head_dim}-wide head, which Glassbox does not support")
 
     embed = shapes.get("token_embd.weight")
@@ -105,14 +110,21 @@ def build_config(meta: dict, shapes: dict[str, tuple[int, ...]], path,
     q_norm = shapes.get("blk.0.attn_q_norm.weight")
     qk_norm = _QK_NORM.get(arch) or ("none" if q_norm is None else "head" if q_norm == (head_dim,) else "full")
     clip = k.float("attention.clamp_kqv", None)
-    keeps_window = arch in ("llama", "mistral", "mixtral")  # llama.cpp ignores the key for the others
+    keeps_window = arch in ("llama", "mistral", "mixtral", "phi3")  # llama.cpp ignores the key for the others
     try:
+        if arch in GEMMA_ARCHITECTURES:
+            return _gemma_config(k, arch, dim, n_layers, n_heads, head_dim, window, dict(
+                arch=arch, vocab_size=vocab, dim=dim, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads,
+                head_dim=head_dim, hidden_dim=k.int("feed_forward_length", 0, lo=0),
+                norm_eps=k.float("attention.layer_norm_rms_epsilon", 1e-6), max_seq_len=k.int("context_length", 8192),
+                tie_embeddings="output.weight" not in shapes, qk_norm="head" if q_norm is not None else "none"))
         return ModelConfig(
             arch=arch, vocab_size=vocab, dim=dim, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads,
             head_dim=head_dim, hidden_dim=k.int("feed_forward_length", 0, lo=0),
             norm_eps=k.float("attention.layer_norm_rms_epsilon", 1e-5),
             rope_theta=k.float("rope.freq_base", 10000.0),
-            rope_scaling=_rope_scaling(k, head_dim, rope_freqs),
+            rope_scaling=(longrope_scaling(k, rope_factors) if rope_factors
+                          else _rope_scaling(k, head_dim, rope_freqs)),
             max_seq_len=k.int("context_length", 2048),
             tie_embeddings="output.weight" not in shapes,
             qkv_bias=arch in ("qwen2", "qwen2_moe") or "blk.0.attn_q.bias" in shapes,
@@ -120,6 +132,7 @@ def build_config(meta: dict, shapes: dict[str, tuple[int, ...]], path,
             qk_norm=qk_norm, clip_qkv=clip,
             sliding_windows=(window if window and keeps_window else None,) * n_layers,
             moe=moe, moe_layers=moe_layers if moe else (),
+            rotary_dim=rotary_dim, **extra_fields(k, arch, n_layers),
         )
     except (ValueError, TypeError, AssertionError) as e:  # ModelConfig's own consistency checks
         raise ModelFormatError(path, f"inconsistent GGUF metadata: {e}") from None
@@ -180,3 +193,37 @@ def _llama3_from_freqs(k: _Keys, head_dim: int, rope_freqs: torch.Tensor) -> Rop
             return scaling
     raise ModelFormatError(k.path, "rope_freqs holds per-frequency factors that match no llama-3 RoPE scaling "
                                    "Glassbox knows; this scaling is not supported")
+
+
+def _gemma_config(k: _Keys, arch: str, dim: int, n_layers: int, n_heads: int, head_dim: int, window: int,
+                  common: dict) -> ModelConfig:
+    """Gemma 1/2/3 as llama.cpp writes and runs them: what its graph hard-codes (the sqrt(dim) embedding
+    scale, GeGLU, every 2nd / 6th layer global, Gemma 3's local RoPE base of 10000) is restated here.
+    Its converter stores norm weights as (1 + w); the loader subtracts the offset back (gguf_file.py)."""
+    fields = dict(common, embed_scale=dim ** 0.5, norm_weight_offset=1.0, mlp_activation="gelu_tanh",
+                  rope_theta=k.float("rope.freq_base", 10000.0), rope_scaling=_rope_scaling(k, head_dim, None))
+    if arch == "gemma":
+        return ModelConfig(**fields)
+    pattern = k.meta.get(f"{arch}.attention.sliding_window_pattern", 2 if arch == "gemma2" else 6)
+    if isinstance(pattern, list):  # per layer: True = sliding
+        if len(pattern) != n_layers or not all(isinstance(p, bool) for p in pattern):
+            k.fail("attention.sliding_window_pattern", f"is not {n_layers} booleans")
+        sliding = pattern
+    elif isinstance(pattern, int) and not isinstance(pattern, bool) and 1 <= pattern <= n_layers + 1:
+        sliding = [i % pattern < pattern - 1 for i in range(n_layers)]
+    else:
+        k.fail("attention.sliding_window_pattern", f"= {str(pattern)[:40]!r} is neither a period nor per-layer flags")
+    window = window or 4096
+    # llama.cpp scales queries by 1/sqrt(head_dim), except for the 27B models (dim / heads): the only
+    # sizes whose query_pre_attn_scalar differs from head_dim, told apart by their layer count.
+    big = n_layers == (46 if arch == "gemma2" else 62)
+    fields.update(
+        sliding_windows=tuple(window if s else None for s in sliding), post_norms=True,
+        query_scale=(dim // n_heads if big else head_dim) ** -0.5,
+        final_logit_softcap=k.float("final_logit_softcapping", 30.0 if arch == "gemma2" else None),
+    )
+    if arch == "gemma2":
+        fields["attn_logit_softcap"] = k.float("attn_logit_softcapping", 50.0)
+    else:
+        fields["local_rope_theta"] = k.float("rope.freq_base_swa", 10000.0)
+    return ModelConfig(**fields)

@@ -20,10 +20,11 @@ from engine.config import ModelConfig
 from engine.errors import ModelFormatError
 from engine.loaders.gguf_config import build_config, gguf_architecture
 from engine.loaders.gguf_header import check_tensor_extents, read_header
+from engine.loaders.gguf_phi3_granite_smollm3 import ROPE_FACTORS, split_fused
 from engine.loaders.validate import check_tensors
 from engine.quant.gguf_blocks import PACKED_KINDS, PackedGGUF
 
-PERMUTED_QK = ("llama", "mistral", "mixtral")  # converted with llama.cpp's Q/K row permutation
+PERMUTED_QK = ("llama", "mistral", "mixtral", "granite", "smollm3")  # converted with llama.cpp's Q/K row permutation
 FLOAT_TYPES = ("F32", "F16", "BF16")
 # Everything gguf.quants dequantizes at ~5 ns a value (0.8 s for the default model's Q4_1 weights).
 QUANT_TYPES = ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
@@ -34,8 +35,11 @@ _RENAMES = [(re.compile(p), c) for p, c in [
     (r"output\.weight", "lm_head.weight"),
     (r"blk\.(\d+)\.attn_norm\.weight", "layers.{0}.attn_norm.weight"),
     (r"blk\.(\d+)\.ffn_norm\.weight", "layers.{0}.mlp_norm.weight"),
+    (r"blk\.(\d+)\.post_attention_norm\.weight", "layers.{0}.attn_post_norm.weight"),  # Gemma 2/3
+    (r"blk\.(\d+)\.post_ffw_norm\.weight", "layers.{0}.mlp_post_norm.weight"),
     (r"blk\.(\d+)\.attn_(q|k|v)\.(weight|bias)", "layers.{0}.attn.w{1}.{2}"),
     (r"blk\.(\d+)\.attn_output\.(weight|bias)", "layers.{0}.attn.wo.{1}"),
+    (r"blk\.(\d+)\.attn_qkv\.(weight|bias)", "layers.{0}.attn.wqkv.{1}"),  # Phi-3: split by split_fused
     (r"blk\.(\d+)\.attn_(q|k)_norm\.weight", "layers.{0}.attn.{1}_norm.weight"),
     (r"blk\.(\d+)\.ffn_(gate|up|down)\.weight", "layers.{0}.mlp.w_{1}.weight"),
     (r"blk\.(\d+)\.ffn_gate_inp\.weight", "layers.{0}.mlp.router.weight"),
@@ -101,7 +105,7 @@ def config_from_gguf(meta: dict, path, tensor_shapes: dict[str, tuple[int, ...]]
         return build_config(meta, tensor_shapes, path)
     _, infos, data = _open(path)
     freqs = _to_tensor(infos[ROPE_FREQS], data, path) if ROPE_FREQS in infos else None
-    return build_config(meta, {t.name: t.shape for t in infos.values()}, path, freqs)
+    return build_config(meta, {t.name: t.shape for t in infos.values()}, path, freqs, _rope_factors(infos, data, path))
 
 
 def unpermute_qk(w: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -135,6 +139,13 @@ def _to_tensor(t: _TensorInfo, data: np.memmap, path) -> torch.Tensor:
     return tensor
 
 
+def _rope_factors(infos: dict, data, path) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Phi-3's LongRoPE factors (long, short), read before the config is built; None when absent."""
+    if not all(name in infos for name in ROPE_FACTORS):
+        return None
+    return tuple(_to_tensor(infos[name], data, path) for name in ROPE_FACTORS)
+
+
 def _packable(t: _TensorInfo, name: str) -> bool:
     """Linear and embedding weights in a type our int8/int4 layouts hold exactly."""
     return (t.kind in PACKED_KINDS and len(t.shape) == 2 and t.shape[1] % 32 == 0
@@ -154,7 +165,7 @@ def load_gguf(path, dtype: torch.dtype = torch.float32,
     meta, infos, data = _open(path)
     gguf_architecture(meta, path)  # refuse an unknown architecture before converting anything
     freqs = _to_tensor(infos[ROPE_FREQS], data, path) if ROPE_FREQS in infos else None
-    config = build_config(meta, {t.name: t.shape for t in infos.values()}, path, freqs)
+    config = build_config(meta, {t.name: t.shape for t in infos.values()}, path, freqs, _rope_factors(infos, data, path))
     if on_metadata is not None:
         on_metadata(meta)
     tensors: dict[str, torch.Tensor] = {}
@@ -177,7 +188,10 @@ def load_gguf(path, dtype: torch.dtype = torch.float32,
                 raise ModelFormatError(path, f"tensor {t.name} ({t.kind}) has NaN or infinite scales: the file is corrupt")
             target[0][target[1]] = blocks
         elif target is not None:  # rope_freqs (already in the config) and unknown extras are skipped
-            target[0][target[1]] = _to_tensor(t, data, path).to(dtype)
+            value = _to_tensor(t, data, path)
+            if config.norm_weight_offset and target[1].endswith("norm.weight"):
+                value = value - config.norm_weight_offset  # llama.cpp stores Gemma's norms as (1 + w)
+            target[0][target[1]] = value.to(dtype)
         done_bytes += t.nbytes
         if progress is not None:
             progress(done, total, done_bytes, total_bytes)
@@ -198,5 +212,6 @@ def load_gguf(path, dtype: torch.dtype = torch.float32,
                             tensors[key].permute_rows(unpermute_qk(torch.arange(tensors[key].shape[0]), heads))
                         else:
                             tensors[key] = unpermute_qk(tensors[key], heads)
+    split_fused(tensors, config, path)
     check_tensors(tensors, config, path)
     return config, tensors, meta

@@ -47,6 +47,21 @@ NONE = "{% for message in messages if message['role'] != 'system' %}{{ message['
 BUILTIN_TEMPLATES = {"ChatML": CHATML, "Llama 3": LLAMA3, "Gemma": GEMMA, "none": NONE}
 
 NO_TEMPLATE_NOTE = "{#- This model ships no chat template: Glassbox renders its chats with ChatML, below. -#}\n"
+# Gemma checkpoints (a GGUF may carry no template) would answer ChatML's unknown markers with noise: they get
+# the Gemma format instead, which folds a system message into the first user turn.
+GEMMA_FAMILY = ("gemma", "gemma2", "gemma3")
+NO_TEMPLATE_NOTE_GEMMA = ("{#- This model ships no chat template: Glassbox renders its chats with the Gemma "
+                          "format, below. -#}\n")
+
+
+def fallback_template(arch: str) -> str:
+    """The template used for a model of architecture `arch` that ships none."""
+    return GEMMA if arch in GEMMA_FAMILY else CHATML
+
+
+def fallback_template_with_note(arch: str) -> str:
+    """fallback_template, opened by a note saying the model ships no template (what the template panel shows)."""
+    return NO_TEMPLATE_NOTE_GEMMA + GEMMA if arch in GEMMA_FAMILY else NO_TEMPLATE_NOTE + CHATML
 
 
 def completion_text(messages) -> str:

@@ -47,10 +47,13 @@ class ChatTemplate:
         return cls(CHATML)
 
     @classmethod
-    def of(cls, tokenizer) -> "ChatTemplate":
-        """The template a model's tokenizer ships (engine.text.tokenizer.Tokenizer), or ChatML without one."""
+    def of(cls, tokenizer, fallback: str | None = None) -> "ChatTemplate":
+        """The template a model's tokenizer ships (engine.text.tokenizer.Tokenizer); without one, `fallback`
+        (a source, e.g. builtin_templates.fallback_template(arch)) or ChatML."""
         if not tokenizer.chat_template:
-            return cls.default()
+            if fallback is None:
+                return cls.default()
+            return cls(fallback, tokenizer.bos_token or "", tokenizer.eos_token or "")
         return cls(tokenizer.chat_template, tokenizer.bos_token or "", tokenizer.eos_token or "")
 
     @staticmethod
