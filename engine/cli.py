@@ -31,6 +31,17 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="keep the LM head and embedding in float")
     p.add_argument("--expert-offload", action="store_true",
                    help="MoE: keep experts in CPU memory, copy the used ones to the GPU per step")
+    p.add_argument("--lora", metavar="DIR[:SCALE]", action="append", default=[], type=lora_spec,
+                   help="a PEFT LoRA adapter folder to run beside the weights, scaled (default 1); repeatable")
+
+
+def lora_spec(text: str) -> tuple[str, float]:
+    """'DIR' or 'DIR:SCALE' -> (DIR, SCALE); a colon not followed by a number belongs to the path."""
+    folder, _, scale = text.rpartition(":")
+    try:
+        return (folder, float(scale)) if folder else (text, 1.0)
+    except ValueError:
+        return text, 1.0
 
 
 def _add_sampling_args(p: argparse.ArgumentParser, temperature: float) -> None:
@@ -111,7 +122,8 @@ def _load(args):
                           kv_budget_gib=args.kv_budget, kv_gpu_fraction=min(args.kv_budget, 0.9),
                           kv_block_size=args.kv_block_size, context_length=args.context_length,
                           quant=args.quant, quant_exact=args.quant_exact, quant_head=args.quant_head,
-                          expert_offload=args.expert_offload, threads=args.threads)  # Engine.load applies it
+                          expert_offload=args.expert_offload, threads=args.threads,  # Engine.load applies it
+                          adapters=tuple(args.lora))
     return Engine.load(args.model, options)
 
 

@@ -24,6 +24,8 @@ class LoadOptions:
     # CPU threads for the engine's matmuls: 0 = one per physical core (engine/device.py); None = leave the
     # process's setting alone (scripts and benchmarks that set torch's count themselves).
     threads: int | None = None
+    # LoRA adapters loaded onto the model after it is built: (folder, scale) each, enabled (Engine.add_adapter).
+    adapters: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self):
         if self.kv_budget_gib <= 0 or not 0 < self.kv_gpu_fraction < 1:
@@ -59,6 +61,10 @@ class ModelFacts:
     rope: str
     weight_bytes: tuple[tuple[str, int], ...]  # (kind, bytes), largest first: "float32", "int4", "Q4_1", ...
     supports_tools: bool  # the chat template renders a `tools` list
+    # Group-limited routing (DeepSeek-V2): experts in expert_groups equal groups, each token choosing among
+    # its expert_groups_kept best groups; 1, 0 = plain top-k over every expert.
+    expert_groups: int = 1
+    expert_groups_kept: int = 0
 
     @property
     def weights(self) -> str:

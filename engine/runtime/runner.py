@@ -23,6 +23,7 @@ import torch
 from engine.instrumentation.interventions import installed as installed_interventions
 from engine.instrumentation.probe import Probe
 from engine.instrumentation.step_info import memory_snapshot, step_record
+from engine.layers.lora import adapters_active
 from engine.records import GenerationRequest, RequestDone, StepRecord
 from engine.runtime.block_manager import BlockManager, BlockTable, OutOfKVBlocks
 from engine.runtime.kv_pool import KVPool, blocks_for_budget
@@ -289,9 +290,10 @@ class Runner:
             size = self.blocks.block_size
             slots = [t.block_ids[(t.num_tokens - 1) // size] * size + (t.num_tokens - 1) % size for t in tables]
             tokens, positions = [[t.tokens[-1]] for t in tables], [[t.num_tokens - 1] for t in tables]
-        # A captured graph replays kernels, not Python: hooks installed by interventions would be skipped.
+        # A captured graph replays kernels, not Python: hooks installed by interventions or LoRA adapters
+        # would be skipped.
         if (chunks is None and len(tables) == 1 and self.static is not None and graphable(self.model, probe)
-                and not installed_interventions(self.model)):
+                and not installed_interventions(self.model) and not adapters_active(self.model)):
             self.tokens_computed += 1
             self.forward_calls += 1
             (table,) = tables
