@@ -57,7 +57,9 @@ class ModelController(QObject):
         self.facts = facts
         w.model_panel.show_model_info(facts)
         w.routing.set_model_info(facts.layers, facts.experts, facts.experts_per_token)
+        w.routing.set_expert_groups(facts.expert_groups, facts.expert_groups_kept)
         w.attention.set_model_info(facts.layers, facts.heads, facts.kv_heads)
+        w.attention.set_layer_windows(facts.sliding_windows)
         w.sampler.set_tools_available(facts.supports_tools, facts.name)
         self.settings.add_recent_model(facts.path)
         w.model_panel.set_recent(self.settings.recent_models())

@@ -129,7 +129,8 @@ class Engine:
             rope=c.rope_scaling.rope_type, weight_bytes=tuple(weights),
             supports_tools=template_supports_tools(self.chat_template.source),
             expert_groups=c.moe.n_group if c.moe else 1,
-            expert_groups_kept=c.moe.topk_group if c.moe and c.moe.n_group > 1 else 0)
+            expert_groups_kept=c.moe.topk_group if c.moe and c.moe.n_group > 1 else 0,
+            sliding_windows=tuple(c.sliding_windows))
 
     def memory(self) -> MemorySnapshot:
         return self._runner.memory()

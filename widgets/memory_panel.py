@@ -27,6 +27,18 @@ def mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
+def latent_line(snap: MemorySnapshot) -> str:
+    """An MLA model (DeepSeek-V2) caches one latent and one RoPE key a token and layer, not per-head K and V:
+    what that takes a token (every layer) against what per-head K/V of the same attention would ('' otherwise)."""
+    if not snap.kv_latent_values or not snap.kv_block_size:
+        return ""
+    per_token = snap.kv_bytes_per_block / snap.kv_block_size
+    as_heads = per_token * snap.kv_per_head_values / snap.kv_latent_values
+    return (f"<b>Latent attention (MLA)</b>: latent + RoPE key, {snap.kv_latent_values} values a token and layer "
+            f"= {per_token / 1e3:.2f} KB a token; as per-head K/V ({snap.kv_per_head_values} values) it would be "
+            f"{as_heads / 1e3:.2f} KB ({as_heads / per_token:.1f}× more)<br>")
+
+
 def weights_text(weight_bytes: dict) -> str:
     """'int4 56.6 MB + float32 28.3 MB': word for word what ModelFacts.weights says for the same bytes
     (largest first, as Engine.facts orders them)."""
@@ -292,6 +304,7 @@ class MemoryPanel(QWidget):
             f"{snap.kv_blocks_shared} shared, {snap.kv_blocks_cached_free} cached, {snap.kv_blocks_free} free · "
             f"{mb(snap.kv_used_bytes)} for {snap.kv_tokens} tokens, {snap.kv_waste_pct:.1f}% of it empty slots<br>"
             f"contiguous max-length caches would reserve {mb(snap.kv_contiguous_bytes)}<br>"
+            + latent_line(snap)
             + (f"<b>Draft model's own KV cache</b>: {snap.draft_blocks_used} of {snap.draft_blocks_total} blocks, "
                f"{mb(snap.draft_blocks_used * snap.draft_bytes_per_block)}<br>" if snap.draft_blocks_total else "")
             + f"<b>Process RSS</b>: {mb(snap.process_rss)}"

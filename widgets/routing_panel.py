@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QRectF
+from PySide6.QtCore import QRectF, Qt
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QSpinBox, QStackedLayout, QVBoxLayout, QWidget
 
 from engine.records import StepRecord
@@ -51,6 +51,8 @@ class RoutingPanel(QWidget):
     def __init__(self, parent=None):
         super().__init__(parent)
         self.n_layers = self.n_experts = 0
+        self.n_groups, self.groups_kept = 1, 0  # group-limited routing (DeepSeek-V2): set_expert_groups
+        self._group_lines: list = []  # (plot, dashed line) between expert groups
         self._probs: list[dict[int, np.ndarray]] = []  # per step: layer -> router probs [E]
         self._chosen: list[dict[int, np.ndarray]] = []  # per step: layer -> chosen experts [k]
         self._gates: list[dict[int, tuple]] = []
@@ -118,6 +120,13 @@ class RoutingPanel(QWidget):
         self.stack.setCurrentIndex(0 if n_experts else 1)
         self.clear()
 
+    def set_expert_groups(self, n_groups: int, kept: int) -> None:
+        """Group-limited routing (DeepSeek-V2): the experts form n_groups equal groups and each token chooses
+        among its `kept` best groups (ranked by their best expert's probability). Dashed lines divide the
+        groups and the balance line names the groups the selected token kept. (1, 0): plain top-k."""
+        self.n_groups, self.groups_kept = (n_groups, kept) if n_groups > 1 and kept else (1, 0)
+        self._redraw()
+
     def clear(self) -> None:
         self._probs, self._chosen, self._gates, self._texts, self._selected = [], [], [], [], -1
         self._redraw()
@@ -163,6 +172,14 @@ class RoutingPanel(QWidget):
     def gate_matrix(self) -> np.ndarray:
         """The selected step's gate weights as drawn: experts × layers (0 where an expert was not chosen)."""
         return self._gates_drawn.copy()
+
+    def kept_groups(self, step: int, layer: int) -> tuple[int, ...]:
+        """The groups step `step`'s token chose its experts from at `layer` (() without group-limited routing)."""
+        probs = self._probs[step].get(layer) if 0 <= step < len(self._probs) else None
+        if probs is None or self.n_groups <= 1:
+            return ()
+        best = probs.reshape(self.n_groups, -1).max(axis=1)  # each group's best expert
+        return tuple(sorted(np.argsort(-best, kind="stable")[:self.groups_kept].tolist()))
 
     def is_dense_message_shown(self) -> bool:
         return self.stack.currentIndex() == 1
@@ -211,7 +228,30 @@ class RoutingPanel(QWidget):
             self.balance.setText(f"layer {layer} has a dense MLP: no experts, nothing routed")
         else:
             self.balance.setText(f"layer {layer}: {len(matrix)} tokens · load balance N·Σf·P = {balance:.2f} "
-                                 f"(1.00 = even; {self.n_experts} = all on one expert)")
+                                 f"(1.00 = even; {self.n_experts} = all on one expert)" + self._groups_text(layer))
+        self._draw_groups()
+
+    def _groups_text(self, layer: int) -> str:
+        if self.n_groups <= 1:
+            return ""
+        kept = self.kept_groups(self._selected, layer)
+        return (f" · group-limited: {self.n_groups} groups of {self.n_experts // self.n_groups} (dashed lines), each "
+                f"token picks among its {self.groups_kept} best"
+                + (f"; the selected token kept groups {', '.join(map(str, kept))}" if kept else ""))
+
+    def _draw_groups(self) -> None:
+        """Dashed lines between expert groups on the three plots (none without group-limited routing)."""
+        for plot, line in self._group_lines:
+            plot.removeItem(line)
+        self._group_lines = []
+        if self.n_groups <= 1 or not self.n_experts:
+            return
+        size = self.n_experts // self.n_groups
+        for plot in (self.tokens_plot, self.layers_plot, self.load_plot):
+            for g in range(1, self.n_groups):
+                line = pg.InfiniteLine(pos=g * size - 0.5, angle=90, pen=pg.mkPen("#e0e0e0", width=1, style=Qt.DashLine))
+                plot.addItem(line)
+                self._group_lines.append((plot, line))
 
     def _follow_selected_row(self, layer: int, rows: int) -> None:
         """Label the token rows with their text, outline the selected token's and scroll to it."""

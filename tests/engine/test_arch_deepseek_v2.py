@@ -76,6 +76,8 @@ def test_kv_pool_stores_the_latent(arch, hf_checkpoint):
     assert mem.kv_bytes_per_block == 8 * cfg.num_hidden_layers * latent * 4
     cache = ContiguousKVCache(config, 10)
     assert cache.nbytes == 10 * kv_bytes_per_token(config, torch.float32)
+    facts = engine.facts()  # what the routing panel divides the experts by
+    assert (facts.expert_groups, facts.expert_groups_kept) == ((4, 2) if arch == "deepseek_v2" else (1, 0))
 
 
 def test_released_v2_lite_config_sizes():
