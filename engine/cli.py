@@ -8,6 +8,7 @@ import sys
 from engine.device import physical_cores
 from engine.errors import EngineError
 from engine.records import GenerationDone, SamplingParams, TokenStep
+from engine.records.adapters import adapter_spec
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -31,17 +32,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="keep the LM head and embedding in float")
     p.add_argument("--expert-offload", action="store_true",
                    help="MoE: keep experts in CPU memory, copy the used ones to the GPU per step")
-    p.add_argument("--lora", metavar="DIR[:SCALE]", action="append", default=[], type=lora_spec,
+    p.add_argument("--lora", metavar="DIR[:SCALE]", action="append", default=[], type=adapter_spec,
                    help="a PEFT LoRA adapter folder to run beside the weights, scaled (default 1); repeatable")
-
-
-def lora_spec(text: str) -> tuple[str, float]:
-    """'DIR' or 'DIR:SCALE' -> (DIR, SCALE); a colon not followed by a number belongs to the path."""
-    folder, _, scale = text.rpartition(":")
-    try:
-        return (folder, float(scale)) if folder else (text, 1.0)
-    except ValueError:
-        return text, 1.0
 
 
 def _add_sampling_args(p: argparse.ArgumentParser, temperature: float) -> None:

@@ -9,6 +9,7 @@ import socket
 import sys
 
 from app.serve.openai_request import Limits
+from engine.records.adapters import adapter_spec
 
 LOOPBACK_NAMES = {"localhost", "ip6-localhost", "ip6-loopback"}
 
@@ -53,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-body-bytes", type=int, default=Limits.max_body_bytes,
                    help=f"largest request body (default {Limits.max_body_bytes})")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for the engine (default 0: one per core)")
+    p.add_argument("--lora", metavar="DIR[:SCALE]", action="append", default=[], type=adapter_spec,
+                   help="a PEFT LoRA adapter folder to serve with, scaled (default 1); repeatable")
     return p
 
 
@@ -70,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     from app.serve.engine_loop import EngineLoop
     from engine.records import LoadOptions
 
-    loop = EngineLoop.load(args.model_option or args.model, LoadOptions(threads=args.threads))
+    loop = EngineLoop.load(args.model_option or args.model, LoadOptions(threads=args.threads,
+                                                                        adapters=tuple(args.lora)))
     app = create_app(loop, Limits(args.max_body_bytes, args.max_tokens), args.api_key)
     print(f"glassbox: serving {loop.model.id} on http://{args.host}:{args.port}/v1", file=sys.stderr)
     try:

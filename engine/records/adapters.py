@@ -6,6 +6,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+def adapter_spec(text: str) -> tuple[str, float]:
+    """A command line's 'DIR' or 'DIR:SCALE' -> (DIR, SCALE) (LoadOptions.adapters); a colon not followed by a
+    number belongs to the path."""
+    folder, _, scale = text.rpartition(":")
+    try:
+        return (folder, float(scale)) if folder else (text, 1.0)
+    except ValueError:
+        return text, 1.0
+
+
 @dataclass(frozen=True, slots=True)
 class AdapterFacts:
     """One adapter loaded beside the base weights (Engine.add_adapter / adapters)."""

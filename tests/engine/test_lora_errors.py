@@ -14,6 +14,7 @@ from engine import cli  # noqa: E402
 from engine.engine import Engine  # noqa: E402
 from engine.errors import ModelFormatError  # noqa: E402
 from engine.records import LoadOptions, SamplingParams  # noqa: E402
+from engine.records.adapters import adapter_spec  # noqa: E402
 from tests.engine.lora_fixtures import make_adapter  # noqa: E402
 from tests.tiny_models import build_hf_model, write_tiny_tokenizer  # noqa: E402
 
@@ -117,10 +118,10 @@ def test_bad_names_and_scales_are_value_errors(tiny):
 
 
 def test_lora_spec_parsing():
-    assert cli.lora_spec("ad") == ("ad", 1.0)
-    assert cli.lora_spec("ad:0.5") == ("ad", 0.5)
-    assert cli.lora_spec("C:\\adapters\\x") == ("C:\\adapters\\x", 1.0)
-    assert cli.lora_spec("/a:b/ad:-1") == ("/a:b/ad", -1.0)
+    assert adapter_spec("ad") == ("ad", 1.0)
+    assert adapter_spec("ad:0.5") == ("ad", 0.5)
+    assert adapter_spec("C:\\adapters\\x") == ("C:\\adapters\\x", 1.0)
+    assert adapter_spec("/a:b/ad:-1") == ("/a:b/ad", -1.0)
 
 
 def test_cli_generates_with_the_adapters_it_is_given(tiny, capsys):
@@ -135,3 +136,9 @@ def test_cli_generates_with_the_adapters_it_is_given(tiny, capsys):
     done = list(engine.generate(ids, SamplingParams(temperature=0, max_new_tokens=6, ignore_eos=True)))[-1]
     assert printed["text"] == done.text
     assert cli.main(argv[:-1] + [str(tiny / "nowhere")]) != 0  # a bad adapter: an error, not a traceback
+
+
+def test_glassbox_serve_takes_the_same_option():
+    from app.serve.cli import build_parser
+
+    assert build_parser().parse_args(["m", "--lora", "a", "--lora", "b:0.5"]).lora == [("a", 1.0), ("b", 0.5)]
