@@ -173,6 +173,7 @@ class AttentionPanel(QWidget):
         self._wanted_query: int | None = None
         self._row = -1  # the highlighted row of the drawn matrix
         self._groups_key: tuple[int, ...] = ()  # per head its KV group, as the picker lays them out
+        self._windows: tuple[int | None, ...] = ()  # per layer its sliding window (None: global); () unknown
         self.head_choices: list[tuple] = []
         self._setup_ui()
         self._layout()
@@ -207,6 +208,9 @@ class AttentionPanel(QWidget):
         self.colour_bar.setImageItem(self.image, insert_in=self.plot.getPlotItem())
         self.marker = pg.PlotCurveItem(pen=pg.mkPen("#4fc3f7", width=2))  # the selected query's row
         self.plot.addItem(self.marker)
+        # a sliding-window layer's edge: left of it, keys the query cannot see (they fell out of its window)
+        self.window_edge = pg.PlotCurveItem(pen=pg.mkPen("#ffb74d", width=2, style=Qt.DashLine), connect="pairs")
+        self.plot.addItem(self.window_edge)
         self.plot.scene().sigMouseMoved.connect(self._hover)
 
     def _layout(self) -> None:
@@ -226,6 +230,8 @@ class AttentionPanel(QWidget):
         """A new model. It opens a third of the way in: layer 0's heads look at everything about evenly
         (its mean is one flat colour), while middle layers have heads that point at particular tokens."""
         self.n_layers, self.n_heads, self.n_kv_heads = n_layers, n_heads, n_kv_heads
+        self._windows = ()
+        self.layer.setSuffix("")
         self.layer.blockSignals(True)
         self.layer.setRange(0, max(n_layers - 1, 0))
         self.layer.setValue(n_layers // 3)
@@ -234,6 +240,20 @@ class AttentionPanel(QWidget):
         self._choice, self._query = ("auto",), None
         self._fill_head_choices(tuple(h // per_group for h in range(n_heads)))
         self.clear()
+
+    def set_layer_windows(self, windows) -> None:
+        """Per layer its sliding window (None: a global layer), for models that mix them (Gemma 2/3, gpt-oss):
+        the layer picker says which kind each layer is, and the map draws the window's edge."""
+        self._windows = tuple(windows) if any(w is not None for w in windows) else ()
+        self._label_layer(self.layer.value())
+        self._redraw()
+
+    def layer_kind(self, layer: int) -> str:
+        """'sliding window of W', 'global' or '' (a model without sliding windows), as the picker says it."""
+        if not 0 <= layer < len(self._windows):
+            return ""
+        window = self._windows[layer]
+        return "global" if window is None else f"sliding window of {window}"
 
     def set_token_labels(self, labels: list[str]) -> None:
         """Every position's token text: the request's prompt, then each generated token."""
@@ -276,7 +296,8 @@ class AttentionPanel(QWidget):
 
     # Data as drawn, for tests.
     def matrix(self) -> np.ndarray:
-        """What is drawn: [query row, key position], NaN where a position is later than the query."""
+        """What is drawn: [query row, key position], NaN where a position is later than the query (or, on a
+        sliding-window layer, earlier than its window)."""
         return self._matrix.copy()
 
     def shown_heads(self) -> tuple[int, ...]:
@@ -335,8 +356,14 @@ class AttentionPanel(QWidget):
         self._redraw()
 
     def _layer_changed(self, layer: int) -> None:
+        self._label_layer(layer)
         self._redraw()
         self.wanted.emit(layer)
+
+    def _label_layer(self, layer: int) -> None:
+        kind = self.layer_kind(layer)
+        self.layer.setSuffix(f" · {kind.replace('sliding window of ', 'sliding ')}" if kind else "")
+        self.layer.setToolTip(f"Layer {layer}: {kind}" if kind else "")
 
     def _covers(self, position: int) -> bool:
         return self._view.query_start <= position < self._view.query_start + self._view.num_queries
@@ -350,6 +377,8 @@ class AttentionPanel(QWidget):
             matrix = view.weights[list(self.shown_heads())].mean(axis=0).astype(np.float64)  # [Q, S]
             rows, cols = np.indices(matrix.shape)
             matrix[cols > rows + view.query_start] = np.nan  # later positions do not exist for that query
+            if view.window is not None:  # nor, for a sliding-window layer, the positions before its window
+                matrix[cols <= rows + view.query_start - view.window] = np.nan
             in_view = self._query is not None and self._covers(self._query)
             self._row = self._query - view.query_start if in_view else view.num_queries - 1
         self._matrix = matrix
@@ -357,6 +386,7 @@ class AttentionPanel(QWidget):
         self.image.setImage(matrix.T if matrix.size else np.full((1, 1), np.nan), levels=(0, 1))
         self.image.setRect(QRectF(-0.5, -0.5, max(matrix.shape[1], 1), max(matrix.shape[0], 1)))  # cell i on i
         self._describe(view)
+        self._draw_window_edge(view)
         self._set_axes()
         self._scroll()
         self._draw_strip(view)
@@ -375,8 +405,11 @@ class AttentionPanel(QWidget):
             what = f"mean of heads {', '.join(map(str, heads))}" + (f" (KV group {groups[0]})" if len(groups) == 1 else "")
         row = first + self._row
         produced = f"; the outlined row (pos {row}) produced «{self._full(row + 1)}»" if row + 1 < len(self._labels) else ""
-        self.note.setText(f"Layer {view.layer}, {what}. Queries at positions {first}–{first + view.num_queries - 1}"
-                          f"{produced}.")
+        kind = (f" — sliding window: each query sees its last {view.window} positions (dashed edge)"
+                if view.window is not None else " — global: each query sees every earlier position"
+                if self.layer_kind(view.layer) == "global" else "")
+        self.note.setText(f"Layer {view.layer}{kind}, {what}. Queries at positions {first}–"
+                          f"{first + view.num_queries - 1}{produced}.")
 
     def _set_axes(self) -> None:
         start = self._view.query_start if self._view is not None and self._matrix.size else 0
@@ -402,6 +435,20 @@ class AttentionPanel(QWidget):
                      padding=0)
         top, bottom = self._row - 0.5, self._row + 0.5
         self.marker.setData([-0.5, keys - 0.5, keys - 0.5, -0.5, -0.5], [top, top, bottom, bottom, top])
+
+    def _draw_window_edge(self, view: AttentionView | None) -> None:
+        """A stepped line left of each row's oldest visible key, where the window has moved past the start."""
+        xs, ys = [], []
+        if view is not None and view.window is not None:
+            for row in range(view.num_queries):
+                edge = view.query_start + row - view.window + 0.5  # between the last unseen key and the first seen
+                if edge > -0.5:
+                    xs += [edge, edge]
+                    ys += [row - 0.5, row + 0.5]
+                    if row + 1 < view.num_queries:  # the step down to the next row's edge, one key to the right
+                        xs += [edge, edge + 1]
+                        ys += [row + 0.5, row + 0.5]
+        self.window_edge.setData(xs, ys)
 
     def _draw_strip(self, view: AttentionView | None) -> None:
         groups = [(g, [h for h, k in enumerate(self._groups_key) if k == g]) for g in sorted(set(self._groups_key))]
@@ -429,8 +476,7 @@ class AttentionPanel(QWidget):
         over_keys = self.keys_axis.sceneBoundingRect().contains(scene_position)
         over_rows = self.rows_axis.sceneBoundingRect().contains(scene_position)
         if box.sceneBoundingRect().contains(scene_position) and 0 <= row < rows and 0 <= key < keys:
-            text = (self.readout_at(row, key) if not np.isnan(self._matrix[row, key])
-                    else f"key pos {key} comes after query pos {self._view.query_start + row}: it cannot be seen")
+            text = self.readout_at(row, key) if not np.isnan(self._matrix[row, key]) else self._unseen(row, key)
         elif over_keys and 0 <= key < keys:
             text = f"key «{self._full(key)}» (pos {key})"
         elif over_rows and 0 <= row < rows:
@@ -439,6 +485,13 @@ class AttentionPanel(QWidget):
             return
         self.readout.setText(text)
         self.plot.setToolTip(text)
+
+    def _unseen(self, row: int, key: int) -> str:
+        query = self._view.query_start + row
+        if key > query:
+            return f"key pos {key} comes after query pos {query}: it cannot be seen"
+        return (f"key pos {key} is outside query pos {query}'s sliding window (its last {self._view.window} "
+                "positions): it cannot be seen")
 
     def _full(self, position: int) -> str:
         return display_text(self._labels[position]) if 0 <= position < len(self._labels) else "?"

@@ -33,6 +33,7 @@ def replay_attention(model, token_ids: list[int], layer: int, queries: tuple[int
     cache = ContiguousKVCache(upto, end, device=weight.device, dtype=weight.dtype)
     probe = Probe(InstrumentOptions(attention_layers=(layer,)), config.n_heads, config.n_kv_heads)
     out = np.zeros((config.n_heads, end - first, end), dtype=np.float32)  # [H, Q, S]
+    sinks = np.zeros((config.n_heads, end - first), dtype=np.float32) if config.attn_sinks else None  # [H, Q]
     for start in range(0, end, REPLAY_CHUNK):
         if cancelled():
             return None
@@ -45,8 +46,11 @@ def replay_attention(model, token_ids: list[int], layer: int, queries: tuple[int
             probs = probe.attention.pop(layer)[0]  # [H, T, S=stop]
             lo = max(first, start)
             out[:, lo - first:stop - first, :stop] = probs[:, lo - start:].numpy()
+            if sinks is not None:
+                sinks[:, lo - first:stop - first] = probe.attention_sinks.pop(layer)[0, :, lo - start:].numpy()
     group = config.n_heads // config.n_kv_heads
-    return AttentionView(layer, first, tuple(h // group for h in range(config.n_heads)), out)
+    return AttentionView(layer, first, tuple(h // group for h in range(config.n_heads)), out, sinks,
+                         window=config.sliding_windows[layer])
 
 
 def _run_layers(model, tokens: torch.Tensor, view, probe, last: int) -> None:

@@ -81,12 +81,17 @@ class RouterStats:
 class AttentionView:
     """One layer's attention over a stretch of the conversation, computed on request by replay
     (engine/instrumentation/replay.py): weights[h, i, s] is how much query position query_start + i
-    attends to position s under head h (each row sums to 1 over s <= its position)."""
+    attends to position s under head h (each row sums to 1 over s <= its position, with its sink if any)."""
 
     layer: int
     query_start: int
     kv_group: tuple[int, ...]  # per query head, the KV head it reads (GQA)
     weights: "np.ndarray"  # float32 [H, Q, S]
+    # attention sinks (gpt-oss): sinks[h, i] is the share query row i of head h gave to the head's learned
+    # sink logit rather than to any position; None for models without sinks
+    sinks: "np.ndarray | None" = None  # float32 [H, Q]
+    # the layer's sliding window: a query at p sees positions p - window + 1 .. p only; None = every earlier one
+    window: int | None = None
 
     @property
     def num_queries(self) -> int:

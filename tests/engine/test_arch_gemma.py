@@ -273,3 +273,19 @@ def test_a_gemma_without_a_template_gets_the_gemma_format(hf_checkpoint):
     assert "Gemma format" in engine.template_source() and engine.template_source().endswith(GEMMA)
     rendered = engine.chat_template.render(CONVERSATION)
     assert rendered.startswith(engine.tokenizer.bos_token + "<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n")
+
+
+# -- what the panels are told ---------------------------------------------------------------------
+
+def test_facts_and_attention_views_carry_each_layers_window(hf_checkpoint):
+    directory, _ = hf_checkpoint("gemma3")
+    engine = Engine.load(directory, LoadOptions(dtype="float32", quant="none", threads=None))
+    assert engine.facts().sliding_windows == (8, None)
+    ids = list(range(3, 23))
+    local, full = engine.attention(ids, 0, (10, 20)), engine.attention(ids, 1, (10, 20))
+    assert (local.window, full.window) == (8, None)
+    for row in range(local.num_queries):
+        position = local.query_start + row
+        assert local.weights[:, row, :position - 7].sum() == 0  # nothing before the window
+        assert local.weights[:, row, position - 7:position + 1].sum() == pytest.approx(4.0, abs=1e-4)  # 4 heads
+    assert full.weights[:, -1, :12].sum() > 0  # the global layer still reads the oldest positions
