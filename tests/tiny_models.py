@@ -57,6 +57,15 @@ ARCHS = {
     # SmolLM3: with 2 layers, an interval of 2 makes layer 1 the NoPE layer.
     "smollm3": ("SmolLM3Config", "SmolLM3ForCausalLM", {"no_rope_layer_interval": 2, "pad_token_id": None,
                                                      "bos_token_id": None, "eos_token_id": None}),
+    # gpt-oss: layer 0 slides over 8 positions, layer 1 is global; head_dim 20 (not dim/heads, and not a
+    # multiple of 8: the sink key's padding is exercised); a SwiGLU limit low enough that the clamps bite;
+    # YaRN trained on 64 positions (transformers' default shape, truncate off).
+    "gpt_oss": ("GptOssConfig", "GptOssForCausalLM",
+                {"num_local_experts": 4, "num_experts_per_tok": 2, "sliding_window": 8, "head_dim": 20,
+                 "swiglu_limit": 0.8, "layer_types": ["sliding_attention", "full_attention"],
+                 "rope_parameters": {"rope_type": "yarn", "factor": 4.0, "beta_fast": 32.0, "beta_slow": 1.0,
+                                     "truncate": False, "original_max_position_embeddings": 64,
+                                     "rope_theta": 150000.0}}),
 }
 
 

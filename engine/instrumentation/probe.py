@@ -20,6 +20,7 @@ class Probe:
         self.batch_size = batch_size
         self.routing: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self.attention: dict[int, torch.Tensor] = {}
+        self.attention_sinks: dict[int, torch.Tensor] = {}  # gpt-oss: each row's share given to the sink [B, H, T]
 
     def wants_attention(self, layer: int) -> bool:
         return layer in self.options.attention_layers
@@ -30,8 +31,10 @@ class Probe:
             self.routing[layer] = (probs.detach().float().cpu(), expert_ids.detach().cpu(),
                                    gate_weights.detach().float().cpu())
 
-    def record_attention(self, layer: int, probs) -> None:
+    def record_attention(self, layer: int, probs, sink=None) -> None:
         self.attention[layer] = probs.detach().float().cpu()  # [B, H, T, S]
+        if sink is not None:  # with attention sinks the keys' weights sum to 1 - sink per row
+            self.attention_sinks[layer] = sink.detach().float().cpu()  # [B, H, T]
 
     def routing_for(self, row: int, token: int = -1) -> tuple[RoutingRecord, ...]:
         """Routing of one token (default: the last) of batch row `row`, every MoE layer."""
@@ -50,6 +53,8 @@ class Probe:
         out = []
         for layer in sorted(self.attention):
             probs = self.attention[layer][row, :, token, :context_len]  # [H, S]
+            sinks = self.attention_sinks.get(layer)
             for h in (heads or range(probs.shape[0])):
-                out.append(AttentionRecord(layer, h, h // self.group, tuple(probs[h].tolist())))
+                sink = float(sinks[row, h, token]) if sinks is not None else 0.0
+                out.append(AttentionRecord(layer, h, h // self.group, tuple(probs[h].tolist()), sink))
         return tuple(out)

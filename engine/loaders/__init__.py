@@ -55,7 +55,8 @@ def default_model_path() -> Path:
 
 def load_checkpoint(path: str | Path | None = None, dtype: torch.dtype = torch.float32,
                     progress: ProgressCallback | None = None, keep_packed: bool = False) -> Checkpoint:
-    """keep_packed: a GGUF's Q8_0/Q4_0/Q4_1 weights stay as raw blocks (engine.quant.PackedGGUF)."""
+    """keep_packed: a GGUF's Q8_0/Q4_0/Q4_1 weights stay as raw blocks (engine.quant.PackedGGUF), and an HF
+    directory's MXFP4 experts (gpt-oss) as engine.quant.mxfp4.PackedMxfp4."""
     from engine.text.tokenizer import Tokenizer
 
     path = Path(path) if path is not None else default_model_path()
@@ -64,7 +65,7 @@ def load_checkpoint(path: str | Path | None = None, dtype: torch.dtype = torch.f
     if path.is_dir():
         from engine.loaders.safetensors_dir import load_hf_dir
 
-        config, tensors, _ = load_hf_dir(path, dtype=dtype, progress=progress)
+        config, tensors, _ = load_hf_dir(path, dtype=dtype, progress=progress, keep_packed=keep_packed)
         return Checkpoint(config, tensors, Tokenizer.from_hf_dir(path), path, "hf")
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise ModelFormatError(

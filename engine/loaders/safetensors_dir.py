@@ -68,10 +68,17 @@ def _canonical(name: str) -> str | None:
     return None
 
 
-def hf_state_to_canonical(state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
-    """Rename (and stack or split expert tensors of) an HF state dict. Unknown names are dropped."""
+def hf_state_to_canonical(state: dict[str, torch.Tensor], config: ModelConfig,
+                          keep_packed: bool = False, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """Rename (and stack or split expert tensors of) an HF state dict. Unknown names are dropped.
+    keep_packed: gpt-oss's MXFP4 experts stay packed (engine.quant.mxfp4.PackedMxfp4), else become dtype."""
     out: dict[str, torch.Tensor] = {}
     experts: dict[tuple[int, str], dict[int, torch.Tensor]] = {}
+    if config.arch == "gpt_oss":  # its sinks, biased router and fused (maybe MXFP4) experts; the rest is shared
+        from engine.loaders.gpt_oss import gpt_oss_to_canonical
+
+        state = dict(state)
+        out.update(gpt_oss_to_canonical(state, keep_packed, dtype))
     for name, tensor in state.items():
         name = _TEXT_MODEL.sub("model.", name, count=1).replace("language_model.lm_head.", "lm_head.")
         if config.post_norms and (m := _POST_NORM.fullmatch(name)):
@@ -155,8 +162,9 @@ def _weight_files(path: Path) -> list[Path]:
     raise ModelFormatError(path, "no model.safetensors, shard index or *.safetensors file")
 
 
-def load_hf_dir(path, dtype: torch.dtype = torch.float32, progress=None):
-    """-> (ModelConfig, canonical tensors, raw config.json dict). Raises ModelFormatError."""
+def load_hf_dir(path, dtype: torch.dtype = torch.float32, progress=None, keep_packed: bool = False):
+    """-> (ModelConfig, canonical tensors, raw config.json dict). Raises ModelFormatError.
+    keep_packed: MXFP4 experts (gpt-oss) come back as PackedMxfp4 instead of dequantized to dtype."""
     path = Path(path)
     config, raw = _read_config(path)
     files = _weight_files(path)
@@ -185,7 +193,7 @@ def load_hf_dir(path, dtype: torch.dtype = torch.float32, progress=None):
     except (OSError, RuntimeError, ValueError) as e:  # short reads surface as these from the mmap
         raise ModelFormatError(f, f"cannot read tensors: {type(e).__name__}: {e}") from None
     try:
-        tensors = hf_state_to_canonical(state, config)
+        tensors = hf_state_to_canonical(state, config, keep_packed, dtype)
     except ValueError as e:
         raise ModelFormatError(path, str(e)) from None
     check_tensors(tensors, config, path)

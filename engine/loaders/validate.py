@@ -29,6 +29,8 @@ def expected_shapes(c: ModelConfig) -> dict[str, tuple[int, ...]]:
         if c.qk_norm != "none":
             q, k = (d, d) if c.qk_norm == "head" else (H * d, K * d)
             shapes[p + "attn.q_norm.weight"], shapes[p + "attn.k_norm.weight"] = (q,), (k,)
+        if c.attn_sinks:
+            shapes[p + "attn.sinks"] = (H,)
         if c.mla is not None:  # latent attention (engine/layers/mla.py) replaces the per-head projections above
             for name in [n for n in shapes if n.startswith(p + "attn.")]:
                 del shapes[name]
@@ -38,6 +40,11 @@ def expected_shapes(c: ModelConfig) -> dict[str, tuple[int, ...]]:
             shapes[p + "mlp.router.weight"] = (E, D)
             shapes[p + "mlp.w_gate"] = shapes[p + "mlp.w_up"] = (E, I, D)
             shapes[p + "mlp.w_down"] = (E, D, I)
+            if c.moe.router_bias:
+                shapes[p + "mlp.router.bias"] = (E,)
+            if c.moe.expert_bias:
+                shapes[p + "mlp.b_gate"] = shapes[p + "mlp.b_up"] = (E, I)
+                shapes[p + "mlp.b_down"] = (E, D)
             if S := c.moe.shared_expert_hidden_dim:
                 shapes[p + "mlp.shared.w_gate.weight"] = shapes[p + "mlp.shared.w_up.weight"] = (S, D)
                 shapes[p + "mlp.shared.w_down.weight"] = (D, S)

@@ -20,6 +20,7 @@ from engine.quant.gguf_blocks import PACKED_KINDS, PackedGGUF
 from engine.quant.int4 import GROUP_SIZES, Int4Weight
 from engine.quant.int8 import Int8Weight
 from engine.quant.modules import QuantEmbedding, QuantLinear, QuantSparseMoE
+from engine.quant.mxfp4 import PackedMxfp4, install_mxfp4
 
 MODES = ("none", "int8") + tuple(f"int4-g{g}" for g in GROUP_SIZES)
 LOAD_MODES = ("auto",) + MODES  # auto: GGUF Q8_0/Q4_0/Q4_1 stay packed, everything else float
@@ -104,11 +105,16 @@ def build_model(config, tensors: dict, device, dtype, mode: str = "auto", head: 
     from engine.model import Decoder
 
     check_mode(mode)
+    # MXFP4 experts (gpt-oss) stay packed in mode 'auto' (engine/quant/mxfp4.py); any other mode starts from floats
+    mxfp4 = {name: t for name, t in tensors.items() if isinstance(t, PackedMxfp4)}
+    if mode != "auto":
+        tensors, mxfp4 = {**tensors, **{name: t.dequantize(dtype) for name, t in mxfp4.items()}}, {}
     packed = {name: t for name, t in tensors.items() if isinstance(t, PackedGGUF)}
-    floats = {name: t for name, t in tensors.items() if not isinstance(t, PackedGGUF)}
-    model = Decoder.from_tensors(config, floats, device=device, dtype=dtype, packed=set(packed))
+    floats = {name: t for name, t in tensors.items() if not isinstance(t, (PackedGGUF, PackedMxfp4))}
+    model = Decoder.from_tensors(config, floats, device=device, dtype=dtype, packed=set(packed) | set(mxfp4))
     for name, blocks in packed.items():
         _install_packed(model, name, blocks, device, dtype, compute)
+    install_mxfp4(model, mxfp4, device)
     if any(p.is_meta for p in model.parameters()):
         missing = [n for n, p in model.named_parameters() if p.is_meta]
         raise RuntimeError(f"no weights were installed for {missing[:3]}")

@@ -63,6 +63,7 @@ class QuantSparseMoE(SparseMoE):
         new = cls.__new__(cls)
         nn.Module.__init__(new)
         new.moe, new.router, new.shared, new.shared_gate = moe.moe, moe.router, moe.shared, moe.shared_gate
+        new.b_gate, new.b_up, new.b_down = moe.b_gate, moe.b_up, moe.b_down  # float biases (gpt-oss) or None
         new.gate = [make_weight(w) for w in moe.w_gate.detach()]
         new.up = [make_weight(w) for w in moe.w_up.detach()]
         new.down = [make_weight(w) for w in moe.w_down.detach()]
@@ -70,6 +71,9 @@ class QuantSparseMoE(SparseMoE):
 
     def expert_mlp(self, e: int, h: torch.Tensor) -> torch.Tensor:
         dtype, h = h.dtype, h.to(self.gate[e].compute_dtype)
+        if self.b_gate is not None or self.moe.swiglu_limit is not None:  # gpt-oss: biases and clamps in h's dtype
+            act = self.glu(e, self.gate[e].matmul(h).to(dtype), self.up[e].matmul(h).to(dtype))
+            return self.down_bias(e, self.down[e].matmul(act.to(h.dtype)).to(dtype))
         return self.down[e].matmul(F.silu(self.gate[e].matmul(h)) * self.up[e].matmul(h)).to(dtype)
 
     def quant_weights(self) -> list:

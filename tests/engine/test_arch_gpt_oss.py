@@ -1,0 +1,278 @@
+"""gpt-oss against transformers on tiny random checkpoints: attention sinks (in the logits and in the
+recorded attention), alternating sliding / full layers, the biased router and clamped, biased experts,
+MXFP4 experts (quantized here by our own test quantizer; transformers' dequantizer is the reference),
+and the paged engine (prefix sharing, a fork). Shape legend: E experts, R rows, C columns, G = C/32."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from engine.engine import Engine
+from engine.errors import ModelFormatError
+from engine.instrumentation.probe import Probe
+from engine.instrumentation.replay import replay_attention
+from engine.kv_cache import ContiguousKVCache
+from engine.loaders import load_checkpoint
+from engine.loaders.safetensors_dir import load_hf_dir
+from engine.model import Decoder
+from engine.quant import build_model
+from engine.quant.mxfp4 import E2M1, Mxfp4SparseMoE, dequantize_mxfp4
+from engine.records import GenerationRequest, InstrumentOptions, LoadOptions, RequestDone, SamplingParams, StepRecord
+from tests.engine.test_parity_hf import run_both
+
+PREFILL, DECODE, TOL = 32, 16, 1e-4
+
+
+def make_checkpoint(hf_checkpoint, seed: int = 0):
+    """The tiny gpt-oss with sinks large enough to take a real share of every row (HF's random init
+    leaves them near 0, where a sink takes ~1/(S+1) and a wrong formula could hide)."""
+    directory, model = hf_checkpoint("gpt_oss", seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.sinks.copy_(torch.randn(layer.self_attn.sinks.shape, generator=g) * 1.5 + 1.0)
+    model.save_pretrained(directory)
+    return directory, model
+
+
+def compare(ours: Decoder, hf_model, seed: int = 0) -> float:
+    """Max |logit difference| over a 32-token prefill and 16 decode steps (run_both for a built model)."""
+    config = ours.config
+    tokens = torch.randint(0, config.vocab_size, (1, PREFILL + DECODE), generator=torch.Generator().manual_seed(seed))
+    cache = ContiguousKVCache(config, PREFILL + DECODE)
+    with torch.no_grad():
+        ref = hf_model(tokens[:, :PREFILL], use_cache=True)
+        worst = (ref.logits - ours(tokens[:, :PREFILL], cache.view(0, PREFILL))).abs().max().item()
+        for i in range(PREFILL, PREFILL + DECODE):
+            ref = hf_model(tokens[:, i:i + 1], past_key_values=ref.past_key_values, use_cache=True)
+            worst = max(worst, (ref.logits - ours(tokens[:, i:i + 1], cache.view(i, 1))).abs().max().item())
+    return worst
+
+
+def test_config_reads_sinks_windows_router_and_yarn(hf_checkpoint):
+    directory, _ = make_checkpoint(hf_checkpoint)
+    config, tensors, _ = load_hf_dir(directory)
+    assert config.attn_sinks and config.sliding_windows == (8, None) and config.qkv_bias and config.o_bias
+    moe = config.moe
+    assert (moe.router, moe.router_bias, moe.expert_bias, moe.swiglu_limit, moe.swiglu_alpha) == \
+        ("topk_softmax", True, True, 0.8, 1.702)
+    s = config.rope_scaling
+    assert (s.rope_type, s.factor, s.original_max_position, s.truncate) == ("yarn", 4.0, 64, False)
+    assert tensors["layers.0.attn.sinks"].shape == (4,) and tensors["layers.0.mlp.b_gate"].shape == (4, 96)
+
+
+def test_logits_match_transformers_with_sinks_and_a_window_shorter_than_the_sequence(hf_checkpoint):
+    directory, hf_model = make_checkpoint(hf_checkpoint)
+    assert run_both(directory, hf_model) <= TOL
+    # the same with the fused fast paths (q/k/v in one matmul with its biases) the engine builds
+    ckpt = load_checkpoint(directory)
+    assert compare(build_model(ckpt.config, ckpt.tensors, "cpu", torch.float32, "none"), hf_model) <= TOL
+
+
+def test_recorded_attention_with_sinks_equals_transformers_eager_weights(hf_checkpoint):
+    directory, hf_model = make_checkpoint(hf_checkpoint)
+    ckpt = load_checkpoint(directory)
+    model = Decoder.from_tensors(ckpt.config, ckpt.tensors)
+    T = 24  # three windows of layer 0
+    tokens = torch.randint(0, 128, (1, T), generator=torch.Generator().manual_seed(5))
+    probe = Probe(InstrumentOptions(attention_layers=(0, 1)), 4, 2)
+    model(tokens, ContiguousKVCache(ckpt.config, T).view(0, T), probe=probe)
+    with torch.no_grad():
+        ref = hf_model(tokens, output_attentions=True).attentions  # per layer [1, H, T, S], the sink dropped
+    for layer in (0, 1):
+        probs, sink = probe.attention[layer], probe.attention_sinks[layer]  # [1, H, T, S], [1, H, T]
+        torch.testing.assert_close(probs, ref[layer].float(), atol=1e-5, rtol=0)
+        torch.testing.assert_close(sink, 1 - ref[layer].float().sum(-1), atol=1e-5, rtol=0)
+        torch.testing.assert_close(probs.sum(-1) + sink, torch.ones_like(sink), atol=1e-6, rtol=0)
+        assert sink.mean() > 0.1, "sinks this large must take a visible share"
+    assert (probe.attention[0][0, :, -1, :T - 8] == 0).all()  # layer 0 slides: only the last 8 are seen
+    # the records the window draws: per token, each head's weights and its sink
+    records = probe.attention_for(0, T)
+    assert all(abs(sum(r.weights) + r.sink - 1) < 1e-5 for r in records)
+    # the attention panel's replay carries the sinks as their own [H, Q] column
+    view = replay_attention(model, tokens[0].tolist(), 1, (10, T))
+    np.testing.assert_allclose(view.sinks, probe.attention_sinks[1][0, :, 10:].numpy(), atol=1e-6)
+    np.testing.assert_allclose(view.weights.sum(-1) + view.sinks, 1, atol=1e-5)
+
+
+def test_routing_probabilities_include_the_router_bias(hf_checkpoint):
+    directory, hf_model = make_checkpoint(hf_checkpoint)
+    ckpt = load_checkpoint(directory)
+    model = Decoder.from_tensors(ckpt.config, ckpt.tensors)
+    tokens = torch.randint(0, 128, (1, 16), generator=torch.Generator().manual_seed(2))
+    captured = {}
+    hooks = [layer.mlp.router.register_forward_hook(lambda m, i, out, n=n: captured.__setitem__(n, out))
+             for n, layer in enumerate(hf_model.model.layers)]
+    with torch.no_grad():
+        hf_model(tokens)
+    for h in hooks:
+        h.remove()
+    probe = Probe(InstrumentOptions(routing=True), 4, 2)
+    model(tokens, ContiguousKVCache(ckpt.config, 16).view(0, 16), probe=probe)
+    for layer, (logits, scores, indices) in captured.items():
+        probs, ids, weights = probe.routing[layer]
+        torch.testing.assert_close(probs, torch.softmax(logits.float(), -1), atol=1e-5, rtol=0)
+        assert torch.equal(ids.sort(-1).values, indices.sort(-1).values)
+        order = lambda i: i.argsort(-1)  # noqa: E731 -- compare weights expert by expert
+        torch.testing.assert_close(weights.gather(1, order(ids)), scores.gather(1, order(indices)), atol=1e-5, rtol=0)
+    assert len(torch.cat([r[1].flatten() for r in probe.routing.values()]).unique()) > 1
+
+
+def test_int8_experts_keep_their_biases_and_clamps(hf_checkpoint):
+    """Quantized loading of gpt-oss: the int8 experts (with float biases) compute what float experts
+    holding the same int8 round-trip weights compute."""
+    from engine.quant import Int8Weight
+
+    directory, _ = make_checkpoint(hf_checkpoint)
+    ckpt = load_checkpoint(directory)
+    quantized = build_model(ckpt.config, ckpt.tensors, "cpu", torch.float32, "int8", head=False, exact=True)
+    state = dict(ckpt.tensors)
+    for name, t in ckpt.tensors.items():
+        if name.endswith((".w_gate", ".w_up", ".w_down")):
+            state[name] = torch.stack([Int8Weight.quantize(w).dequantize().float() for w in t])
+        elif t.dim() == 2 and ".attn.w" in name:
+            state[name] = Int8Weight.quantize(t).dequantize().float()
+    reference = Decoder.from_tensors(ckpt.config, state)
+    tokens = torch.randint(0, 128, (1, 20), generator=torch.Generator().manual_seed(3))
+    ours = quantized(tokens, ContiguousKVCache(ckpt.config, 20).view(0, 20))
+    ref = reference(tokens, ContiguousKVCache(ckpt.config, 20).view(0, 20))
+    assert (ours - ref).abs().max().item() <= TOL
+
+
+# ---- the paged engine ------------------------------------------------------------------------------
+
+def run(engine, *requests):
+    ids = [engine.submit(r) for r in requests]
+    steps, done = {i: {} for i in ids}, {}
+    while engine.has_work():
+        for item in engine.step():
+            if isinstance(item, StepRecord):
+                steps[item.request_id].setdefault(item.seq_index, []).append(item)
+            elif isinstance(item, RequestDone):
+                done[item.request_id] = item
+    return [(steps[i], done[i]) for i in ids]
+
+
+def test_paged_engine_greedy_prefix_sharing_and_a_fork_equal_transformers(hf_checkpoint):
+    directory, hf_model = make_checkpoint(hf_checkpoint)
+    engine = Engine.load(directory, LoadOptions(device="cpu", dtype="float32", kv_block_size=8))
+    greedy = SamplingParams(temperature=0, max_new_tokens=16, ignore_eos=True)
+    first = list(range(5, 25))  # 20 tokens: two full blocks of 8 shared with the second prompt
+    second = first[:16] + [90, 91, 92, 93, 94]
+
+    def reference(prompt):
+        return hf_model.generate(torch.tensor([prompt]), max_new_tokens=16, do_sample=False, eos_token_id=None,
+                                 pad_token_id=0)[0, len(prompt):].tolist()
+
+    (_, done_a), = run(engine, GenerationRequest(tuple(first), greedy))
+    (_, done_b), = run(engine, GenerationRequest(tuple(second), greedy))
+    assert list(done_a.results[0].token_ids) == reference(first)
+    assert done_b.cached_prompt_tokens == 16
+    assert list(done_b.results[0].token_ids) == reference(second)
+
+    # a fork: two samples share the prompt's blocks (the last one partial, so it is copied on write);
+    # each sample's every step equals transformers' logits over that sample's own tokens
+    spec = GenerationRequest(tuple(first[:19]), SamplingParams(temperature=1.5, seed=4, max_new_tokens=12), n=2,
+                             instrument=InstrumentOptions(stored_logits=-1))
+    (steps, done), = run(engine, spec)
+    samples = [r.token_ids for r in done.results]
+    assert len(samples) == 2 and samples[0] != samples[1]
+    for seq_index, records in steps.items():
+        tokens = first[:19] + [r.token_id for r in records]
+        with torch.no_grad():
+            ref = hf_model(torch.tensor([tokens])).logits[0, 18:-1]  # the logits each step sampled from
+        for rec, expected in zip(records, ref, strict=True):
+            got = torch.empty(len(rec.logit_ids))
+            got[list(rec.logit_ids)] = torch.tensor(rec.logit_values)
+            torch.testing.assert_close(got, expected, atol=TOL, rtol=0)
+    assert engine.kv_blocks_in_use == 0
+
+
+# ---- MXFP4 experts -------------------------------------------------------------------------------
+
+def quantize_mxfp4(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The test's own MXFP4 quantizer (OCP MX rule): per 32 values, the exponent floor(log2 max|w|) - 2
+    (6 = 1.5 * 2^2 is E2M1's largest), then each value rounded to the nearest E2M1 magnitude, sign apart.
+    w [E, R, C] -> blocks uint8 [E, R, G, 16] (low nibble = even value), scales uint8 [E, R, G]."""
+    E, R, C = w.shape
+    groups = w.reshape(E, R, C // 32, 32)
+    exponent = torch.floor(torch.log2(groups.abs().amax(-1).clamp(min=2.0 ** -100))) - 2  # [E, R, G]
+    scaled = groups / torch.exp2(exponent).unsqueeze(-1)
+    magnitudes = torch.tensor(E2M1[:8])
+    codes = (scaled.abs().unsqueeze(-1) - magnitudes).abs().argmin(-1)  # [E, R, G, 32] in 0..7
+    codes = (codes + 8 * (scaled < 0)).to(torch.uint8)
+    blocks = codes[..., 0::2] | (codes[..., 1::2] << 4)
+    return blocks, (exponent + 127).to(torch.uint8)
+
+
+@pytest.fixture
+def mxfp4_checkpoint(hf_checkpoint):
+    """A gpt-oss directory whose experts are MXFP4 (as the released checkpoints), and the transformers
+    model holding those experts dequantized by transformers' own reference dequantizer."""
+    from transformers.integrations.mxfp4 import convert_moe_packed_tensors
+
+    directory, hf_model = make_checkpoint(hf_checkpoint)
+    state = load_file(directory / "model.safetensors")
+    for n, layer in enumerate(hf_model.model.layers):
+        experts = layer.mlp.experts
+        for proj in ("gate_up_proj", "down_proj"):
+            name = f"model.layers.{n}.mlp.experts.{proj}"
+            blocks, scales = quantize_mxfp4(state.pop(name).transpose(1, 2))  # stored output-major, as ours
+            state[name + "_blocks"], state[name + "_scales"] = blocks, scales
+            with torch.no_grad():  # transformers' layout: input-major, the transpose
+                getattr(experts, proj).copy_(convert_moe_packed_tensors(blocks, scales, dtype=torch.float32))
+    save_file(state, directory / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((directory / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "mxfp4", "modules_to_not_convert": ["model.layers.*.self_attn"]}
+    (directory / "config.json").write_text(json.dumps(config))
+    return directory, hf_model, state
+
+
+def test_mxfp4_dequantizes_as_the_transformers_reference(mxfp4_checkpoint):
+    from transformers.integrations.mxfp4 import convert_moe_packed_tensors
+
+    _, _, state = mxfp4_checkpoint
+    blocks, scales = state["model.layers.0.mlp.experts.gate_up_proj_blocks"], state["model.layers.0.mlp.experts.gate_up_proj_scales"]
+    ours = dequantize_mxfp4(blocks, scales)  # [E, 2I, D]
+    assert torch.equal(ours.transpose(1, 2), convert_moe_packed_tensors(blocks, scales, dtype=torch.float32))
+    assert (ours != 0).float().mean() > 0.5 and len(scales.unique()) > 1, "a quantizer that wrote (almost) only zeros"
+
+
+def test_mxfp4_experts_dequantized_at_load_match_transformers(mxfp4_checkpoint):
+    directory, hf_model, _ = mxfp4_checkpoint
+    assert run_both(directory, hf_model) <= TOL
+
+
+def test_mxfp4_experts_kept_packed_match_transformers(mxfp4_checkpoint):
+    directory, hf_model, state = mxfp4_checkpoint
+    ckpt = load_checkpoint(directory, keep_packed=True)
+    model = build_model(ckpt.config, ckpt.tensors, "cpu", torch.float32, "auto")
+    assert all(isinstance(block.mlp, Mxfp4SparseMoE) for block in model.layers)
+    assert compare(model, hf_model) <= TOL
+    packed = sum(t.numel() for n, t in state.items() if n.endswith(("_blocks", "_scales")))
+    assert model.weight_bytes()["mxfp4"] == packed  # 4.25 bits a weight, no float copy of the experts
+    # and through the engine, which keeps them packed on the CPU by default
+    engine = Engine.load(directory, LoadOptions(device="cpu", dtype="float32"))
+    assert isinstance(engine.model.layers[1].mlp, Mxfp4SparseMoE)
+    facts = engine.facts()
+    assert facts.parameters == sum(p.numel() for p in hf_model.parameters())
+
+
+@pytest.mark.parametrize("damage", ["nan scale", "no scales", "wrong shape"])
+def test_broken_mxfp4_tensors_are_a_model_format_error(mxfp4_checkpoint, damage):
+    directory, _, state = mxfp4_checkpoint
+    name = "model.layers.1.mlp.experts.down_proj_scales"
+    if damage == "nan scale":
+        state[name] = state[name].clone()
+        state[name][0, 0, 0] = 255
+    elif damage == "no scales":
+        del state[name]
+    else:
+        state[name] = state[name][:, :, :1].contiguous()
+    save_file(state, directory / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ModelFormatError, match="MXFP4"):
+        load_hf_dir(directory)
