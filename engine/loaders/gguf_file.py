@@ -165,7 +165,8 @@ def load_gguf(path, dtype: torch.dtype = torch.float32,
     meta, infos, data = _open(path)
     gguf_architecture(meta, path)  # refuse an unknown architecture before converting anything
     freqs = _to_tensor(infos[ROPE_FREQS], data, path) if ROPE_FREQS in infos else None
-    config = build_config(meta, {t.name: t.shape for t in infos.values()}, path, freqs, _rope_factors(infos, data, path))
+    config = build_config(meta, {t.name: t.shape for t in infos.values()}, path, freqs,
+                          _rope_factors(infos, data, path))
     if on_metadata is not None:
         on_metadata(meta)
     tensors: dict[str, torch.Tensor] = {}

@@ -1,0 +1,298 @@
+"""Phi-3 (LongRoPE, fused projections, partial rotary), Granite (multipliers) and SmolLM3 (NoPE layers) against
+transformers: LongRoPE's frequencies and the logits past the original context, greedy tokens through the paged
+engine with a shared prefix and a fork, int8 loading, and GGUF files written as llama.cpp's converter writes them.
+(Plain parity over 32 + 16 tokens and the loader's tensor count are in test_parity_hf / test_safetensors_loader.)"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from engine.config import ModelConfig
+from engine.engine import Engine
+from engine.errors import ModelFormatError
+from engine.kv_cache import ContiguousKVCache
+from engine.layers.rope import RopeTable, rope_inv_freq
+from engine.loaders.gguf_file import load_gguf
+from engine.loaders.safetensors_dir import load_hf_dir
+from engine.model import Decoder
+from engine.records import GenerationRequest, InstrumentOptions, LoadOptions, RequestDone, SamplingParams, StepRecord
+from tests.engine.test_gguf_loader import permute_qk, write_gguf
+from tests.engine.test_parity_hf import run_both
+from tests.tiny_models import build_hf_model
+
+ARCHS = ("phi3", "granite", "smollm3")
+FLOAT = LoadOptions(device="cpu", dtype="float32", quant="none", kv_block_size=8)
+FULL_LOGITS = InstrumentOptions(stored_logits=-1)
+ORIGINAL = 16  # tests/tiny_models.py: the tiny Phi-3's original_max_position_embeddings
+
+
+# -- LongRoPE ----------------------------------------------------------------------------------------------
+
+def test_longrope_inv_freq_equals_transformers(hf_checkpoint):
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    directory, hf_model = hf_checkpoint("phi3")
+    config, _, _ = load_hf_dir(directory)
+    s = config.rope_scaling
+    assert (s.rope_type, s.original_max_position, s.factor, config.rotary_dim) == ("longrope", ORIGINAL, 16.0, 8)
+    for seq_len in (None, 5, ORIGINAL, ORIGINAL + 1, 200):
+        ref, ref_factor = ROPE_INIT_FUNCTIONS["longrope"](hf_model.config, "cpu", seq_len=seq_len)
+        ours, factor = rope_inv_freq(config.rotary_dim, config.rope_theta, s, config.max_seq_len, seq_len)
+        torch.testing.assert_close(ours, ref, rtol=0, atol=0)  # the same float32 ops in the same order
+        assert factor == pytest.approx(ref_factor, rel=1e-12) == math.sqrt(2)  # sqrt(1 + ln 16 / ln 16)
+    short, _ = rope_inv_freq(config.rotary_dim, config.rope_theta, s, config.max_seq_len, ORIGINAL)
+    long, _ = rope_inv_freq(config.rotary_dim, config.rope_theta, s, config.max_seq_len, ORIGINAL + 1)
+    assert not torch.allclose(short, long)  # the two sets differ, so the checks below can tell them apart
+
+
+def test_rope_table_switches_per_sequence_like_the_rotary_embedding(hf_checkpoint):
+    """transformers' rotary embedding picks the long factors once a forward's largest position passes the original
+    context; ours does the same per row, so two sequences in one batch each get their own."""
+    directory, hf_model = hf_checkpoint("phi3")
+    config, _, _ = load_hf_dir(directory)
+    table = RopeTable(config)
+    rows = torch.stack([torch.arange(0, 10), torch.arange(30, 40)])  # [2, 10]: short, then past the original
+    cos, sin = table.cos_sin(rows)
+    rotary = hf_model.model.rotary_emb
+    x = torch.zeros(1, 10, config.dim)
+    for b in range(2):
+        ref_cos, ref_sin = rotary(x, rows[b:b + 1])
+        torch.testing.assert_close(cos[b:b + 1], ref_cos, rtol=0, atol=1e-6)
+        torch.testing.assert_close(sin[b:b + 1], ref_sin, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("prefill,decode", [(8, 16), (40, 4)], ids=["crosses-while-decoding", "long-prefill"])
+def test_logits_past_the_original_context_equal_transformers(prefill, decode, hf_checkpoint):
+    """8 + 16: the sequence crosses position 16 during decoding, where both switch to the long factors for the
+    new tokens (keys already cached keep their short rotation, as in transformers' forward); 40: all long."""
+    directory, hf_model = hf_checkpoint("phi3")
+    assert run_both(directory, hf_model, prefill=prefill, decode=decode) <= 1e-4
+
+
+def test_the_long_factors_change_the_logits(hf_checkpoint):
+    """Not a vacuous comparison: with the short factors in place of the long ones, the logits past 16 differ."""
+    directory, _ = hf_checkpoint("phi3")
+    config, tensors, _ = load_hf_dir(directory)
+    tokens = torch.arange(3, 43)[None]
+    logits = {}
+    for name, c in (("long", config), ("short", config.replace(rope_scaling=dataclasses.replace(
+            config.rope_scaling, long_factor=config.rope_scaling.short_factor)))):
+        model = Decoder.from_tensors(c, dict(tensors))
+        logits[name] = model(tokens, ContiguousKVCache(c, 40).view(0, 40))
+    assert (logits["long"] - logits["short"]).abs().max() > 1e-2
+
+
+def _phi3_hf(**changes) -> dict:
+    hf = {"model_type": "phi3", "vocab_size": 32, "hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4,
+          "intermediate_size": 96, "max_position_embeddings": 4096, "original_max_position_embeddings": 1024,
+          "rope_scaling": {"type": "su", "short_factor": [1.0] * 8, "long_factor": [2.0] * 8}}
+    return {**hf, **changes}
+
+
+def test_transformers_4_phi3_configs():
+    """v4 Hub configs: type 'su' (or Phi3Config's 'yarn'), the trained context at the top level, no factor."""
+    for kind in ("su", "yarn", "longrope"):
+        c = ModelConfig.from_hf(_phi3_hf(rope_scaling={**_phi3_hf()["rope_scaling"], "type": kind}))
+        s = c.rope_scaling
+        assert (s.rope_type, s.original_max_position, s.factor) == ("longrope", 1024, 4.0)
+        _, attention = rope_inv_freq(c.rotary_dim, c.rope_theta, s, c.max_seq_len)
+        assert attention == pytest.approx(math.sqrt(1 + math.log(4) / math.log(1024)))
+    given = ModelConfig.from_hf(_phi3_hf(rope_scaling={**_phi3_hf()["rope_scaling"], "attention_factor": 1.5}))
+    assert rope_inv_freq(given.rotary_dim, 1e4, given.rope_scaling, 4096)[1] == 1.5
+
+
+@pytest.mark.parametrize("scaling,problem", [({"type": "su", "short_factor": [1.0] * 8}, "equal length"),
+                                              ({"type": "su", "short_factor": [1.0] * 4, "long_factor": [1.0] * 4},
+                                               "need 8"),
+                                              ({"type": "su", "short_factor": [1.0] * 8, "long_factor": [0.0] * 8},
+                                               "positive")])
+def test_bad_longrope_configs_are_refused_clearly(scaling, problem):
+    with pytest.raises(ModelFormatError, match=problem):
+        ModelConfig.from_hf(_phi3_hf(rope_scaling=scaling))
+
+
+def test_granite_and_smollm3_fields(hf_checkpoint):
+    granite, _, _ = load_hf_dir(hf_checkpoint("granite")[0])
+    assert (granite.embed_scale, granite.residual_multiplier, granite.query_scale, granite.logit_divisor) == \
+        (3.0, 0.5, 0.3, 4.0)
+    smol, _, _ = load_hf_dir(hf_checkpoint("smollm3")[0])
+    assert smol.rope_layers == (True, False)  # interval 2: layer 1 is the NoPE layer
+    with pytest.raises(ModelFormatError, match="mlp_bias"):
+        ModelConfig.from_hf({**_phi3_hf(), "model_type": "granite", "rope_scaling": None, "mlp_bias": True})
+
+
+# -- the paged engine --------------------------------------------------------------------------------------
+
+def run(engine, *requests):
+    """Submit all, step until done; [(records by sample, RequestDone)] in submission order."""
+    ids = [engine.submit(r) for r in requests]
+    records, done = {i: {} for i in ids}, {}
+    while engine.has_work():
+        for item in engine.step():
+            if isinstance(item, StepRecord):
+                records[item.request_id].setdefault(item.seq_index, []).append(item)
+            elif isinstance(item, RequestDone):
+                done[item.request_id] = item
+    return [(records[i], done[i]) for i in ids]
+
+
+def recompute(model, tokens) -> torch.Tensor:
+    cache = ContiguousKVCache(model.config, len(tokens))
+    return model(torch.tensor([tokens]), cache.view(0, len(tokens)))[0, -1]
+
+
+def stored(record: StepRecord) -> torch.Tensor:
+    out = torch.empty(len(record.logit_ids))
+    out[list(record.logit_ids)] = torch.tensor(record.logit_values)
+    return out
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_paged_engine_greedy_prefix_sharing_and_fork(arch, hf_checkpoint):
+    directory, hf_model = hf_checkpoint(arch)
+    engine = Engine.load(directory, FLOAT)
+    g = torch.Generator().manual_seed(1)
+    first = torch.randint(0, 127, (36,), generator=g).tolist()  # past Phi-3's 16 trained positions from the start
+    second = first[:32] + [5, 6, 7]  # shares 4 full blocks of 8 with the first
+    greedy = SamplingParams(temperature=0, max_new_tokens=12, ignore_eos=True)
+    (_, done_first), = run(engine, GenerationRequest(tuple(first), greedy))
+    (_, done_second), = run(engine, GenerationRequest(tuple(second), greedy))
+    assert done_second.cached_prompt_tokens == 32
+    for prompt, done in ((first, done_first), (second, done_second)):
+        # the mask said outright: generate() would otherwise take every token equal to pad_token_id for padding
+        ref = hf_model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                                max_new_tokens=12, do_sample=False, eos_token_id=None,
+                                pad_token_id=0)[0, len(prompt):].tolist()
+        assert list(done.results[0].token_ids) == ref
+    # a fork: two samples share the prompt's blocks (the last one partial, so it is copied) and diverge
+    (recs, done), = run(engine, GenerationRequest(tuple(second), SamplingParams(temperature=1.5, seed=3,
+                                                                                max_new_tokens=8),
+                                                  n=2, instrument=FULL_LOGITS))
+    assert sorted(recs) == [0, 1] and len({r.token_ids for r in done.results}) == 2
+    for steps in recs.values():
+        tokens = list(second)
+        for rec in steps:
+            torch.testing.assert_close(stored(rec), recompute(engine.model, tokens), atol=1e-4, rtol=0)
+            tokens.append(rec.token_id)
+    assert engine.kv_blocks_in_use == 0
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_int8_loading(arch, hf_checkpoint):
+    from engine.quant import QuantLinear
+
+    directory, _ = hf_checkpoint(arch)
+    reference = Engine.load(directory, FLOAT)
+    engine = Engine.load(directory, dataclasses.replace(FLOAT, quant="int8", quant_exact=True))
+    assert isinstance(engine.model.layers[0].attn.wqkv, QuantLinear)  # fused after quantization, as for every arch
+    prompt = list(range(4, 30))
+    ours, ref = recompute(engine.model, prompt), recompute(reference.model, prompt)
+    assert (ours - ref).abs().max() < 0.05 * ref.abs().max()  # int8 per-channel error, not a wrong layout
+
+
+# -- GGUF as llama.cpp's converter writes it ---------------------------------------------------------------
+
+def _gguf_from_hf(path, arch: str, hf_model, qtype: str = "F32"):
+    """The tiny HF model's weights under llama.cpp's names and keys: Phi-3 fused and unpermuted, with its
+    LongRoPE factors as tensors; Granite and SmolLM3 as llama (Q/K rows permuted)."""
+    from gguf import GGMLQuantizationType as Q
+    from gguf import quants
+
+    c = hf_model.config
+    H, K = c.num_attention_heads, c.num_key_value_heads
+    state = {n: t.detach().numpy().astype(np.float32) for n, t in hf_model.state_dict().items()}
+    kv = {f"{arch}.block_count": c.num_hidden_layers, f"{arch}.context_length": c.max_position_embeddings,
+          f"{arch}.embedding_length": c.hidden_size, f"{arch}.feed_forward_length": c.intermediate_size,
+          f"{arch}.attention.head_count": H, f"{arch}.attention.head_count_kv": K,
+          f"{arch}.attention.layer_norm_rms_epsilon": float(c.rms_norm_eps), f"{arch}.rope.freq_base": float(c.rope_parameters["rope_theta"]),
+          "tokenizer.ggml.tokens": [f"t{i}" for i in range(c.vocab_size)]}
+    tensors = {}
+
+    def add(name, array):
+        if qtype != "F32" and array.ndim == 2 and "norm" not in name:
+            array = quants.quantize(array, Q[qtype])
+        tensors[name] = (array, qtype if array.dtype == np.uint8 else None)
+
+    add("token_embd.weight", state["model.embed_tokens.weight"])
+    add("output_norm.weight", state["model.norm.weight"])
+    add("output.weight", state["lm_head.weight"])
+    for i in range(c.num_hidden_layers):
+        hf, b = f"model.layers.{i}.", f"blk.{i}."
+        add(b + "attn_norm.weight", state[hf + "input_layernorm.weight"])
+        add(b + "ffn_norm.weight", state[hf + "post_attention_layernorm.weight"])
+        add(b + "attn_output.weight", state[hf + "self_attn.o_proj.weight"])
+        add(b + "ffn_down.weight", state[hf + "mlp.down_proj.weight"])
+        if arch == "phi3":
+            add(b + "attn_qkv.weight", state[hf + "self_attn.qkv_proj.weight"])
+            add(b + "ffn_up.weight", state[hf + "mlp.gate_up_proj.weight"])
+            continue
+        for part, heads in (("q", H), ("k", K), ("v", 0)):
+            for suffix in ("weight", "bias"):
+                value = state.get(hf + f"self_attn.{part}_proj.{suffix}")
+                if value is not None:
+                    add(b + f"attn_{part}.{suffix}", permute_qk(value, heads) if heads else value)
+        if (bias := state.get(hf + "self_attn.o_proj.bias")) is not None:
+            add(b + "attn_output.bias", bias)
+        add(b + "ffn_gate.weight", state[hf + "mlp.gate_proj.weight"])
+        add(b + "ffn_up.weight", state[hf + "mlp.up_proj.weight"])
+    if arch == "phi3":
+        rope = c.rope_parameters
+        kv |= {"phi3.rope.dimension_count": int(c.hidden_size // H * rope["partial_rotary_factor"]),
+               "phi3.rope.scaling.original_context_length": rope["original_max_position_embeddings"],
+               "phi3.rope.scaling.attn_factor": math.sqrt(2), "phi3.attention.sliding_window": 0}
+        add("rope_factors_long.weight", np.array(rope["long_factor"], dtype=np.float32))
+        add("rope_factors_short.weight", np.array(rope["short_factor"], dtype=np.float32))
+    if arch == "granite":
+        kv |= {"granite.embedding_scale": c.embedding_multiplier, "granite.residual_scale": c.residual_multiplier,
+               "granite.attention.scale": c.attention_multiplier, "granite.logit_scale": c.logits_scaling}
+    write_gguf(path, arch, kv, tensors)
+
+
+def _max_diff(model, hf_model, prefill=32, decode=16) -> float:
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, hf_model.config.vocab_size, (1, prefill + decode), generator=g)
+    cache = ContiguousKVCache(model.config, prefill + decode)
+    with torch.no_grad():
+        ref = hf_model(tokens[:, :prefill], use_cache=True)
+        worst = (ref.logits - model(tokens[:, :prefill], cache.view(0, prefill))).abs().max().item()
+        for i in range(prefill, prefill + decode):
+            ref = hf_model(tokens[:, i:i + 1], past_key_values=ref.past_key_values, use_cache=True)
+            worst = max(worst, (ref.logits - model(tokens[:, i:i + 1], cache.view(i, 1))).abs().max().item())
+    return worst
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_gguf_round_trip_equals_transformers(arch, tmp_path):
+    # SmolLM3's GGUF cannot say which layers skip RoPE (llama.cpp hard-codes every 4th): four layers here.
+    four_layers = {"num_hidden_layers": 4, "no_rope_layer_interval": 4}
+    hf_model = build_hf_model(arch, **(four_layers if arch == "smollm3" else {}))
+    path = tmp_path / f"{arch}.gguf"
+    _gguf_from_hf(path, arch, hf_model)
+    config, tensors, _ = load_gguf(path)
+    assert config.arch == arch
+    if arch == "smollm3":
+        assert config.rope_layers == (True, True, True, False)
+    if arch == "phi3":
+        assert config.rope_scaling.rope_type == "longrope" and config.rotary_dim == 8
+    assert _max_diff(Decoder.from_tensors(config, tensors), hf_model) <= 1e-4
+
+
+def test_phi3_gguf_q8_0_stays_packed_through_the_split(tmp_path):
+    """A quantized Phi-3 file: the fused attn_qkv / ffn_up blocks are split as bytes and installed as int8
+    weights; they compute what the same file dequantized computes."""
+    from engine.quant import QuantLinear, build_model
+
+    hf_model = build_hf_model("phi3")
+    path = tmp_path / "phi3-q8.gguf"
+    _gguf_from_hf(path, "phi3", hf_model, qtype="Q8_0")
+    config, packed, _ = load_gguf(path, keep_packed=True)
+    _, floats, _ = load_gguf(path)
+    quantized = build_model(config, packed, "cpu", torch.float32, "auto", exact=True)
+    reference = build_model(config, floats, "cpu", torch.float32, "none")
+    assert isinstance(quantized.layers[0].attn.wqkv, QuantLinear)
+    prompt = list(range(3, 40))
+    torch.testing.assert_close(recompute(quantized, prompt), recompute(reference, prompt), atol=1e-4, rtol=0)
