@@ -212,6 +212,30 @@ class AttentionPanel(QWidget):
         self.window_edge = pg.PlotCurveItem(pen=pg.mkPen("#ffb74d", width=2, style=Qt.DashLine), connect="pairs")
         self.plot.addItem(self.window_edge)
         self.plot.scene().sigMouseMoved.connect(self._hover)
+        self._setup_sink_column()
+
+    def _setup_sink_column(self) -> None:
+        """Attention sinks (gpt-oss): the share of each query row that went to the head's learned sink logit
+        and to no position, drawn as its own column beside the map, row for row (the y axes are linked);
+        hidden for models without sinks."""
+        self._sinks: np.ndarray | None = None  # [Q] as drawn
+        self.sink_plot = pg.PlotWidget()
+        self.sink_plot.setFixedWidth(58)
+        self.sink_plot.setMenuEnabled(False)
+        self.sink_plot.setMouseEnabled(x=False, y=True)
+        self.sink_plot.hideAxis("left")
+        bottom = self.sink_plot.getAxis("bottom")
+        bottom.setHeight(self.keys_axis.height())  # the same plot height as the map, so rows line up
+        bottom.setTicks([[(0, "sink")]])
+        self.sink_plot.setYLink(self.plot)
+        self.sink_plot.setXRange(-0.5, 0.5, padding=0)
+        self.sink_image = pg.ImageItem()
+        self.sink_image.setColorMap(sqrt_colormap())
+        self.sink_plot.addItem(self.sink_image)
+        self.sink_plot.setToolTip("The attention sink: a learned logit per head that joins each row's softmax "
+                                  "and takes a share without pointing at any position")
+        self.sink_plot.scene().sigMouseMoved.connect(self._hover_sink)
+        self.sink_plot.hide()
 
     def _layout(self) -> None:
         controls = QHBoxLayout()
@@ -222,7 +246,11 @@ class AttentionPanel(QWidget):
         layout.addLayout(controls)
         layout.addWidget(self.strip)
         layout.addWidget(self.note)
-        layout.addWidget(self.plot, 1)
+        maps = QHBoxLayout()
+        maps.setSpacing(0)
+        maps.addWidget(self.plot, 1)
+        maps.addWidget(self.sink_plot)  # shown only for models with attention sinks
+        layout.addLayout(maps, 1)
         layout.addWidget(self.readout)
 
     # -- API ----------------------------------------------------------------------------------
@@ -299,6 +327,10 @@ class AttentionPanel(QWidget):
         """What is drawn: [query row, key position], NaN where a position is later than the query (or, on a
         sliding-window layer, earlier than its window)."""
         return self._matrix.copy()
+
+    def sink_column(self) -> np.ndarray | None:
+        """What the sink column draws: per query row the shown heads' mean sink share (None: no sinks)."""
+        return None if self._sinks is None else self._sinks.copy()
 
     def shown_heads(self) -> tuple[int, ...]:
         """The heads whose mean is drawn."""
@@ -382,6 +414,7 @@ class AttentionPanel(QWidget):
             in_view = self._query is not None and self._covers(self._query)
             self._row = self._query - view.query_start if in_view else view.num_queries - 1
         self._matrix = matrix
+        self._draw_sinks(view)
         # NaN cells (keys after their query) are left transparent: "does not exist", not "weight 0"
         self.image.setImage(matrix.T if matrix.size else np.full((1, 1), np.nan), levels=(0, 1))
         self.image.setRect(QRectF(-0.5, -0.5, max(matrix.shape[1], 1), max(matrix.shape[0], 1)))  # cell i on i
@@ -408,8 +441,10 @@ class AttentionPanel(QWidget):
         kind = (f" — sliding window: each query sees its last {view.window} positions (dashed edge)"
                 if view.window is not None else " — global: each query sees every earlier position"
                 if self.layer_kind(view.layer) == "global" else "")
+        sink = (f" The sink took {self._sinks[self._row]:.0%} of the outlined row (the 'sink' column): "
+                "weight no position received." if self._sinks is not None else "")
         self.note.setText(f"Layer {view.layer}{kind}, {what}. Queries at positions {first}–"
-                          f"{first + view.num_queries - 1}{produced}.")
+                          f"{first + view.num_queries - 1}{produced}.{sink}")
 
     def _set_axes(self) -> None:
         start = self._view.query_start if self._view is not None and self._matrix.size else 0
@@ -449,6 +484,30 @@ class AttentionPanel(QWidget):
                         xs += [edge, edge + 1]
                         ys += [row + 0.5, row + 0.5]
         self.window_edge.setData(xs, ys)
+
+    def _draw_sinks(self, view: AttentionView | None) -> None:
+        self._sinks = None
+        if view is not None and view.sinks is not None:
+            self._sinks = view.sinks[list(self.shown_heads())].mean(axis=0).astype(np.float64)  # [Q]
+        self.sink_plot.setVisible(self._sinks is not None)
+        if self._sinks is not None:
+            self.sink_image.setImage(self._sinks[None, :], levels=(0, 1))  # [x = 1 column, y = Q rows]
+            self.sink_image.setRect(QRectF(-0.5, -0.5, 1, len(self._sinks)))
+
+    def _hover_sink(self, scene_position) -> None:
+        if self._sinks is None:
+            return
+        row = round(self.sink_plot.getPlotItem().getViewBox().mapSceneToView(scene_position).y())
+        if 0 <= row < len(self._sinks):
+            text = self.sink_readout(row)
+            self.readout.setText(text)
+            self.sink_plot.setToolTip(text)
+
+    def sink_readout(self, row: int) -> str:
+        """The hover readout of the sink column at query row `row`."""
+        position = self._view.query_start + row
+        return (f"query «{self._full(position)}» (pos {position}) → the sink: {self._sinks[row]:.3f} "
+                "(a learned per-head logit: this share went to no position)")
 
     def _draw_strip(self, view: AttentionView | None) -> None:
         groups = [(g, [h for h, k in enumerate(self._groups_key) if k == g]) for g in sorted(set(self._groups_key))]

@@ -1,0 +1,63 @@
+"""Attention sinks in the attention panel (gpt-oss): each row's share that went to the learned sink is
+drawn as its own column beside the map, row for row, for the heads shown; absent for models without."""
+import numpy as np
+import pytest
+
+from engine.records import AttentionView
+from widgets.attention_panel import AttentionPanel
+
+TEXTS = [f"w{i}" for i in range(10)]
+
+
+def sink_view(first=4, queries=5, heads=4) -> AttentionView:
+    """Causal rows whose positions take 1 - sink and whose sink takes a known share (0.1 * head + row / 50)."""
+    rng = np.random.default_rng(0)
+    weights = rng.random((heads, queries, first + queries)).astype(np.float32)
+    sinks = np.array([[0.1 * h + i / 50 for i in range(queries)] for h in range(heads)], dtype=np.float32)
+    for i in range(queries):
+        weights[:, i, first + i + 1:] = 0
+    weights *= (1 - sinks)[..., None] / weights.sum(axis=2, keepdims=True)
+    return AttentionView(1, first, (0, 0, 1, 1), weights, sinks)
+
+
+@pytest.fixture
+def panel(qtbot):
+    panel = AttentionPanel()
+    qtbot.addWidget(panel)
+    panel.resize(480, 560)
+    panel.set_model_info(2, 4, 2)
+    panel.set_token_labels(TEXTS)
+    panel.layer.setValue(1)
+    panel.show()
+    qtbot.waitExposed(panel)
+    return panel
+
+
+def test_the_sink_is_its_own_column_for_the_heads_shown(panel):
+    view = sink_view()
+    panel.show_view(view)
+    assert panel.sink_plot.isVisible()
+    panel.choose(("head", 2))
+    np.testing.assert_allclose(panel.sink_column(), view.sinks[2], rtol=1e-6)
+    matrix = panel.matrix()
+    np.testing.assert_allclose(np.nansum(matrix, axis=1) + panel.sink_column(), 1, atol=1e-5)  # rows whole again
+    panel.choose(("group", 0))
+    np.testing.assert_allclose(panel.sink_column(), view.sinks[:2].mean(axis=0), rtol=1e-6)
+    assert "The sink took" in panel.note.text()
+    assert panel.sink_readout(4).startswith("query «w8» (pos 8) → the sink: ")
+
+
+def test_the_sink_column_scrolls_with_the_map(panel):
+    panel.show_view(sink_view())
+    map_rows = panel.plot.getPlotItem().getViewBox().viewRange()[1]
+    sink_rows = panel.sink_plot.getPlotItem().getViewBox().viewRange()[1]
+    np.testing.assert_allclose(map_rows, sink_rows)
+    assert panel.sink_plot.getAxis("bottom").height() == panel.keys_axis.height()
+
+
+def test_no_sink_column_without_sinks(panel):
+    panel.show_view(sink_view())
+    view = sink_view()
+    panel.show_view(AttentionView(view.layer, view.query_start, view.kv_group, view.weights))
+    assert not panel.sink_plot.isVisible() and panel.sink_column() is None
+    assert "sink" not in panel.note.text()
