@@ -8,7 +8,8 @@ alike; figures are medians over rounds. Definitions:
   TTFT            seconds from sending a request to its first content chunk (median over the C clients)
   throughput      content chunks received by all C clients / wall time from the first send to the last end
   tokens          content chunks (both servers stream one chunk per generated token)
-llama-cpp-python's server answers one request at a time (it has no parallel slots); ours batches them.
+llama-cpp-python's server answers one request at a time (it has no parallel slots; started with
+--interrupt_requests False so that a new request waits instead of cutting the running one off); ours batches them.
 
     python scripts/bench_serve.py --llama-python /tmp/llamavenv/bin/python --rounds 3
 """
@@ -53,7 +54,9 @@ def start_server(kind: str, model: str, threads: int, llama_python: str) -> tupl
         cmd = [sys.executable, "-m", "app", "serve", model, "--port", str(port), "--threads", str(threads)]
     else:
         cmd = [llama_python, "-m", "llama_cpp.server", "--model", model, "--port", str(port), "--host", "127.0.0.1",
-               "--n_threads", str(threads), "--n_ctx", "4096", "--n_batch", "512", "--verbose", "False"]
+               "--n_threads", str(threads), "--n_threads_batch", str(threads), "--n_ctx", "4096", "--n_batch", "512",
+               # by default a new request interrupts the one being answered; queue them instead, as clients expect
+               "--interrupt_requests", "False", "--verbose", "False"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             cwd=Path(__file__).resolve().parent.parent)
     base = f"http://127.0.0.1:{port}/v1"
