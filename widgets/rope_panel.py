@@ -14,6 +14,7 @@ from engine.records import RopeView
 
 SCALED, UNSCALED = "#2e86de", "#e67e22"
 TRAINED, CURRENT = "#16a085", "#c0392b"
+OTHER = "#8e44ad"  # LongRoPE's factor list that the current context does not use
 SAME = 1e-3  # relative difference under which a pair counts as kept (or as stretched by exactly the factor)
 EMPTY = "No model loaded: the RoPE view shows once a model is open."
 
@@ -56,11 +57,33 @@ def describe_scaling(view: RopeView, ratio: np.ndarray) -> str:
         return (f"YaRN: long wavelengths stretched × {f:g} ({pair_ranges(stretched)}), short ones kept "
                 f"({pair_ranges(kept)}), a ramp between ({pair_ranges(between)}); attention logits × "
                 f"{view.attention_scaling:.3f}.")
+    if view.scaling == "longrope":
+        past = view.context > view.trained_context
+        return (f"LongRoPE: each pair's wavelength × its own searched factor, from one list while a sequence fits "
+                f"in the trained {view.trained_context:,} tokens and another once it is longer. At {view.context:,} "
+                f"the {'long' if past else 'short'} factors apply (× {ratio.min():.2f}–{ratio.max():.2f}); the "
+                f"{'short' if past else 'long'} ones are drawn dotted. A sequence switches when it passes "
+                f"{view.trained_context:,} tokens (keys already cached keep their rotation). Rotated q and k "
+                f"× {view.attention_scaling:.3f}, √(1 + ln {f:g} / ln {view.trained_context:,}) unless the model "
+                f"sets it.")
     if view.scaling == "llama3":
         return (f"Llama 3: wavelength bands against the trained context: long ones × {f:g} "
                 f"({pair_ranges(stretched)}), short ones kept ({pair_ranges(kept)}), blended between "
                 f"({pair_ranges(between)}).")
     return "No scaling: the model's own frequencies (the two curves coincide)."
+
+
+def describe_layout(view: RopeView) -> str:
+    """Partial rotary and NoPE layers, in words ('' when every layer rotates whole heads)."""
+    parts = []
+    if view.head_width:
+        parts.append(f"RoPE turns the first {view.head_dim} of each {view.head_width}-wide head's dims; the other "
+                     f"{view.head_width - view.head_dim} carry no position.")
+    if view.nope_layers:
+        layers = ", ".join(str(i) for i in view.nope_layers)
+        parts.append(f"Layer{'s' if len(view.nope_layers) > 1 else ''} {layers} skip RoPE (NoPE): there attention "
+                     f"sees order only through the causal mask and what earlier layers wrote.")
+    return " ".join(parts)
 
 
 class RopePanel(QWidget):
@@ -90,6 +113,9 @@ class RopePanel(QWidget):
                                              name="unscaled")
         self.scaled_curve = self.plot.plot([], [], pen=pg.mkPen(SCALED, width=2), symbol="o", symbolSize=4,
                                            symbolPen=None, symbolBrush=SCALED, name="scaled")
+        # LongRoPE's other factor list; in the legend only while a view has one
+        self.other_curve = self.plot.plot([], [], pen=pg.mkPen(OTHER, width=1.5, style=Qt.DotLine), symbol="o",
+                                          symbolSize=3, symbolPen=None, symbolBrush=OTHER)
         # InfiniteLine knows nothing of log mode: its value is log10(positions), set in show_view.
         self.trained_line = pg.InfiniteLine(0, angle=0, pen=pg.mkPen(TRAINED, width=1.5, style=Qt.DashLine),
                                             label="", labelOpts={"position": 0.05, "color": TRAINED,
@@ -123,6 +149,7 @@ class RopePanel(QWidget):
         self.wavelengths = {"scaled": np.zeros(0), "unscaled": np.zeros(0)}
         self.scaled_curve.setData([], [])
         self.unscaled_curve.setData([], [])
+        self._show_other(None)
         for line in (self.trained_line, self.current_line):
             line.setVisible(False)
         self.title.setText(EMPTY)
@@ -151,18 +178,33 @@ class RopePanel(QWidget):
         pairs = np.arange(len(scaled))
         self.unscaled_curve.setData(pairs, unscaled)
         self.scaled_curve.setData(pairs, scaled)
+        self._show_other(view)
         self._place_lines(view)
         name = "no scaling" if view.scaling == "default" else f"{view.scaling} ×{view.factor:g}"
-        self.title.setText(f"<b>RoPE: {name}</b> · head_dim {view.head_dim} · θ {view.theta:,.0f} · "
+        width = f"{view.head_width} ({view.head_dim} rotated)" if view.head_width else f"{view.head_dim}"
+        self.title.setText(f"<b>RoPE: {name}</b> · head_dim {width} · θ {view.theta:,.0f} · "
                            f"{len(scaled)} pairs")
         self.caption.setText(describe_scaling(view, scaled / unscaled))
         slow = [int(i) for i in np.flatnonzero(unscaled > view.trained_context)]
         slow_scaled = [int(i) for i in np.flatnonzero(scaled > view.context)]
-        self.turns.setText(f"Unscaled, {pair_ranges(slow)} never complete a turn within the trained "
-                           f"{view.trained_context:,} tokens; scaled, {pair_ranges(slow_scaled)} never do within "
-                           f"the current {view.context:,}.")
+        turns = (f"Unscaled, {pair_ranges(slow)} never complete a turn within the trained "
+                 f"{view.trained_context:,} tokens; scaled, {pair_ranges(slow_scaled)} never do within "
+                 f"the current {view.context:,}.")
+        self.turns.setText(" ".join(filter(None, (turns, describe_layout(view)))))
         self.readout.setText("Hover over a pair for its wavelengths.")
         self.plot.getViewBox().autoRange()
+
+    def _show_other(self, view: RopeView | None) -> None:
+        self.legend.removeItem(self.other_curve)
+        if view is None or not view.other_inv_freq:
+            self.wavelengths.pop("other", None)
+            self.other_curve.setData([], [])
+            return
+        other = 2 * math.pi / np.asarray(view.other_inv_freq, dtype=np.float64)
+        self.wavelengths["other"] = other
+        self.other_curve.setData(np.arange(len(other)), other)
+        past = view.context > view.trained_context
+        self.legend.addItem(self.other_curve, "short factors" if past else "long factors")
 
     def context_lines(self) -> dict[str, float]:
         """Where the two horizontal lines sit, in positions (for tests)."""

@@ -18,12 +18,20 @@ def rope_view(config: ModelConfig, context: int = 0, trained_context: int | None
     """
     scaling = config.rope_scaling
     context = context or config.max_seq_len
+    width = config.rotary_dim  # the dims RoPE turns: the whole head unless it is partial rotary
     # RopeTable.cos_sin takes the length as the largest position + 1: a sequence of `context` tokens
-    inv_freq, attention_scaling = rope_inv_freq(config.head_dim, config.rope_theta, scaling, config.max_seq_len,
+    inv_freq, attention_scaling = rope_inv_freq(width, config.rope_theta, scaling, config.max_seq_len,
                                                 seq_len=context)
-    base_inv_freq, _ = rope_inv_freq(config.head_dim, config.rope_theta, RopeScaling(), config.max_seq_len)
+    base_inv_freq, _ = rope_inv_freq(width, config.rope_theta, RopeScaling(), config.max_seq_len)
+    other = ()
+    if scaling.rope_type == "longrope":  # the factor list `context` does not select, drawn beside it
+        original = scaling.original_max_position or config.max_seq_len
+        other_len = original if context > original else original + 1
+        other = tuple(rope_inv_freq(width, config.rope_theta, scaling, config.max_seq_len, other_len)[0].tolist())
     return RopeView(
-        scaling=scaling.rope_type, factor=float(scaling.factor), head_dim=config.head_dim,
+        other_inv_freq=other, nope_layers=tuple(i for i, rotates in enumerate(config.rope_layers) if not rotates),
+        head_width=config.head_dim if width != config.head_dim else 0,
+        scaling=scaling.rope_type, factor=float(scaling.factor), head_dim=width,
         theta=float(config.rope_theta),
         trained_context=int(scaling.original_max_position or trained_context or config.max_seq_len),
         context=int(context), inv_freq=tuple(inv_freq.tolist()), base_inv_freq=tuple(base_inv_freq.tolist()),

@@ -198,7 +198,7 @@ class RopeView:
     frequencies (radians per position) under the scaling, beside the model's unscaled ones. Wavelength
     (positions per full turn) is 2π / inv_freq."""
 
-    scaling: str  # "default" | "linear" | "dynamic" | "yarn" | "llama3"
+    scaling: str  # "default" | "linear" | "dynamic" | "yarn" | "llama3" | "longrope"
     factor: float
     head_dim: int
     theta: float
@@ -206,4 +206,9 @@ class RopeView:
     context: int  # the context length the view is drawn for (dynamic NTK depends on it)
     inv_freq: tuple[float, ...]  # under the scaling, [head_dim/2], equal to the layer's inv_freq
     base_inv_freq: tuple[float, ...]  # unscaled
-    attention_scaling: float  # what cos/sin are multiplied by (YaRN), 1.0 otherwise
+    attention_scaling: float  # what cos/sin are multiplied by (YaRN, LongRoPE), 1.0 otherwise
+    # LongRoPE: the inverse frequencies with the other factor list than the one `context` selects (the long
+    # ones while the context fits in trained_context, the short ones past it); () for every other scaling
+    other_inv_freq: tuple[float, ...] = ()
+    nope_layers: tuple[int, ...] = ()  # layers that skip RoPE altogether (SmolLM3's NoPE layers)
+    head_width: int = 0  # the whole head when RoPE rotates only its first head_dim dims (partial rotary); 0 = same

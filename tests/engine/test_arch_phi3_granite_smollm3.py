@@ -296,3 +296,24 @@ def test_phi3_gguf_q8_0_stays_packed_through_the_split(tmp_path):
     assert isinstance(quantized.layers[0].attn.wqkv, QuantLinear)
     prompt = list(range(3, 40))
     torch.testing.assert_close(recompute(quantized, prompt), recompute(reference, prompt), atol=1e-4, rtol=0)
+
+
+# -- the RoPE view -----------------------------------------------------------------------------------------
+
+def test_rope_view_shows_both_longrope_lists_nope_layers_and_partial_rotary(hf_checkpoint):
+    phi3 = Engine.load(hf_checkpoint("phi3")[0], FLOAT)
+    table = phi3.model.rope
+    for context, active, other in ((ORIGINAL, table.inv_freq, table.long_inv_freq),
+                                   (ORIGINAL + 1, table.long_inv_freq, table.inv_freq)):
+        view = phi3.rope_view(None, context)
+        assert view.scaling == "longrope" and view.trained_context == ORIGINAL and view.factor == 16.0
+        assert (view.head_dim, view.head_width) == (8, 16)  # half of each 16-wide head rotates
+        # the layer's own table at this length, read back through cos_sin (position 1: the inverse frequency)
+        cos, sin = table.cos_sin(torch.arange(context)[None])
+        angle = torch.atan2(sin[0, 1, :4], cos[0, 1, :4])
+        np.testing.assert_allclose(view.inv_freq, angle.numpy(), rtol=1e-5)
+        np.testing.assert_allclose(view.inv_freq, active.numpy(), rtol=1e-6)
+        np.testing.assert_allclose(view.other_inv_freq, other.numpy(), rtol=1e-6)
+        assert view.attention_scaling == pytest.approx(math.sqrt(2))
+    smol = Engine.load(hf_checkpoint("smollm3")[0], FLOAT).rope_view()
+    assert smol.nope_layers == (1,) and smol.other_inv_freq == () and smol.head_width == 0
