@@ -208,7 +208,8 @@ def _gguf_from_hf(path, arch: str, hf_model, qtype: str = "F32"):
     kv = {f"{arch}.block_count": c.num_hidden_layers, f"{arch}.context_length": c.max_position_embeddings,
           f"{arch}.embedding_length": c.hidden_size, f"{arch}.feed_forward_length": c.intermediate_size,
           f"{arch}.attention.head_count": H, f"{arch}.attention.head_count_kv": K,
-          f"{arch}.attention.layer_norm_rms_epsilon": float(c.rms_norm_eps), f"{arch}.rope.freq_base": float(c.rope_parameters["rope_theta"]),
+          f"{arch}.attention.layer_norm_rms_epsilon": float(c.rms_norm_eps),
+          f"{arch}.rope.freq_base": float(c.rope_parameters["rope_theta"]),
           "tokenizer.ggml.tokens": [f"t{i}" for i in range(c.vocab_size)]}
     tensors = {}
 
