@@ -14,16 +14,21 @@ import torch
 from engine.config import GEMMA_ARCHITECTURES, ModelConfig, MoeConfig, RopeScaling
 from engine.errors import ModelFormatError, UnsupportedArchitecture
 from engine.layers.rope import rope_inv_freq
+from engine.loaders.gguf_deepseek2 import deepseek2_fields
+from engine.loaders.gguf_gpt_oss import gpt_oss_fields
 from engine.loaders.gguf_phi3_granite_smollm3 import extra_fields, longrope_scaling
 
 # general.architecture -> ours. "llama" becomes "mixtral" with experts and "mistral" when the file
 # says so (llama.cpp writes Mistral models as llama; only general.name or a window tells them apart).
 GGUF_ARCHS = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3", "qwen2moe": "qwen2_moe",
               "qwen3moe": "qwen3_moe", "olmoe": "olmoe", "gemma": "gemma", "gemma2": "gemma2", "gemma3": "gemma3",
-              "phi3": "phi3", "granite": "granite", "smollm3": "smollm3"}
+              "phi3": "phi3", "granite": "granite", "smollm3": "smollm3", "deepseek2": "deepseek_v2",
+              "gpt-oss": "gpt_oss"}
 _QK_NORM = {"qwen3": "head", "qwen3_moe": "head", "olmoe": "full"}
 # llama.cpp hard-codes whether each MoE renormalises its top-k weights (norm_w in its graph builders).
-_NORM_TOPK = {"mixtral": True, "qwen2_moe": False, "qwen3_moe": True, "olmoe": False}
+_NORM_TOPK = {"mixtral": True, "qwen2_moe": False, "qwen3_moe": True, "olmoe": False,
+              "deepseek_v2": False,  # deepseek2: its own key, read in gguf_deepseek2.py
+              "gpt_oss": True}  # softmax over the chosen k logits (gguf_gpt_oss.py sets the rest)
 _BIG = 1 << 31  # generous ceiling for widths and counts; the real bound on layers is the tensor count
 # llama-3 rope settings seen in released models, tried in turn to explain a rope_freqs tensor.
 _LLAMA3_CANDIDATES = [(orig, low, high) for orig in (8192, 4096, 16384, 32768, 2048) for low, high in ((1, 4), (1, 2))]
@@ -92,7 +97,9 @@ def build_config(meta: dict, shapes: dict[str, tuple[int, ...]], path,
     dim, n_heads = k.int("embedding_length"), k.int("attention.head_count", hi=1 << 16)
     n_kv_heads = k.int("attention.head_count_kv", n_heads, hi=n_heads)
     head_dim = k.int("attention.key_length", dim // n_heads if dim % n_heads == 0 else None)
-    if k.int("attention.value_length", head_dim) != head_dim:
+    if arch == "deepseek_v2":  # MLA: head_dim is the RoPE part; the key/value widths are read in gguf_deepseek2.py
+        head_dim = k.int("rope.dimension_count", hi=head_dim)
+    elif k.int("attention.value_length", head_dim) != head_dim:
         k.fail("attention.value_length", "differs from the key length, which Glassbox does not support")
     rotary_dim = k.int("rope.dimension_count", head_dim, hi=head_dim)
     if rotary_dim != head_dim and arch != "phi3":  # partial rotary: read where the layout is known (NeoX)
@@ -118,7 +125,7 @@ def build_config(meta: dict, shapes: dict[str, tuple[int, ...]], path,
                 head_dim=head_dim, hidden_dim=k.int("feed_forward_length", 0, lo=0),
                 norm_eps=k.float("attention.layer_norm_rms_epsilon", 1e-6), max_seq_len=k.int("context_length", 8192),
                 tie_embeddings="output.weight" not in shapes, qk_norm="head" if q_norm is not None else "none"))
-        return ModelConfig(
+        config = ModelConfig(
             arch=arch, vocab_size=vocab, dim=dim, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads,
             head_dim=head_dim, hidden_dim=k.int("feed_forward_length", 0, lo=0),
             norm_eps=k.float("attention.layer_norm_rms_epsilon", 1e-5),
@@ -134,6 +141,9 @@ def build_config(meta: dict, shapes: dict[str, tuple[int, ...]], path,
             moe=moe, moe_layers=moe_layers if moe else (),
             rotary_dim=rotary_dim, **extra_fields(k, arch, n_layers),
         )
+        if arch == "gpt_oss":  # sinks, biased router and experts, alternating windows: gguf_gpt_oss.py
+            return config.replace(**gpt_oss_fields(n_layers, window, moe, config.rope_scaling))
+        return config.replace(**deepseek2_fields(k, config, shapes)) if arch == "deepseek_v2" else config
     except (ValueError, TypeError, AssertionError) as e:  # ModelConfig's own consistency checks
         raise ModelFormatError(path, f"inconsistent GGUF metadata: {e}") from None
 

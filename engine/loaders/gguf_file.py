@@ -19,6 +19,8 @@ import torch
 from engine.config import ModelConfig
 from engine.errors import ModelFormatError
 from engine.loaders.gguf_config import build_config, gguf_architecture
+from engine.loaders.gguf_deepseek2 import merge_kv_b
+from engine.loaders.gguf_gpt_oss import RENAMES as GPT_OSS_RENAMES, mxfp4_from_gguf
 from engine.loaders.gguf_header import check_tensor_extents, read_header
 from engine.loaders.gguf_phi3_granite_smollm3 import ROPE_FACTORS, split_fused
 from engine.loaders.validate import check_tensors
@@ -27,7 +29,7 @@ from engine.quant.gguf_blocks import PACKED_KINDS, PackedGGUF
 PERMUTED_QK = ("llama", "mistral", "mixtral", "granite", "smollm3")  # converted with llama.cpp's Q/K row permutation
 FLOAT_TYPES = ("F32", "F16", "BF16")
 # Everything gguf.quants dequantizes at ~5 ns a value (0.8 s for the default model's Q4_1 weights).
-QUANT_TYPES = ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
+QUANT_TYPES = ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "MXFP4")
 
 _RENAMES = [(re.compile(p), c) for p, c in [
     (r"token_embd\.weight", "embed.weight"),
@@ -46,6 +48,11 @@ _RENAMES = [(re.compile(p), c) for p, c in [
     (r"blk\.(\d+)\.ffn_(gate|up|down)_exps\.weight", "layers.{0}.mlp.w_{1}"),
     (r"blk\.(\d+)\.ffn_(gate|up|down)_shexp\.weight", "layers.{0}.mlp.shared.w_{1}.weight"),
     (r"blk\.(\d+)\.ffn_gate_inp_shexp\.weight", "layers.{0}.mlp.shared_gate.weight"),
+    # DeepSeek-V2's latent attention; k_b / v_b are merged into wkv_b by gguf_deepseek2.merge_kv_b
+    (r"blk\.(\d+)\.attn_(q_a|q_b|kv_b)\.(weight|bias)", "layers.{0}.attn.w{1}.{2}"),
+    (r"blk\.(\d+)\.attn_kv_a_mqa\.(weight|bias)", "layers.{0}.attn.wkv_a.{1}"),
+    (r"blk\.(\d+)\.attn_(q_a|kv_a)_norm\.weight", "layers.{0}.attn.{1}_norm.weight"),
+    (r"blk\.(\d+)\.attn_(k_b|v_b)\.weight", "layers.{0}.attn.{1}"),
 ]]
 _OLD_EXPERT = re.compile(r"blk\.(\d+)\.ffn_(gate|up|down)\.(\d+)\.weight")  # early Mixtral GGUFs: one per expert
 ROPE_FREQS = "rope_freqs.weight"
@@ -179,7 +186,7 @@ def load_gguf(path, dtype: torch.dtype = torch.float32,
         if m := _OLD_EXPERT.fullmatch(t.name):
             target = old_experts.setdefault((m.group(1), m.group(2)), {}), int(m.group(3))
         else:
-            for pattern, name in _RENAMES:
+            for pattern, name in (GPT_OSS_RENAMES + _RENAMES if config.arch == "gpt_oss" else _RENAMES):
                 if m := pattern.fullmatch(t.name):
                     target = tensors, name.format(*m.groups())
                     break
@@ -188,6 +195,11 @@ def load_gguf(path, dtype: torch.dtype = torch.float32,
             if not blocks.scales_finite():
                 raise ModelFormatError(path, f"tensor {t.name} ({t.kind}) has NaN or infinite scales: the file is corrupt")
             target[0][target[1]] = blocks
+        elif target is not None and keep_packed and t.kind == "MXFP4":  # gpt-oss's experts stay packed
+            try:
+                target[0][target[1]] = mxfp4_from_gguf(data[t.offset:t.offset + t.nbytes], t.shape)
+            except ValueError as e:
+                raise ModelFormatError(path, f"tensor {t.name}: {e}") from None
         elif target is not None:  # rope_freqs (already in the config) and unknown extras are skipped
             value = _to_tensor(t, data, path)
             if config.norm_weight_offset and target[1].endswith("norm.weight"):
@@ -214,5 +226,6 @@ def load_gguf(path, dtype: torch.dtype = torch.float32,
                         else:
                             tensors[key] = unpermute_qk(tensors[key], heads)
     split_fused(tensors, config, path)
+    merge_kv_b(tensors, config, path)
     check_tensors(tensors, config, path)
     return config, tensors, meta
