@@ -17,6 +17,7 @@ from engine.layers.mla import MLAttention
 from engine.layers.mlp import SwiGLU
 from engine.quant.int4 import Int4Weight
 from engine.quant.int8 import Int8Weight
+from engine.quant.kernels import BlockQ4Weight, BlockQ8Weight
 from engine.quant.modules import QuantLinear
 
 
@@ -64,6 +65,9 @@ def concat_weights(weights: list) -> Int8Weight | Int4Weight | None:
         return _concat_int8(weights)
     if all(type(w) is Int4Weight for w in weights):
         return Int4Weight.concat(weights)
+    for kind in (BlockQ4Weight, BlockQ8Weight):  # Glassbox's kernels' block layout: rows stack as they are
+        if all(type(w) is kind for w in weights):
+            return kind.concat(weights)
     return None
 
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from engine.quant import kernels
+
 GROUP_SIZES = (32, 64, 128)
 _N_MULTIPLE = 16  # the CPU packer's requirement (the CUDA one wants 8)
 _PACKED_ROWS = 64  # rows the CPU layout interleaves together at most: only whole blocks stack as they are
@@ -51,9 +53,16 @@ class Int4Weight:
         q = torch.round((wg - lo[..., None]) / scale[..., None]).clamp(0, 15).view(N, Kp)
         return cls(q, scale, lo + 8 * scale, group_size, in_features=K, keep_rows=keep_rows)
 
-    def to(self, device=None, dtype=None) -> "Int4Weight":
+    def to(self, device=None, dtype=None) -> "Int4Weight | kernels.BlockQ4Weight":
+        """Move (and pack for the device's kernel). On the CPU with rounded activations (a bf16/fp16
+        compute dtype) and Glassbox's kernels loaded, returns their BlockQ4Weight instead: the same
+        codes, scales in fp16, no PyTorch-packed copy (engine/quant/kernels.py)."""
         device = torch.device(device) if device is not None else self._scale_zero.device
         dtype = dtype or self._scale_zero.dtype
+        if kernels.wants_kernels(device, dtype):
+            scale, zero = self._scale_zero[..., 0].t().float(), self._scale_zero[..., 1].t().float()  # [N, G]
+            return kernels.BlockQ4Weight.from_codes(self._q(), scale, zero - 8 * scale, self.group_size,
+                                                    self.in_features)
         if self._nibbles is None:  # only the kernel's layout was kept: recover the values first
             self._nibbles = _pack_nibbles(self._q())
         self._scale_zero = self._scale_zero.to(device=device, dtype=dtype)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from engine.quant import kernels
+
 QMAX = 127  # symmetric: -127..127, so negating a weight never overflows
 
 
@@ -36,8 +38,15 @@ class Int8Weight:
         q = torch.round(w / scale[:, None]).clamp(-QMAX, QMAX).to(torch.int8)
         return cls(q, scale)
 
-    def to(self, device=None, dtype=None) -> "Int8Weight":
-        """Move to a device; scales take the activations' float dtype (the kernel wants them equal)."""
+    def to(self, device=None, dtype=None) -> "Int8Weight | kernels.BlockQ8Weight":
+        """Move to a device; scales take the activations' float dtype (the kernel wants them equal).
+        On the CPU with rounded activations (a bf16/fp16 compute dtype) and Glassbox's kernels loaded,
+        returns their BlockQ8Weight instead: the same codes, scales in fp16 (engine/quant/kernels.py)."""
+        if device is not None and kernels.wants_kernels(device, dtype):
+            if self.group_size is None:
+                return kernels.BlockQ8Weight.from_codes(self.q, self.scale, self.shape[1])
+            return kernels.BlockQ8Weight.from_codes(self.q.permute(1, 0, 2).reshape(self.shape), self.scale.t(),
+                                                    self.shape[1])
         self.q = self.q.to(device)
         self.scale = self.scale.to(device=device, dtype=dtype)
         return self
