@@ -214,3 +214,30 @@ def test_attention_replay_and_head_interventions(hf_checkpoint):
     engine.set_interventions([])
     assert (after - before).abs().max() > 1e-4
     torch.testing.assert_close(recompute(engine.model, ids), before, atol=0, rtol=0)
+
+
+def test_static_decode_path_over_the_latent_pool(hf_checkpoint):
+    """The GPU's batch-1 static decode path (run eagerly here: no CUDA) reads the latent pool through fixed
+    bucket buffers; on an all-dense MLA model (graphable: no MoE layer) it equals the paged view step by step."""
+    from engine.loaders import load_checkpoint
+    from engine.model import Decoder
+    from engine.runtime.runner import Runner
+    from engine.runtime.static_decode import StaticDecoder, graphable
+
+    directory, _ = hf_checkpoint("deepseek_v2", first_k_dense_replace=2)
+    ckpt = load_checkpoint(directory)
+    model = Decoder.from_tensors(ckpt.config, ckpt.tensors)
+    assert graphable(model, None)
+    plain, static = (Runner(model, ckpt.tokenizer, num_blocks=64, block_size=8) for _ in range(2))
+    static.static = StaticDecoder(model, static.pool, use_graphs=False)
+    calls, logits = [], {id(plain): [], id(static): []}
+    decode = static.static.decode
+    static.static.decode = lambda *a: calls.append(a) or decode(*a)
+    request = GenerationRequest(tuple(range(3, 40)), SamplingParams(temperature=0, max_new_tokens=30, ignore_eos=True))
+    for runner in (plain, static):
+        forward = runner._forward
+        runner._forward = lambda *a, f=forward, s=logits[id(runner)]: s.append(f(*a)) or s[-1]
+        (_, done), = run(runner, request)
+    assert len(calls) == 29 and len(logits[id(plain)]) == len(logits[id(static)]) == 30
+    for a, b in zip(logits[id(plain)], logits[id(static)]):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
