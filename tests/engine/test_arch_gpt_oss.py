@@ -276,3 +276,57 @@ def test_broken_mxfp4_tensors_are_a_model_format_error(mxfp4_checkpoint, damage)
     save_file(state, directory / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(ModelFormatError, match="MXFP4"):
         load_hf_dir(directory)
+
+
+# ---- the released configuration; other load paths ------------------------------------------------
+
+# openai/gpt-oss-20b's config.json as published (transformers 4.55: v4 rope_scaling, rope_theta at the top)
+GPT_OSS_20B = {
+    "architectures": ["GptOssForCausalLM"], "attention_bias": True, "attention_dropout": 0.0, "eos_token_id": 200002,
+    "experts_per_token": 4, "head_dim": 64, "hidden_act": "silu", "hidden_size": 2880, "initial_context_length": 4096,
+    "initializer_range": 0.02, "intermediate_size": 2880,
+    "layer_types": ["sliding_attention", "full_attention"] * 12, "max_position_embeddings": 131072,
+    "model_type": "gpt_oss", "num_attention_heads": 64, "num_experts_per_tok": 4, "num_hidden_layers": 24,
+    "num_key_value_heads": 8, "num_local_experts": 32, "output_router_logits": False, "pad_token_id": 199999,
+    "quantization_config": {"modules_to_not_convert": ["model.layers.*.self_attn", "model.layers.*.mlp.router",
+                                                       "model.embed_tokens", "lm_head"], "quant_method": "mxfp4"},
+    "rms_norm_eps": 1e-05, "rope_scaling": {"beta_fast": 32.0, "beta_slow": 1.0, "factor": 32.0,
+                                             "original_max_position_embeddings": 4096, "rope_type": "yarn",
+                                             "truncate": False},
+    "rope_theta": 150000, "router_aux_loss_coef": 0.9, "sliding_window": 128, "swiglu_limit": 7.0,
+    "tie_word_embeddings": False, "use_cache": True, "vocab_size": 201088}
+
+
+def test_the_released_config_reads_as_transformers_reads_it():
+    from transformers import GptOssConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from engine.config import ModelConfig
+    from engine.layers.rope import rope_inv_freq
+
+    c = ModelConfig.from_hf(GPT_OSS_20B)
+    assert (c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, c.rope_theta) == (24, 64, 8, 64, 150000.0)
+    assert c.sliding_windows == (128, None) * 12 and c.attn_sinks and all(c.moe_layers)
+    assert (c.moe.n_experts, c.moe.n_experts_per_tok, c.moe.expert_hidden_dim, c.moe.swiglu_limit) == (32, 4, 2880, 7.0)
+    hf = GptOssConfig(**{k: v for k, v in GPT_OSS_20B.items() if k != "quantization_config"})
+    ref_freq, ref_attention = ROPE_INIT_FUNCTIONS["yarn"](hf, "cpu")
+    ours, attention = rope_inv_freq(c.head_dim, c.rope_theta, c.rope_scaling, c.max_seq_len)
+    torch.testing.assert_close(ours, ref_freq.float(), rtol=1e-6, atol=0)
+    assert attention == pytest.approx(ref_attention)
+
+
+def test_expert_offload_and_bf16(hf_checkpoint):
+    directory, _ = make_checkpoint(hf_checkpoint)
+    params = SamplingParams(temperature=0, max_new_tokens=8, ignore_eos=True)
+    prompt = list(range(3, 20))
+    tokens = lambda engine: [s.token_id for s in engine.generate(prompt, params) if hasattr(s, "token_id")]  # noqa: E731
+    plain = Engine.load(directory, LoadOptions(device="cpu", dtype="float32"))
+    offloaded = Engine.load(directory, LoadOptions(device="cpu", dtype="float32", expert_offload=True))
+    assert tokens(plain) == tokens(offloaded)
+    ckpt = load_checkpoint(directory, dtype=torch.bfloat16)
+    half = Decoder.from_tensors(ckpt.config, ckpt.tensors, dtype=torch.bfloat16)
+    full = plain.model
+    ids = torch.tensor([prompt])
+    a = half(ids, ContiguousKVCache(ckpt.config, len(prompt), dtype=torch.bfloat16).view(0, len(prompt)))
+    b = full(ids, ContiguousKVCache(ckpt.config, len(prompt)).view(0, len(prompt)))
+    assert ((a - b).norm() / b.norm()).item() < 0.05  # bf16 rounding, not a wrong formula
