@@ -269,6 +269,9 @@ def build(ckpt, ids: list[int] | list[list[int]], out, n_experts: int, top_k: in
     config = ckpt.config
     if config.moe is not None or not config.hidden_dim:
         raise ValueError(f"{ckpt.source.name} is already a mixture of experts")
+    if config.mlp_activation != "silu":  # the experts are SwiGLUs: a GeGLU (Gemma) would change its function
+        raise ValueError(f"{ckpt.source.name}'s MLP is not a SwiGLU ({config.mlp_activation}): MoEfication "
+                         "splits SwiGLU MLPs only")
     n_shared = round(config.hidden_dim * shared_fraction)
     if not 0 <= n_shared < config.hidden_dim or (config.hidden_dim - n_shared) % n_experts:
         raise ValueError(f"the MLP width {config.hidden_dim} minus {n_shared} shared neurons does not split "

@@ -289,3 +289,12 @@ def test_facts_and_attention_views_carry_each_layers_window(hf_checkpoint):
         assert local.weights[:, row, :position - 7].sum() == 0  # nothing before the window
         assert local.weights[:, row, position - 7:position + 1].sum() == pytest.approx(4.0, abs=1e-4)  # 4 heads
     assert full.weights[:, -1, :12].sum() > 0  # the global layer still reads the oldest positions
+
+
+def test_moefication_refuses_a_geglu_model(hf_checkpoint, tmp_path):
+    """MoEfied experts are SwiGLUs: splitting Gemma's GeGLU into them would change what the model computes."""
+    from engine.moefy.build import moefy
+
+    directory, _ = hf_checkpoint("gemma")
+    with pytest.raises(ValueError, match="not a SwiGLU"):
+        moefy(directory, tmp_path / "out", n_experts=4, dense_layers=0)

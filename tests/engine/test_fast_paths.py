@@ -86,7 +86,8 @@ def _greedy(engine, prompt, n, **kw):
 
 
 @pytest.mark.parametrize("arch,overrides", [("llama", {}), ("qwen2", {"use_sliding_window": True,
-                                                                      "sliding_window": 24, "max_window_layers": 1})])
+                                                                      "sliding_window": 24, "max_window_layers": 1}),
+                                            ("gemma2", {}), ("gemma3", {"eos_token_id": 127})])  # soft-caps; local RoPE
 def test_static_decode_step_equals_the_paged_view(hf_checkpoint, arch, overrides):
     """The step CUDA graphs capture (fixed buckets, padding masked on the device) gives the same logits
     as the ordinary paged view, across bucket boundaries (64 -> 128) and sliding windows."""
