@@ -318,3 +318,33 @@ def test_rope_view_shows_both_longrope_lists_nope_layers_and_partial_rotary(hf_c
         assert view.attention_scaling == pytest.approx(math.sqrt(2))
     smol = Engine.load(hf_checkpoint("smollm3")[0], FLOAT).rope_view()
     assert smol.nope_layers == (1,) and smol.other_inv_freq == () and smol.head_width == 0
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_static_decode_step_equals_the_paged_view(arch, hf_checkpoint):
+    """The fixed-shape step CUDA graphs capture (engine/runtime/static_decode.py) picks LongRoPE's list on the
+    device from its refilled position buffer: a 10-token prompt decoded past 16 positions switches inside it
+    exactly as the ordinary paged view does; NoPE layers and the Granite multipliers take the same path."""
+    from engine.runtime.runner import Runner
+    from engine.runtime.static_decode import StaticDecoder, graphable
+    from tests.engine.test_fast_paths import _greedy
+
+    directory, _ = hf_checkpoint(arch)
+    loaded = Engine.load(directory, FLOAT)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    assert graphable(model, None)
+    prompt = list(range(20, 30))
+    plain = Runner(model, tokenizer, num_blocks=32, block_size=8)
+    static = Runner(model, tokenizer, num_blocks=32, block_size=8)
+    static.static = StaticDecoder(model, static.pool, use_graphs=False, smallest_bucket=16)
+    steps, real = [], static.static.decode
+    static.static.decode = lambda *a: steps.append(a[1]) or real(*a)  # the decoded token's position
+    logits = {}
+    for name, runner in (("plain", plain), ("static", static)):
+        forward, logits[name] = runner._forward, []
+        runner._forward = (lambda tables, chunks, probe, f=forward, s=logits[name]:
+                           s.append(f(tables, chunks, probe)) or s[-1])
+        _greedy(runner, prompt, 16)
+    assert len(logits["plain"]) == len(logits["static"]) == 16 and steps == list(range(10, 25))  # crosses 16
+    for a, b in zip(logits["plain"], logits["static"]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
