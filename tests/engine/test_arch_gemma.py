@@ -298,3 +298,26 @@ def test_moefication_refuses_a_geglu_model(hf_checkpoint, tmp_path):
     directory, _ = hf_checkpoint("gemma")
     with pytest.raises(ValueError, match="not a SwiGLU"):
         moefy(directory, tmp_path / "out", n_experts=4, dense_layers=0)
+
+
+@pytest.mark.parametrize("prefix", ["model.language_model.", "language_model.model."])  # transformers 5 / 4
+def test_a_multimodal_gemma3_directory_loads_its_text_model(prefix, hf_checkpoint, tmp_path):
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    directory, hf_model = hf_checkpoint("gemma3")
+    text = load_file(directory / "model.safetensors")
+    head = "lm_head." if prefix.startswith("model.") else "language_model.lm_head."
+    renamed = {(head + n.removeprefix("lm_head.")) if n.startswith("lm_head.") else prefix + n.removeprefix("model."):
+               t for n, t in text.items()}
+    renamed["model.vision_tower.patch_embedding.weight"] = torch.zeros(4, 3)  # not the text model's: skipped
+    out = tmp_path / "multimodal"
+    out.mkdir()
+    save_file(renamed, out / "model.safetensors")
+    text_config = json.loads((directory / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({"model_type": "gemma3", "text_config": text_config,
+                                                 "vision_config": {"model_type": "siglip_vision_model"},
+                                                 "tie_word_embeddings": False}))
+    config, tensors, _ = load_hf_dir(out)
+    assert hf_logits_match(Decoder.from_tensors(config, tensors), hf_model) <= 1e-4
