@@ -2,6 +2,10 @@
 probability mass without contributing a value. Two exact forms: explicit scores (the probe's path,
 which also reports how much each row gave to the sink), and SDPA over one extra "sink key".
 
+Decoding (one query a row) takes explicit scores, grouped by KV head so K/V are read in place: the
+scores are one row per head. Longer chunks take SDPA with a sink key, whose cost is one padded copy of
+K/V (O(S·d), small beside the O(T·S·d) attention) instead of a [B, H, T, S] matrix.
+
 The sink key: SDPA cannot add a per-head constant to a row's normaliser, but a key can. Every key
 gets P extra zero dimensions (P >= 1, so the width stays a multiple of 8 for the fused kernels), one
 more key is appended whose extra dimension is 1/scale (the rest zero) with an all-zero value, and each
@@ -26,8 +30,26 @@ def softmax_with_sinks(scores: torch.Tensor, sinks: torch.Tensor) -> tuple[torch
 
 def sdpa_with_sinks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
                     sinks: torch.Tensor, scale: float) -> torch.Tensor:
-    """SDPA for q [B, H, T, d], k and v [B, K, S, d], a boolean mask [B or 1, 1, T, S] (or None: all
+    """Attention for q [B, H, T, d], k and v [B, K, S, d], a boolean mask [B or 1, 1, T, S] (or None: all
     visible) and per-head sink logits [H] -> [B, H, T, d], the softmax over keys and sink together."""
+    if q.shape[2] == 1:
+        return _decode_with_sinks(q, k, v, mask, sinks, scale)
+    return _sdpa_sink_key(q, k, v, mask, sinks, scale)
+
+
+def _decode_with_sinks(q, k, v, mask, sinks, scale) -> torch.Tensor:
+    B, H, T, d = q.shape
+    K, S = k.shape[1], k.shape[2]
+    G = H // K
+    scores = (q.reshape(B, K, G * T, d) @ k.transpose(-1, -2)).float() * scale  # [B, K, G*T, S]: heads of a group
+    scores = scores.view(B, H, T, S)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    probs, _ = softmax_with_sinks(scores, sinks)  # [B, H, T, S]
+    return (probs.to(v.dtype).view(B, K, G * T, S) @ v).view(B, H, T, d)
+
+
+def _sdpa_sink_key(q, k, v, mask, sinks, scale) -> torch.Tensor:
     B, H, T, d = q.shape
     K, S = k.shape[1], k.shape[2]
     P = 8 - d % 8  # 1..8 extra dims
