@@ -1,9 +1,9 @@
 """Multi-head latent attention (DeepSeek-V2): per token one compressed latent c_kv (kv_lora_rank wide,
-after its RMSNorm) and one RoPE key k_pe shared by every head are all the KV cache keeps; each step
-expands the cached latents back into per-head keys and values through kv_b. (The absorbed form, which
-folds kv_b into q and the output, computes the same and is faster for long contexts; this file keeps the
-plain one.) Owns the layer and its RoPE layout; the cache it is handed stores (c_kv, k_pe) in the slots
-other layers use for K and V (ModelConfig.kv_entry).
+after its RMSNorm) and one RoPE key k_pe shared by every head are all the KV cache keeps. A prefill
+expands the cached latents into per-head keys and values through kv_b; a decode step attends in latent
+space instead, kv_b folded into the query and the output (the same numbers, without expanding S latents a
+step). Owns the layer and its RoPE layout; the cache it is handed stores (c_kv, k_pe) in the slots other
+layers use for K and V (ModelConfig.kv_entry).
 
 Shape legend: B batch, T new tokens, S cached+new tokens, D dim, H heads, R kv_lora_rank, n qk_nope_head_dim,
 r qk_rope_head_dim, v v_head_dim.
@@ -86,20 +86,48 @@ class MLAttention(nn.Module):
         c_kv = self.kv_a_norm(latent).unsqueeze(1)  # [B, 1, T, R]
         # What the cache stores: the normalised latent and the rotated shared key, (R + r) values a token.
         c_kv, k_pe = kv.update(self.layer_idx, c_kv, k_pe)  # [B, 1, S, R], [B, 1, S, r]
-        S = c_kv.shape[2]
+        mask = kv.mask(None)  # [B or 1, 1, T, S] or None
+        if self._absorbs(T):
+            out = self._absorbed(q[..., :n], q_pe, c_kv, k_pe, mask, probe)
+        else:
+            out = self._expanded(q[..., :n], q_pe, c_kv, k_pe, mask, probe)
+        return self.wo(out.transpose(1, 2).reshape(B, T, H * v))  # out: [B, H, T, v]
+
+    def _absorbs(self, T: int) -> bool:
+        """Whether to attend in latent space: for few new tokens (decoding) that costs T·S·(2R + r) a head
+        against S·R·(n + v) for expanding every cached latent. Only with kv_b a plain float linear: a
+        quantized one has no float matrix to fold, and a hooked one (a LoRA adapter) must run as a module."""
+        w = self.wkv_b
+        return (type(w) is nn.Linear and not w._forward_hooks and not w._forward_pre_hooks
+                and T * (2 * self.rank + self.rope) < self.rank * (self.nope + self.v_dim))
+
+    def _expanded(self, q_nope, q_pe, c_kv, k_pe, mask, probe) -> torch.Tensor:
+        """Every cached latent expanded into per-head keys and values through kv_b."""
+        B, H, _, n = q_nope.shape
+        S, r, v = c_kv.shape[2], self.rope, self.v_dim
         expanded = self.wkv_b(c_kv[:, 0]).view(B, S, H, n + v).transpose(1, 2)  # [B, H, S, n+v]
         k = torch.cat((expanded[..., :n], k_pe.expand(B, H, S, r)), dim=-1)  # [B, H, S, n+r]
-        values = expanded[..., n:]  # [B, H, S, v]
-        q = torch.cat((q[..., :n], q_pe), dim=-1)  # [B, H, T, n+r]
-        mask = kv.mask(None)  # [B or 1, 1, T, S] or None
+        q = torch.cat((q_nope, q_pe), dim=-1)  # [B, H, T, n+r]
         if probe is not None and probe.wants_attention(self.layer_idx):
-            out = self._explicit(q, k, values, mask, probe)
+            return self._explicit(q, k, expanded[..., n:], mask, probe)
+        return F.scaled_dot_product_attention(q, k, expanded[..., n:], attn_mask=mask, scale=self.scale)
+
+    def _absorbed(self, q_nope, q_pe, c_kv, k_pe, mask, probe) -> torch.Tensor:
+        """The same attention with kv_b folded in: a head's score q_nope·(W_k c) is (W_kᵀ q_nope)·c, and its
+        output W_v (Σ p c), so the keys are the cached [c, k_pe] themselves and the values c (one shared
+        head: MQA over the latent); W_v is applied to the T outputs instead of the S cached latents."""
+        H, n, v, R = self.n_heads, self.nope, self.v_dim, self.rank
+        w = self.wkv_b.weight.view(H, n + v, R)
+        q = torch.cat((q_nope @ w[:, :n], q_pe), dim=-1)  # [B, H, T, R+r]
+        k = torch.cat((c_kv, k_pe), dim=-1)  # [B, 1, S, R+r]
+        if probe is not None and probe.wants_attention(self.layer_idx):
+            out = self._explicit(q, k, c_kv, mask, probe)
         else:
-            out = F.scaled_dot_product_attention(q, k, values, attn_mask=mask, scale=self.scale)  # [B, H, T, v]
-        return self.wo(out.transpose(1, 2).reshape(B, T, H * v))
+            out = F.scaled_dot_product_attention(q, k, c_kv, attn_mask=mask, scale=self.scale, enable_gqa=True)
+        return out @ w[:, n:].transpose(1, 2)  # [B, H, T, R] @ [H, R, v] -> [B, H, T, v]
 
     def _explicit(self, q, k, values, mask, probe) -> torch.Tensor:
-        """The attention matrix materialised so a probe can see it."""
+        """The attention matrix materialised so a probe can see it (k and values may be one shared head)."""
         scores = (q.float() @ k.float().transpose(-1, -2)) * self.scale  # [B, H, T, S]
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf"))

@@ -241,3 +241,41 @@ def test_static_decode_path_over_the_latent_pool(hf_checkpoint):
     assert len(calls) == 29 and len(logits[id(plain)]) == len(logits[id(static)]) == 30
     for a, b in zip(logits[id(plain)], logits[id(static)]):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+
+
+class AttentionProbe(RoutingProbe):
+    def __init__(self):
+        super().__init__()
+        self.attention = {}
+
+    def wants_attention(self, layer):
+        return True
+
+    def record_attention(self, layer, probs):
+        self.attention[layer] = probs.clone()
+
+
+@pytest.mark.parametrize("arch", ["deepseek_v2", "deepseek_v2-lite"])
+def test_latent_space_decoding_equals_expanding_every_latent(arch, hf_checkpoint, monkeypatch):
+    """A decode step attends in latent space (kv_b folded into q and the output); forced to expand every
+    cached latent instead it gives the same logits and the same attention rows (the probe's explicit path)."""
+    directory, _ = hf_checkpoint(arch)
+    model = Engine.load(directory, FLOAT).model
+    attn = model.layers[0].attn
+    assert attn._absorbs(1) and not attn._absorbs(32)  # decoding in latent space, a 32-token prefill expanded
+    tokens = torch.randint(0, 127, (1, 21), generator=torch.Generator().manual_seed(5))
+
+    def decode_step():
+        cache, probe = ContiguousKVCache(model.config, 21), AttentionProbe()
+        model(tokens[:, :20], cache.view(0, 20))
+        return model(tokens[:, 20:], cache.view(20, 1))[0, -1], model(tokens[:, 20:], cache.view(20, 1), probe)[0, -1], \
+            probe.attention
+
+    latent, latent_probed, latent_rows = decode_step()
+    monkeypatch.setattr(MLAttention, "_absorbs", lambda self, T: False)
+    expanded, expanded_probed, expanded_rows = decode_step()
+    torch.testing.assert_close(latent, expanded, atol=1e-5, rtol=0)
+    torch.testing.assert_close(latent_probed, expanded_probed, atol=1e-5, rtol=0)
+    assert sorted(latent_rows) == [0, 1] and latent_rows[0].shape == (1, 4, 1, 21)
+    for layer in latent_rows:
+        torch.testing.assert_close(latent_rows[layer], expanded_rows[layer], atol=1e-6, rtol=0)
