@@ -228,10 +228,13 @@ class AttentionPanel(QWidget):
         bottom.setHeight(self.keys_axis.height())  # the same plot height as the map, so rows line up
         bottom.setTicks([[(0, "sink")]])
         self.sink_plot.setYLink(self.plot)
+        self.sink_plot.invertY(True)  # as the map: query rows top down (a linked range does not carry the inversion)
         self.sink_plot.setXRange(-0.5, 0.5, padding=0)
         self.sink_image = pg.ImageItem()
         self.sink_image.setColorMap(sqrt_colormap())
         self.sink_plot.addItem(self.sink_image)
+        self.sink_marker = pg.PlotCurveItem(pen=pg.mkPen("#4fc3f7", width=2))  # the outlined row, as on the map
+        self.sink_plot.addItem(self.sink_marker)
         self.sink_plot.setToolTip("The attention sink: a learned logit per head that joins each row's softmax "
                                   "and takes a share without pointing at any position")
         self.sink_plot.scene().sigMouseMoved.connect(self._hover_sink)
@@ -493,6 +496,8 @@ class AttentionPanel(QWidget):
         if self._sinks is not None:
             self.sink_image.setImage(self._sinks[None, :], levels=(0, 1))  # [x = 1 column, y = Q rows]
             self.sink_image.setRect(QRectF(-0.5, -0.5, 1, len(self._sinks)))
+            top, bottom = self._row - 0.5, self._row + 0.5
+            self.sink_marker.setData([-0.5, 0.5, 0.5, -0.5, -0.5], [top, top, bottom, bottom, top])
 
     def _hover_sink(self, scene_position) -> None:
         if self._sinks is None:
