@@ -348,3 +348,18 @@ def test_static_decode_step_equals_the_paged_view(arch, hf_checkpoint):
     assert len(logits["plain"]) == len(logits["static"]) == 16 and steps == list(range(10, 25))  # crosses 16
     for a, b in zip(logits["plain"], logits["static"]):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch,overrides", [
+    ("phi3", {"rope_parameters": {"rope_type": "default", "rope_theta": 500.0}, "partial_rotary_factor": 1.0,
+              "sliding_window": 8}),  # Phi-3-mini-4k's shape: no LongRoPE, whole heads, every layer windowed
+    ("granite", {"tie_word_embeddings": True, "attention_bias": False}),
+    ("smollm3", {"attention_bias": True, "no_rope_layers": [0, 1]}),  # an explicit list: layer 0 is NoPE
+], ids=["phi3-4k-window", "granite-tied", "smollm3-bias-list"])
+def test_variants_match_transformers(arch, overrides, hf_checkpoint):
+    directory, hf_model = hf_checkpoint(arch, **overrides)
+    config, _, _ = load_hf_dir(directory)
+    expected = {"phi3": (config.sliding_windows, config.rope_scaling.rope_type) == ((8, 8), "default"),
+                "granite": config.tie_embeddings, "smollm3": config.rope_layers == (False, True) and config.o_bias}
+    assert expected[arch]  # the variant is what the comparison below runs
+    assert run_both(directory, hf_model) <= 1e-4
