@@ -14,6 +14,7 @@ from engine.config import ModelConfig
 from engine.layers.norm import RMSNorm
 from engine.layers.rope import apply_rope
 from engine.layers.sinks import sdpa_with_sinks, softmax_with_sinks
+from engine.layers.softcap import softcapped_attention
 
 
 class Attention(nn.Module):
@@ -54,7 +55,8 @@ class Attention(nn.Module):
         if probe is not None and probe.wants_attention(self.layer_idx):
             out = self._explicit(q, k, v, mask, probe)
         elif self.softcap is not None:
-            out = self._explicit(q, k, v, mask, None)
+            scale = self.head_dim ** -0.5 if self.query_scale is None else self.query_scale
+            out = softcapped_attention(q, k, v, mask, scale, self.softcap)  # [B, H, T, d]
         elif self.sinks is not None:
             scale = self.head_dim ** -0.5 if self.query_scale is None else self.query_scale
             out = sdpa_with_sinks(q, k, v, mask, self.sinks, scale)  # [B, H, T, d]
@@ -98,8 +100,8 @@ class Attention(nn.Module):
         return q, k, v.view(B, T, K, d).transpose(1, 2)  # v: [B, K, T, d]
 
     def _explicit(self, q, k, v, mask, probe) -> torch.Tensor:
-        """The slow path that materialises the attention matrix, so a probe can see it (probe may be None:
-        soft-capped scores, which SDPA cannot compute)."""
+        """The slow path that materialises the attention matrix so a probe can see it (soft-capped scores
+        included: the same numbers as engine/layers/softcap.py)."""
         G = self.n_heads // self.n_kv_heads
         k = k.repeat_interleave(G, dim=1)  # [B, H, S, d]: head h reads kv head h // G
         v = v.repeat_interleave(G, dim=1)

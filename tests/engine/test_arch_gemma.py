@@ -321,3 +321,28 @@ def test_a_multimodal_gemma3_directory_loads_its_text_model(prefix, hf_checkpoin
                                                  "tie_word_embeddings": False}))
     config, tensors, _ = load_hf_dir(out)
     assert hf_logits_match(Decoder.from_tensors(config, tensors), hf_model) <= 1e-4
+
+
+@pytest.mark.parametrize("T", [1, 5])
+def test_grouped_softcapped_attention_equals_the_probes_explicit_path(T):
+    """The fast soft-capped path (K/V read in place per group) and the explicit one a probe sees
+    (K/V repeated per head) are one computation."""
+    from engine.layers.attention import Attention
+    from engine.layers.softcap import softcapped_attention
+    from engine.kv_cache import causal_mask
+
+    config = ModelConfig.from_hf({**BASE, "model_type": "gemma2", "num_hidden_layers": 2, "sliding_window": 4,
+                                  "attn_logit_softcapping": 2.0, "query_pre_attn_scalar": 20})
+    attention = Attention(config, 0)
+    g = torch.Generator().manual_seed(0)
+    S = 9
+    q, k, v = (torch.randn(2, n, m, 32, generator=g) * 3 for n, m in ((4, T), (2, S), (2, S)))
+    mask = causal_mask(torch.arange(S - T, S).expand(2, -1), torch.arange(S).expand(2, -1), 4).unsqueeze(1)
+
+    class Probe:
+        def record_attention(self, layer, probs):
+            self.probs = probs
+
+    want = attention._explicit(q, k, v, mask, Probe())
+    got = softcapped_attention(q, k, v, mask, 20 ** -0.5, 2.0)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
