@@ -122,20 +122,25 @@ def test_routing_probabilities_include_the_router_bias(hf_checkpoint):
     assert len(torch.cat([r[1].flatten() for r in probe.routing.values()]).unique()) > 1
 
 
-def test_int8_experts_keep_their_biases_and_clamps(hf_checkpoint):
-    """Quantized loading of gpt-oss: the int8 experts (with float biases) compute what float experts
-    holding the same int8 round-trip weights compute."""
-    from engine.quant import Int8Weight
+@pytest.mark.parametrize("mode", ["int8", "int4-g32"])
+def test_quantized_experts_keep_their_biases_and_clamps(hf_checkpoint, mode):
+    """Quantized loading of gpt-oss: the int8 / int4 experts (with float biases) compute what float experts
+    holding the same round-trip weights compute."""
+    from engine.quant import Int4Weight, Int8Weight
+
+    def round_trip(w):
+        q = Int8Weight.quantize(w) if mode == "int8" else Int4Weight.quantize(w, 32, keep_rows=True)
+        return q.dequantize().float()
 
     directory, _ = make_checkpoint(hf_checkpoint)
     ckpt = load_checkpoint(directory)
-    quantized = build_model(ckpt.config, ckpt.tensors, "cpu", torch.float32, "int8", head=False, exact=True)
+    quantized = build_model(ckpt.config, ckpt.tensors, "cpu", torch.float32, mode, head=False, exact=True)
     state = dict(ckpt.tensors)
     for name, t in ckpt.tensors.items():
         if name.endswith((".w_gate", ".w_up", ".w_down")):
-            state[name] = torch.stack([Int8Weight.quantize(w).dequantize().float() for w in t])
+            state[name] = torch.stack([round_trip(w) for w in t])
         elif t.dim() == 2 and ".attn.w" in name:
-            state[name] = Int8Weight.quantize(t).dequantize().float()
+            state[name] = round_trip(t)
     reference = Decoder.from_tensors(ckpt.config, state)
     tokens = torch.randint(0, 128, (1, 20), generator=torch.Generator().manual_seed(3))
     ours = quantized(tokens, ContiguousKVCache(ckpt.config, 20).view(0, 20))
