@@ -176,7 +176,7 @@ def test_quantized_loading_equals_float_on_the_dequantized_weights(arch, mode, h
 
 # -- GGUF -----------------------------------------------------------------------------------------
 
-def write_gemma_gguf(path, hf_model, qtype=gguf.GGMLQuantizationType.F32) -> None:
+def write_gemma_gguf(path, hf_model, qtype=gguf.GGMLQuantizationType.F32, vocabulary: bool = False) -> None:
     """The HF checkpoint as llama.cpp's converter lays it out: its names, norm weights stored as 1 + w,
     q/k rows unpermuted (Gemma rotates halves, NEOX-style), the keys its graph reads."""
     c, arch = hf_model.config, {"gemma": "gemma", "gemma2": "gemma2", "gemma3_text": "gemma3"}[hf_model.config.model_type]
@@ -199,6 +199,15 @@ def write_gemma_gguf(path, hf_model, qtype=gguf.GGMLQuantizationType.F32) -> Non
             w.add_final_logit_softcapping(c.final_logit_softcapping)
     if arch == "gemma2":
         w.add_attn_logit_softcapping(c.attn_logit_softcapping)
+    if vocabulary:  # a sentencepiece vocabulary with Gemma's turn markers, and no chat template
+        control, byte, normal = gguf.TokenType.CONTROL, gguf.TokenType.BYTE, gguf.TokenType.NORMAL
+        pieces = [("<pad>", control), ("<eos>", control), ("<bos>", control), ("<unk>", gguf.TokenType.UNKNOWN),
+                  ("<start_of_turn>", control), ("<end_of_turn>", control), ("<0x0A>", byte)]
+        pieces += [(f"▁w{i}", normal) for i in range(c.vocab_size - len(pieces))]
+        w.add_tokenizer_model("llama")
+        w.add_token_list([p for p, _ in pieces]), w.add_token_types([t for _, t in pieces])
+        w.add_token_scores([0.0] * len(pieces))
+        w.add_bos_token_id(2), w.add_eos_token_id(1), w.add_unk_token_id(3)
     names = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
              "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output", "self_attn.q_norm": "attn_q_norm",
              "self_attn.k_norm": "attn_k_norm", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
@@ -346,3 +355,14 @@ def test_grouped_softcapped_attention_equals_the_probes_explicit_path(T):
     want = attention._explicit(q, k, v, mask, Probe())
     got = softcapped_attention(q, k, v, mask, 20 ** -0.5, 2.0)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_a_gemma_gguf_without_a_template_chats_in_the_gemma_format(hf_checkpoint, tmp_path):
+    _, hf_model = hf_checkpoint("gemma3", query_pre_attn_scalar=16)
+    path = tmp_path / "gemma3-vocab.gguf"
+    write_gemma_gguf(path, hf_model, vocabulary=True)
+    engine = Engine.load(path, LoadOptions(dtype="float32", quant="none", threads=None))
+    assert engine.chat_template.source == GEMMA
+    ids = engine.chat_prompt_ids([{"role": "system", "content": "w1"}, {"role": "user", "content": "w2"}])
+    assert ids[:2] == [2, 4] and ids.count(4) == 2 and ids.count(5) == 1  # <bos> <start_of_turn> ... x2, one end
+    assert 5 in engine.tokenizer.eos_ids  # a reply stops at <end_of_turn>
