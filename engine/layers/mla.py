@@ -95,10 +95,10 @@ class MLAttention(nn.Module):
 
     def _absorbs(self, T: int) -> bool:
         """Whether to attend in latent space: for few new tokens (decoding) that costs T·S·(2R + r) a head
-        against S·R·(n + v) for expanding every cached latent. Only with kv_b a plain float linear: a
-        quantized one has no float matrix to fold, and a hooked one (a LoRA adapter) must run as a module."""
-        w = self.wkv_b
-        return (type(w) is nn.Linear and not w._forward_hooks and not w._forward_pre_hooks
+        against S·R·(n + v) for expanding every cached latent. Only with kv_b a plain float linear (a
+        quantized one has no float matrix to fold). Nothing hooks kv_b: LoRA adapters target q/k/v/o and the
+        MLP projections (engine/loaders/lora_adapter.py), interventions the output projection."""
+        return (type(self.wkv_b) is nn.Linear
                 and T * (2 * self.rank + self.rope) < self.rank * (self.nope + self.v_dim))
 
     def _expanded(self, q_nope, q_pe, c_kv, k_pe, mask, probe) -> torch.Tensor:
