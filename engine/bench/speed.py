@@ -162,7 +162,15 @@ def main(argv=None) -> int:
     p.add_argument("--compare", action="store_true",
                    help="ours vs llama.cpp (Q4_1 as shipped, Q4_0) and HF transformers (fp32, bf16), each when "
                         "installed: one ratio table (engine/bench/compare.py)")
+    p.add_argument("--count-ops", action="store_true",
+                   help="operator calls per decoded token, with our kernels and with PyTorch's (engine/bench/ops.py)")
     args = p.parse_args(argv)
+    if args.count_ops:
+        from engine.bench.ops import compare_counts, print_counts
+
+        counts = compare_counts(args.model, args.threads)
+        print(json.dumps(counts, indent=2)) if args.json else print_counts(counts)
+        return 0
     if args.compare:
         from engine.bench.compare import compare, print_table
 

@@ -28,7 +28,11 @@ class QuantLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The weight's compute dtype may be narrower than x's (bf16 activations feed the CPU
         # kernels, as llama.cpp rounds activations to 8 bits for its dot products).
-        y = self.qweight.matmul(x.to(self.qweight.compute_dtype)).to(x.dtype)
+        dtype, compute = x.dtype, self.qweight.compute_dtype
+        if dtype == compute:  # Glassbox's kernels take the model's float32 as it is: no two no-op casts per call
+            y = self.qweight.matmul(x)
+        else:
+            y = self.qweight.matmul(x.to(compute)).to(dtype)
         return y if self.bias is None else y + self.bias
 
     def extra_repr(self) -> str:

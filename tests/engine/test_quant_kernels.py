@@ -224,3 +224,31 @@ def test_without_kernels_the_engine_says_so_once_and_gives_the_same_tokens(hf_ch
     fast = Engine.load(path, LoadOptions(device="cpu", dtype="float32", quant=mode))
     kinds = {type(w).__name__ for m in fast.model.modules() for w in getattr(m, "quant_weights", lambda: [])()}
     assert kinds <= {"BlockQ4Weight", "BlockQ8Weight"}
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_fused_projections_with_kernels_are_the_parts_bit_for_bit(hf_checkpoint, arch):
+    """Every output row is its own weight row's dot product with the same quantized activations: stacking
+    q/k/v or gate/up changes no number (where no op upstream runs differently on the wider tensor)."""
+    from engine.loaders import load_checkpoint
+    from engine.model import Decoder
+    from engine.quant import fuse_projections, quantize_model
+
+    path, _ = hf_checkpoint(arch)
+    ckpt = load_checkpoint(path)
+    plain = quantize_model(Decoder.from_tensors(ckpt.config, ckpt.tensors), "int4-g32")
+    fused = quantize_model(Decoder.from_tensors(ckpt.config, ckpt.tensors), "int4-g32")
+    assert fuse_projections(fused) == 2 * ckpt.config.n_layers
+    assert isinstance(fused.layers[0].attn.wqkv.qweight, kernels.BlockQ4Weight)
+    tokens = torch.randint(0, ckpt.config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(_float_logits(plain, tokens), _float_logits(fused, tokens))
+
+
+def _float_logits(model, tokens: torch.Tensor) -> torch.Tensor:
+    """A prefill and one decode step (1 and many activation rows), concatenated."""
+    from engine.kv_cache import ContiguousKVCache
+
+    cache = ContiguousKVCache(model.config, tokens.shape[1] + 1, batch=tokens.shape[0])
+    prefill = model(tokens, cache.view(0, tokens.shape[1]))
+    return torch.cat([prefill, model(tokens[:, -1:], cache.view(tokens.shape[1], 1))], dim=1)
