@@ -173,6 +173,10 @@ class RoutingPanel(QWidget):
         """The selected step's gate weights as drawn: experts × layers (0 where an expert was not chosen)."""
         return self._gates_drawn.copy()
 
+    def group_lines(self) -> list[float]:
+        """Where dashed lines divide expert groups, on each of the three plots (empty: no groups)."""
+        return [line.value() for _, line in self._group_lines]
+
     def kept_groups(self, step: int, layer: int) -> tuple[int, ...]:
         """The groups step `step`'s token chose its experts from at `layer` (() without group-limited routing)."""
         probs = self._probs[step].get(layer) if 0 <= step < len(self._probs) else None

@@ -19,6 +19,6 @@ def test_deepseek_in_the_memory_and_routing_panels(qtbot, settings, hf_checkpoin
         routing = window.routing
         routing.layer.setValue(1)  # layer 0 is dense
         qtbot.waitUntil(lambda: "kept groups" in routing.balance.text(), timeout=10_000)
-        assert "4 groups of 2" in routing.balance.text() and len(routing._group_lines) == 9
+        assert "4 groups of 2" in routing.balance.text() and len(routing.group_lines()) == 9
     finally:
         close_window(window)

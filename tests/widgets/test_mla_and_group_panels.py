@@ -42,7 +42,7 @@ def test_routing_panel_shows_groups_and_the_groups_a_token_kept(qtbot):
     panel.add_step(step(0, [1, 2, 1, 5, 1, 1, 9, 1]))
     assert panel.kept_groups(0, 1) == (1, 3)
     assert "4 groups of 2" in panel.balance.text() and "kept groups 1, 3" in panel.balance.text()
-    lines = [line for _, line in panel._group_lines]
-    assert sorted({line.value() for line in lines}) == [1.5, 3.5, 5.5] and len(lines) == 9  # three plots
+    lines = panel.group_lines()
+    assert sorted(set(lines)) == [1.5, 3.5, 5.5] and len(lines) == 9  # on each of the three plots
     panel.set_expert_groups(1, 0)  # a model with plain top-k
-    assert panel.kept_groups(0, 1) == () and not panel._group_lines and "group" not in panel.balance.text()
+    assert panel.kept_groups(0, 1) == () and not panel.group_lines() and "group" not in panel.balance.text()
