@@ -74,7 +74,8 @@ def describe_scaling(view: RopeView, ratio: np.ndarray) -> str:
 
 
 def describe_layout(view: RopeView) -> str:
-    """Partial rotary and NoPE layers, in words ('' when every layer rotates whole heads)."""
+    """Partial rotary, NoPE layers and layers on their own RoPE base, in words ('' when every layer rotates
+    whole heads with one table)."""
     parts = []
     if view.head_width:
         parts.append(f"RoPE turns the first {view.head_dim} of each {view.head_width}-wide head's dims; the other "
@@ -83,7 +84,21 @@ def describe_layout(view: RopeView) -> str:
         layers = ", ".join(str(i) for i in view.nope_layers)
         parts.append(f"Layer{'s' if len(view.nope_layers) > 1 else ''} {layers} skip RoPE (NoPE): there attention "
                      f"sees order only through the causal mask and what earlier layers wrote.")
+    if view.local_layers:
+        parts.append(f"The sliding-window layers ({layer_ranges(view.local_layers)}) rotate with their own base "
+                     f"θ = {view.local_theta:,.0f} and no scaling; the curves are the other layers'.")
     return " ".join(parts)
+
+
+def layer_ranges(layers) -> str:
+    """(0, 1, 2, 3, 4, 6, 7) -> '0–4, 6–7'."""
+    runs: list[list[int]] = []
+    for layer in layers:
+        if runs and layer == runs[-1][1] + 1:
+            runs[-1][1] = layer
+        else:
+            runs.append([layer, layer])
+    return ", ".join(f"{a}–{b}" if b > a else f"{a}" for a, b in runs)
 
 
 class RopePanel(QWidget):

@@ -31,6 +31,8 @@ def rope_view(config: ModelConfig, context: int = 0, trained_context: int | None
     return RopeView(
         other_inv_freq=other, nope_layers=tuple(i for i, rotates in enumerate(config.rope_layers) if not rotates),
         head_width=config.head_dim if width != config.head_dim else 0,
+        local_layers=tuple(i for i, w in enumerate(config.sliding_windows) if w is not None)
+        if config.local_rope_theta is not None else (), local_theta=float(config.local_rope_theta or 0.0),
         scaling=scaling.rope_type, factor=float(scaling.factor), head_dim=width,
         theta=float(config.rope_theta),
         trained_context=int(scaling.original_max_position or trained_context or config.max_seq_len),

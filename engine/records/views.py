@@ -212,3 +212,7 @@ class RopeView:
     other_inv_freq: tuple[float, ...] = ()
     nope_layers: tuple[int, ...] = ()  # layers that skip RoPE altogether (SmolLM3's NoPE layers)
     head_width: int = 0  # the whole head when RoPE rotates only its first head_dim dims (partial rotary); 0 = same
+    # layers that rotate with their own base and no scaling (Gemma 3's sliding-window layers); the curves are
+    # the other layers'. () and 0 when every layer uses one table
+    local_layers: tuple[int, ...] = ()
+    local_theta: float = 0.0
