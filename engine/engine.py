@@ -130,6 +130,7 @@ class Engine:
             supports_tools=template_supports_tools(self.chat_template.source),
             expert_groups=c.moe.n_group if c.moe else 1,
             expert_groups_kept=c.moe.topk_group if c.moe and c.moe.n_group > 1 else 0,
+            kv_latent=c.mla.kv_lora_rank + c.mla.qk_rope_head_dim if c.mla else 0,
             sliding_windows=tuple(c.sliding_windows))
 
     def memory(self) -> MemorySnapshot:

@@ -15,7 +15,8 @@ from engine.records import LoadOptions, ModelFacts
 # field names, so a misspelt fact fails at once instead of showing "—".
 FACTS = [("name", "Model", lambda f: f.name), ("architecture", "Architecture", lambda f: f.architecture),
          ("parameters", "Parameters", lambda f: f.parameters), ("layers", "Layers", lambda f: f.layers),
-         ("heads", "Heads", lambda f: f.heads), ("kv_heads", "KV heads", lambda f: f.kv_heads),
+         ("heads", "Heads", lambda f: f.heads), ("kv_heads", "KV heads",
+          lambda f: f"{f.kv_heads} from a {f.kv_latent}-value latent (MLA)" if f.kv_latent else f.kv_heads),
          ("experts", "Experts", lambda f: f.experts),
          ("experts_per_token", "Experts/token", lambda f: f.experts_per_token),
          ("context", "Context", lambda f: f.context), ("dtype", "Dtype", lambda f: f.dtype),

@@ -65,6 +65,9 @@ class ModelFacts:
     # its expert_groups_kept best groups; 1, 0 = plain top-k over every expert.
     expert_groups: int = 1
     expert_groups_kept: int = 0
+    # Multi-head latent attention (DeepSeek-V2): values its KV cache keeps a token and layer (latent + RoPE
+    # key) instead of per-head K and V; 0 for every other attention.
+    kv_latent: int = 0
     # Per layer: the sliding window (attends to this many latest positions) or None for a global layer
     # (Gemma 2/3, Mistral); () when unknown.
     sliding_windows: tuple[int | None, ...] = ()

@@ -11,6 +11,8 @@ def test_deepseek_in_the_memory_and_routing_panels(qtbot, settings, hf_checkpoin
     try:
         facts = window.models.facts
         assert facts.architecture == "deepseek_v2" and (facts.expert_groups, facts.expert_groups_kept) == (4, 2)
+        kv_heads = window.model_panel.fact_labels["kv_heads"].text()
+        assert facts.kv_latent == 40 and kv_heads == "4 from a 40-value latent (MLA)"
         qtbot.waitUntil(lambda: "Latent attention (MLA)" in window.memory.figures.text(), timeout=10_000)
         # 2 layers of (32 + 8) fp32 values: 0.32 KB a token; per-head K/V would hold 4 × (24 + 12) values
         assert "40 values a token and layer = 0.32 KB" in window.memory.figures.text()
