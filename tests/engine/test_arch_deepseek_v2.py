@@ -98,6 +98,13 @@ def test_released_v2_lite_config_sizes():
     assert kv_bytes_per_token(config, torch.bfloat16) == 27 * 576 * 2  # 31,104 B; per-head K/V: 276,480 B
     every_other = ModelConfig.from_hf({**lite, "moe_layer_freq": 2})
     assert every_other.moe_layers[:5] == (False, False, True, False, True)
+    # DeepSeek-V2 (236B): q through a 1536 rank, 160 experts in 8 groups of which 3 are kept, weights × 16
+    v2 = ModelConfig.from_hf({**lite, "hidden_size": 5120, "num_hidden_layers": 60, "num_attention_heads": 128,
+                              "num_key_value_heads": 128, "q_lora_rank": 1536, "n_routed_experts": 160,
+                              "moe_intermediate_size": 1536, "topk_method": "group_limited_greedy", "n_group": 8,
+                              "topk_group": 3, "routed_scaling_factor": 16.0})
+    assert v2.mla.q_lora_rank == 1536 and (v2.moe.n_group, v2.moe.topk_group) == (8, 3)
+    assert v2.moe.routed_scaling_factor == 16.0 and kv_bytes_per_token(v2, torch.bfloat16) == 60 * 576 * 2
 
 
 @pytest.mark.parametrize("change, words", [
