@@ -41,7 +41,8 @@ def _decode_with_sinks(q, k, v, mask, sinks, scale) -> torch.Tensor:
     B, H, T, d = q.shape
     K, S = k.shape[1], k.shape[2]
     G = H // K
-    scores = (q.reshape(B, K, G * T, d) @ k.transpose(-1, -2)).float() * scale  # [B, K, G*T, S]: heads of a group
+    # fp32 scores, as SDPA's kernels keep them (for an fp32 model the casts are no-ops, so K is read in place)
+    scores = (q.reshape(B, K, G * T, d).float() @ k.float().transpose(-1, -2)) * scale  # [B, K, G*T, S]
     scores = scores.view(B, H, T, S)
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
