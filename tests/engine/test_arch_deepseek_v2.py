@@ -286,3 +286,22 @@ def test_latent_space_decoding_equals_expanding_every_latent(arch, hf_checkpoint
     assert sorted(latent_rows) == [0, 1] and latent_rows[0].shape == (1, 4, 1, 21)
     for layer in latent_rows:
         torch.testing.assert_close(latent_rows[layer], expanded_rows[layer], atol=1e-6, rtol=0)
+
+
+def test_route_group_limited_by_hand():
+    """Six experts in 3 groups of 2, the best group kept: the top-2 are the two experts of the group holding
+    the single best expert, even when another group's expert beats its partner; weights × the scaling
+    factor, after renormalising when norm_topk_prob asks (DeepSeek's own order; transformers 5 ignores it)."""
+    from engine.config import MoeConfig
+    from engine.layers.moe import route
+
+    probs = torch.tensor([[0.05, 0.10, 0.40, 0.02, 0.30, 0.13]])
+    logits = probs.log()
+    moe = MoeConfig(6, 2, 8, n_group=3, topk_group=1, routed_scaling_factor=2.0)
+    _, ids, weights = route(logits, moe)
+    assert ids.tolist() == [[2, 3]]  # group 1 (experts 2, 3) holds 0.40; expert 4 (0.30) is in group 2
+    torch.testing.assert_close(weights, torch.tensor([[0.80, 0.04]]))
+    plain = MoeConfig(6, 2, 8, routed_scaling_factor=2.0, norm_topk_prob=True)
+    _, ids, weights = route(logits, plain)
+    assert ids.tolist() == [[2, 4]]
+    torch.testing.assert_close(weights, torch.tensor([[0.40 / 0.70 * 2, 0.30 / 0.70 * 2]]))
