@@ -154,13 +154,14 @@ def test_sampled_forks_match_a_plain_recompute(arch, hf_checkpoint):
 
 @pytest.mark.parametrize("arch", GEMMAS)
 @pytest.mark.parametrize("mode", ["int8", "int4-g32"])
-def test_quantized_loading_equals_float_on_the_dequantized_weights(arch, mode, hf_checkpoint):
+@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])  # tied: one int8 table, scaled after lookup
+def test_quantized_loading_equals_float_on_the_dequantized_weights(arch, mode, tied, hf_checkpoint):
     """int8 / int4 weights (q/k/v and gate/up fused where they apply, GeGLU on the fused halves) compute
     what the float model computes on the same weights dequantized: the Gemma parts around the matmuls
     are unchanged by quantization."""
     from engine.quant import make_weight
 
-    directory, _ = hf_checkpoint(arch)
+    directory, _ = hf_checkpoint(arch, tie_word_embeddings=tied)
     config, tensors, _ = load_hf_dir(directory)
     quant = build_model(config, tensors, "cpu", torch.float32, mode, exact=True)
     if mode == "int8":  # (int4 stacks only row counts its packing allows; these 96-row halves stay apart)
