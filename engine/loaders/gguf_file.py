@@ -195,7 +195,7 @@ def load_gguf(path, dtype: torch.dtype = torch.float32,
             if not blocks.scales_finite():
                 raise ModelFormatError(path, f"tensor {t.name} ({t.kind}) has NaN or infinite scales: the file is corrupt")
             target[0][target[1]] = blocks
-        elif target is not None and keep_packed and t.kind == "MXFP4":  # gpt-oss's experts stay packed
+        elif target is not None and keep_packed and t.kind == "MXFP4" and len(t.shape) == 3:  # experts stay packed
             try:
                 target[0][target[1]] = mxfp4_from_gguf(data[t.offset:t.offset + t.nbytes], t.shape)
             except ValueError as e:

@@ -107,3 +107,23 @@ def test_gguf_nan_mxfp4_scale_is_a_model_format_error(gpt_oss_gguf):
         load_gguf(broken, keep_packed=True)
     with pytest.raises(ModelFormatError, match="NaN or infinite"):
         load_gguf(broken)
+
+
+def test_any_moe_gguf_with_mxfp4_experts_loads_packed_or_dequantized(tmp_path):
+    """llama.cpp can store any MoE's experts as MXFP4 (its MXFP4_MOE type): a Qwen3-MoE so written holds
+    the values gguf dequantizes to, and the packed experts compute what the dequantized ones do."""
+    from engine.kv_cache import ContiguousKVCache
+    from tests.engine.test_gguf_loader import assert_holds, write_tiny
+
+    path = tmp_path / "tiny-qwen3moe-mxfp4.gguf"
+    canon = write_tiny(path, arch="qwen3moe", qtype="MXFP4", experts=4)
+    config, floats, _ = load_gguf(path)
+    assert_holds(floats, canon, "MXFP4")
+    _, packed, _ = load_gguf(path, keep_packed=True)
+    assert type(packed["layers.0.mlp.w_gate"]).__name__ == "PackedMxfp4"
+    assert type(packed["layers.0.attn.wq.weight"]) is torch.Tensor  # 2-D MXFP4 weights are read as floats
+    a, b = (build_model(config, t, "cpu", torch.float32, "auto") for t in (floats, packed))
+    assert isinstance(b.layers[0].mlp, Mxfp4SparseMoE)
+    tokens = torch.randint(0, config.vocab_size, (1, 12), generator=torch.Generator().manual_seed(0))
+    out = [m(tokens, ContiguousKVCache(config, 12).view(0, 12)) for m in (a, b)]
+    torch.testing.assert_close(out[1], out[0], atol=1e-5, rtol=0)
