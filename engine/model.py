@@ -74,7 +74,7 @@ class Decoder(nn.Module):
         `each(layer, x)` sees the residual after every block. The one place the stack is walked, so that the
         logit lens, attention replays and self-drafts run the model exactly as generation does."""
         dtype = self.embed.weight.dtype
-        cos, sin = self.rope.cos_sin(kv.positions)  # [B, T, d] each
+        cos, sin = self.rope.cos_sin(kv.positions, getattr(kv, "rope_long", None))  # [B, T, d] each
         cos, sin = cos.to(dtype), sin.to(dtype)
         local = self.rope.local_cos_sin(kv.positions)  # the sliding-window layers' own table, if any
         local = (local[0].to(dtype), local[1].to(dtype)) if local is not None else (cos, sin)

@@ -153,7 +153,14 @@ class RopeTable:
             return None
         return rope_cos_sin(positions, self.local_inv_freq, 1.0)
 
-    def cos_sin(self, positions: torch.Tensor):
+    def long_from_start(self, prompt_len: int) -> bool:
+        """LongRoPE: a prompt longer than the original context is rotated with the long factors from its first
+        token, as one forward over it would be, however it is cut into prefill chunks."""
+        return self.long_inv_freq is not None and prompt_len > self.original
+
+    def cos_sin(self, positions: torch.Tensor, rope_long: torch.Tensor | None = None):
+        """cos, sin [..., T, d] for positions [..., T]; rope_long [...] (bool) forces LongRoPE's long factors
+        on those rows (a sequence whose prompt was already past the original context)."""
         inv_freq = self.inv_freq
         if self.dynamic:
             seq_len = int(positions.max()) + 1
@@ -162,7 +169,10 @@ class RopeTable:
         if self.long_inv_freq is not None:
             # Per sequence (row), as transformers does per forward: the long factors once the sequence's
             # length (largest position + 1) passes the original context. On the device: no host sync.
-            longer = (positions.amax(-1, keepdim=True) + 1 > self.original).unsqueeze(-1)  # [..., 1, 1]
+            longer = positions.amax(-1, keepdim=True) + 1 > self.original  # [..., 1]
+            if rope_long is not None:
+                longer = longer | rope_long.reshape(longer.shape)
+            longer = longer.unsqueeze(-1)  # [..., 1, 1]
             inv_freq = torch.where(longer, self.long_inv_freq.to(positions.device),
                                    inv_freq.to(positions.device))  # [..., 1, F]
         return rope_cos_sin(positions, inv_freq, self.attention_scaling)

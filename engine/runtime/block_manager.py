@@ -24,6 +24,9 @@ class BlockTable:
     block_ids: list[int] = field(default_factory=list)
     tokens: list[int] = field(default_factory=list)  # tokens whose K/V are written, position order
     hashes: list[int] = field(default_factory=list)  # chain hash of each *full* block, in order
+    # LongRoPE: the whole sequence is rotated with the long factors (its prompt is past the original context).
+    # Its blocks hash apart from the same tokens computed with the short ones, so neither is reused as the other.
+    rope_long: bool = False
 
     @property
     def num_tokens(self) -> int:
@@ -91,12 +94,13 @@ class BlockManager:
     def _chain_hash(self, parent: int | None, tokens) -> int:
         return hash((parent, tuple(tokens)))
 
-    def match_prefix(self, prompt: list[int]) -> BlockTable:
+    def match_prefix(self, prompt: list[int], rope_long: bool = False) -> BlockTable:
         """A table holding the longest cached prefix of `prompt` (whole blocks, shared).
 
         At least the last prompt token is always left to compute: its logits start generation.
         """
-        table, parent, size = BlockTable(), None, self.block_size
+        table, size = BlockTable(rope_long=rope_long), self.block_size
+        parent = _root(table)
         for start in range(0, len(prompt) - 1 - (len(prompt) - 1) % size, size):
             h = self._chain_hash(parent, prompt[start:start + size])
             block = self.block_of.get(h)
@@ -140,7 +144,7 @@ class BlockManager:
         return slots, copies
 
     def _register_full(self, table: BlockTable, block: int) -> None:
-        parent = table.hashes[-1] if table.hashes else None
+        parent = table.hashes[-1] if table.hashes else _root(table)
         h = self._chain_hash(parent, table.tokens[-self.block_size:])
         table.hashes.append(h)
         if h not in self.block_of and block not in self.hash_of:
@@ -152,7 +156,8 @@ class BlockManager:
         at = table.num_tokens if at is None else at
         assert 0 <= at <= table.num_tokens
         n_blocks = -(-at // self.block_size)
-        child = BlockTable(table.block_ids[:n_blocks], table.tokens[:at], table.hashes[:at // self.block_size])
+        child = BlockTable(table.block_ids[:n_blocks], table.tokens[:at], table.hashes[:at // self.block_size],
+                           table.rope_long)
         for block in child.block_ids:
             self.ref_count[block] += 1
         return child
@@ -203,3 +208,8 @@ class BlockManager:
         assert all(b in self.hash_of for b in cached), "a cached block without a hash"
         assert all(self.block_of[h] == b for b, h in self.hash_of.items()), "hash index inconsistent"
         assert len(self.block_of) == len(self.hash_of)
+
+
+def _root(table: BlockTable):
+    """What a table's first block hash chains from: its RoPE rule (None: the common one)."""
+    return "long rope" if table.rope_long else None

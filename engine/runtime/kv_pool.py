@@ -79,8 +79,8 @@ class KVPool:
             self.k[:, dst * P:(dst + 1) * P] = self.k[:, src * P:(src + 1) * P]
             self.v[:, dst * P:(dst + 1) * P] = self.v[:, src * P:(src + 1) * P]
 
-    def view(self, positions, slots, block_tables, context_lens) -> "PagedView":
-        return PagedView(self, positions, slots, block_tables, context_lens)
+    def view(self, positions, slots, block_tables, context_lens, rope_long=None) -> "PagedView":
+        return PagedView(self, positions, slots, block_tables, context_lens, rope_long)
 
 
 class PagedView:
@@ -88,12 +88,14 @@ class PagedView:
 
     positions [B, T] (absolute positions of the new tokens), slots [B*T] (flat slot per new
     token), block_tables [B, nb] (padded with any valid block id), context_lens [B] (tokens in
-    each sequence *after* this step).
+    each sequence *after* this step), rope_long [B] (LongRoPE: rows rotated with the long factors whatever
+    their positions; None = none).
     """
 
-    def __init__(self, pool: KVPool, positions, slots, block_tables, context_lens):
+    def __init__(self, pool: KVPool, positions, slots, block_tables, context_lens, rope_long=None):
         device = pool.k.device
         self.pool = pool
+        self.rope_long = torch.as_tensor(rope_long, device=device) if rope_long is not None and any(rope_long) else None
         self.positions = torch.as_tensor(positions, device=device)
         self.slots = torch.as_tensor(slots, device=device)
         tables = torch.as_tensor(block_tables, device=device)

@@ -115,7 +115,8 @@ class Runner:
         start = table.num_tokens
         slots, copies = self.blocks.append(table, tokens)
         self.pool.copy_blocks(copies)
-        view = self.pool.view([list(range(start, start + len(tokens)))], slots, [table.block_ids], [table.num_tokens])
+        view = self.pool.view([list(range(start, start + len(tokens)))], slots, [table.block_ids], [table.num_tokens],
+                              [table.rope_long])
         self.tokens_computed += len(tokens)
         self.forward_calls += 1
         return self.model(torch.tensor([tokens], device=self.pool.k.device), view)[0]
@@ -195,7 +196,7 @@ class Runner:
                                                      f"holds {self.config.max_seq_len}" if prompt
                                                      else "the prompt is empty"), out)
                 continue
-            table = self.blocks.match_prefix(prompt)
+            table = self.blocks.match_prefix(prompt, self.model.rope.long_from_start(len(prompt)))
             need = self.blocks.blocks_needed(table, len(prompt) - table.num_tokens)
             if need > self.blocks.num_available:
                 self.blocks.release(table)
@@ -297,10 +298,12 @@ class Runner:
             self.tokens_computed += 1
             self.forward_calls += 1
             (table,) = tables
-            return self.static.decode(table.tokens[-1], table.num_tokens - 1, slots[0], table.block_ids)
+            return self.static.decode(table.tokens[-1], table.num_tokens - 1, slots[0], table.block_ids,
+                                      table.rope_long)
         width = max(len(t.block_ids) for t in tables)
         block_tables = [t.block_ids + [0] * (width - len(t.block_ids)) for t in tables]
-        view = self.pool.view(positions, slots, block_tables, [t.num_tokens for t in tables])
+        view = self.pool.view(positions, slots, block_tables, [t.num_tokens for t in tables],
+                              [t.rope_long for t in tables])
         self.tokens_computed += sum(len(x) for x in tokens)
         self.forward_calls += 1
         return self.model(torch.tensor(tokens, device=device), view, probe=probe,

@@ -25,18 +25,20 @@ class StaticView:
     def __init__(self, pool, bucket: int, device):
         self.pool, self.bucket = pool, bucket
         self.positions = torch.zeros(1, 1, dtype=torch.long, device=device)  # [1, 1]
+        self.rope_long = torch.zeros(1, dtype=torch.bool, device=device)  # [1]: LongRoPE's long factors throughout
         self.slots = torch.zeros(1, dtype=torch.long, device=device)  # [1]
         self.read_slots = torch.zeros(1, bucket, dtype=torch.long, device=device)  # [1, S]
         self.k_pos = torch.arange(bucket, device=device).unsqueeze(0)  # [1, S]
         self._masks: dict = {}  # per window, built once per forward (and once per captured graph)
 
-    def fill(self, position: int, slot: int, block_ids: list[int]) -> None:
+    def fill(self, position: int, slot: int, block_ids: list[int], rope_long: bool = False) -> None:
         P = self.pool.block_size
         n = self.bucket // P
         padded = torch.tensor(block_ids + [block_ids[0]] * (n - len(block_ids)), dtype=torch.long)
         slots = (padded.unsqueeze(-1) * P + torch.arange(P)).flatten()
         self.read_slots.copy_(slots.unsqueeze(0), non_blocking=True)
         self.positions.fill_(position)
+        self.rope_long.fill_(rope_long)
         self.slots.fill_(slot)
         self._masks.clear()
 
@@ -81,13 +83,14 @@ class StaticDecoder:
         return bucket
 
     @torch.inference_mode()
-    def decode(self, token: int, position: int, slot: int, block_ids: list[int]) -> torch.Tensor:
+    def decode(self, token: int, position: int, slot: int, block_ids: list[int],
+               rope_long: bool = False) -> torch.Tensor:
         """Logits [1, 1, V] (fp32) for `token` at `position`, its K/V written to `slot`."""
         bucket = self.bucket_for(position + 1)
         view = self._views.get(bucket)
         if view is None:
             view = self._views[bucket] = StaticView(self.pool, bucket, self.device)
-        view.fill(position, slot, block_ids)
+        view.fill(position, slot, block_ids, rope_long)
         self.tokens.fill_(token)
         if not self.use_graphs:
             return self.model(self.tokens, view)

@@ -363,3 +363,27 @@ def test_variants_match_transformers(arch, overrides, hf_checkpoint):
                 "granite": config.tie_embeddings, "smollm3": config.rope_layers == (False, True) and config.o_bias}
     assert expected[arch]  # the variant is what the comparison below runs
     assert run_both(directory, hf_model) <= 1e-4
+
+
+def test_longrope_prompts_are_rotated_alike_whatever_the_chunks_and_the_prefix_cache(hf_checkpoint):
+    """A prompt past the original context is rotated with the long factors from its first token, as one forward
+    over it is (and transformers' generate), even when prefilled in chunks that each lie within 16 positions;
+    its blocks never match blocks of the same tokens computed with the short factors, nor the other way round."""
+    directory, hf_model = hf_checkpoint("phi3")
+    engine = Engine.load(directory, FLOAT)
+    engine._runner.prefill_chunk = 8  # every chunk of the long prompt, alone, would fit in 16 positions
+    g = torch.Generator().manual_seed(2)
+    prompt = torch.randint(1, 127, (36,), generator=g).tolist()
+    greedy = SamplingParams(temperature=0, max_new_tokens=6, ignore_eos=True)
+    (_, short), = run(engine, GenerationRequest(tuple(prompt[:12]), greedy))  # caches prompt[:8], short factors
+    (recs, long), = run(engine, GenerationRequest(tuple(prompt), greedy, instrument=FULL_LOGITS))
+    assert long.cached_prompt_tokens == 0  # the short-factor block of prompt[:8] is not reused
+    torch.testing.assert_close(stored(recs[0][0]), recompute(engine.model, prompt), atol=1e-4, rtol=0)
+    ref = hf_model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, 36, dtype=torch.long),
+                            max_new_tokens=6, do_sample=False, eos_token_id=None, pad_token_id=0)[0, 36:].tolist()
+    assert list(long.results[0].token_ids) == ref
+    (_, again), = run(engine, GenerationRequest(tuple(prompt[:32] + [9, 9]), greedy))
+    assert again.cached_prompt_tokens == 32  # long-factor blocks serve long prompts
+    (recs, short_again), = run(engine, GenerationRequest(tuple(prompt[:14]), greedy, instrument=FULL_LOGITS))
+    assert short_again.cached_prompt_tokens == 8  # and short-factor blocks short ones
+    torch.testing.assert_close(stored(recs[0][0]), recompute(engine.model, prompt[:14]), atol=1e-4, rtol=0)
