@@ -67,6 +67,8 @@ def test_kv_pool_stores_the_latent(arch, hf_checkpoint):
     assert pool.k.shape[2:] == (1, cfg.kv_lora_rank) and pool.v.shape[2:] == (1, cfg.qk_rope_head_dim)
     assert kv_bytes_per_token(config, torch.float32) == cfg.num_hidden_layers * latent * 4
     assert pool.nbytes == pool.num_blocks * pool.block_size * cfg.num_hidden_layers * latent * 4
+    # the default 0.5 GiB budget buys blocks by the latent's size, not by per-head K/V's
+    assert pool.num_blocks == (1 << 29) // (8 * cfg.num_hidden_layers * latent * 4)
     per_head = cfg.num_attention_heads * (cfg.qk_nope_head_dim + cfg.qk_rope_head_dim + cfg.v_head_dim)
     mem = engine.memory()
     assert (mem.kv_latent_values, mem.kv_per_head_values) == (latent, per_head)
