@@ -19,20 +19,22 @@ BLOCK = 32  # values per shared exponent
 E2M1 = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
 
 
-def _tables(dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(byte -> its two values [256, 2], low nibble first; scale byte -> 2^(s - 127) [256]) in dtype."""
-    lut = torch.tensor(E2M1, dtype=torch.float32)
+def _tables(device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(byte -> its two bf16 values as one int32 [256], low nibble first; scale byte -> 2^(s - 127) in bf16)."""
+    lut = torch.tensor(E2M1, dtype=torch.bfloat16)
     pairs = torch.stack((lut.repeat(16), lut.repeat_interleave(16)), dim=-1)  # byte b: (lut[b & 15], lut[b >> 4])
-    powers = torch.exp2(torch.arange(256, dtype=torch.float32) - 127.0)
-    return pairs.to(device, dtype), powers.to(device, dtype)
+    powers = torch.exp2(torch.arange(256, dtype=torch.float32) - 127.0).to(torch.bfloat16)
+    return pairs.contiguous().view(torch.int32).view(256).to(device), powers.to(device)
 
 
 def dequantize_mxfp4(blocks: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """blocks uint8 [..., G, 16] and scales uint8 [..., G] -> [..., G*32] in dtype. Computed in bf16, which
     is exact (an E2M1 value has two significant bits, a scale is a power of two, and bf16 has fp32's
-    exponent range) and moves half the bytes of fp32 (measured 4x faster on the CPU); one lookup per byte."""
-    pairs, powers = _tables(torch.bfloat16, blocks.device)
-    values = torch.index_select(pairs, 0, blocks.reshape(-1).int())  # [n bytes, 2]
+    exponent range) and moves half the bytes of fp32. One 32-bit lookup per byte yields both of its values
+    (measured on a 2880x2880 matrix, 1 thread: 16 ms, against 33 for a [256, 2] row gather and ~130 for
+    gathering each nibble in fp32)."""
+    pairs, powers = _tables(blocks.device)
+    values = torch.index_select(pairs, 0, blocks.reshape(-1).int()).view(torch.bfloat16)  # [n bytes * 2]
     values = values.view(*scales.shape, 32) * torch.index_select(powers, 0, scales.reshape(-1).int()).view(
         *scales.shape, 1)  # [..., G, 32]
     return values.flatten(-2).to(dtype)  # [..., G*32]
