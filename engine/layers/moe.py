@@ -21,7 +21,8 @@ def route(router_logits: torch.Tensor, moe: MoeConfig) -> tuple[torch.Tensor, to
       topk_softmax (Mixtral): weights = softmax over the k chosen logits.
       softmax_topk (Qwen-MoE, OLMoE): softmax over all E, keep the top k, renormalise only if asked.
     Both expose the full softmax so panels can show the router's whole distribution (for a
-    MoEfied checkpoint, of the logits before its router_scale: see MoeConfig).
+    MoEfied checkpoint, of the logits before its router_scale: see MoeConfig). DeepSeek-V2 takes
+    softmax_topk among its best expert groups only (keep_best_groups) and scales the k weights.
     """
     probs = F.softmax(router_logits.float(), dim=-1)  # [N, E]
     candidates = probs if moe.n_group == 1 else keep_best_groups(probs, moe)  # [N, E]
