@@ -17,7 +17,8 @@ from engine.records import MemorySnapshot
 CACHED_COLOUR = "#58b368"
 SEQUENCE_COLOURS = ["#2e86de", "#f39c12", "#8e44ad", "#16a085", "#d35400", "#c2185b", "#607d8b"]
 DTYPE_COLOURS = {"float32": "#2e86de", "bfloat16": "#16a085", "float16": "#1abc9c", "int8": "#f39c12",
-                 "int4": "#8e44ad", "q8_0": "#e67e22", "q4_0": "#9b59b6", "q4_1": "#a569bd"}
+                 "int4": "#8e44ad", "q8_0": "#e67e22", "q4_0": "#9b59b6", "q4_1": "#a569bd",
+                 "mxfp4": "#c0392b"}  # gpt-oss experts kept packed
 CELL_MIN, CELL_MAX = 4, 22  # pixels: a cell smaller than 4 is a smear, larger than 22 a wall of squares
 HISTORY = 300
 
