@@ -18,7 +18,8 @@ from tests.tiny_models import build_hf_model
 YARN_EQUAL_MSCALES = {**YARN, "mscale": 1.0}  # llama.cpp stores one mscale (yarn_log_multiplier) for both
 
 
-def gguf_from_hf(path, hf_model, split_kv_b: bool, qtype: str = "F32", extra_kv: dict | None = None):
+def gguf_from_hf(path, hf_model, split_kv_b: bool, qtype: str = "F32", extra_kv: dict | None = None,
+                 drop: tuple[str, ...] = ()):
     """The tiny model as llama.cpp's converter writes it: no Q/K permutation (deepseek2 rotates pairs, as
     stored); experts stacked; kv_b whole (older files) or split per head into k_b (transposed) and v_b."""
     from gguf import GGMLQuantizationType as Q
@@ -93,7 +94,8 @@ def gguf_from_hf(path, hf_model, split_kv_b: bool, qtype: str = "F32", extra_kv:
         add(b + "ffn_down_exps.weight", state[hf + "mlp.experts.down_proj"])
         for part in ("gate", "up", "down"):
             add(b + f"ffn_{part}_shexp.weight", state[hf + f"mlp.shared_experts.{part}_proj.weight"])
-    write_gguf(path, a, kv | (extra_kv or {}), tensors)
+    kv = {key: value for key, value in (kv | (extra_kv or {})).items() if key not in drop}
+    write_gguf(path, a, kv, tensors)
 
 
 @pytest.mark.parametrize("split_kv_b", [True, False], ids=["k_b+v_b", "kv_b"])
@@ -133,4 +135,20 @@ def test_split_kv_b_of_the_wrong_shape_is_a_format_error(tmp_path):
     # the keys promise wider values than attn_v_b holds
     gguf_from_hf(path, hf_model, split_kv_b=True, extra_kv={"deepseek2.attention.value_length_mla": 14})
     with pytest.raises(ModelFormatError, match="attn_k_b / attn_v_b"):
+        load_gguf(path)
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"deepseek2.attention.kv_lora_rank": None}, "kv_lora_rank is missing"),
+    ({"deepseek2.attention.key_length_mla": 8}, "leaves no per-head key"),
+    ({"deepseek2.expert_group_count": 3}, "groups"),
+    ({"deepseek2.expert_gating_func": 2}, "sigmoid"),
+])
+def test_bad_metadata_is_a_format_error(change, words, tmp_path):
+    hf_model = build_hf_model("deepseek_v2")
+    path = tmp_path / "bad.gguf"
+    dropped = tuple(key for key, value in change.items() if value is None)  # None: the key left out
+    gguf_from_hf(path, hf_model, split_kv_b=True, extra_kv={k: v for k, v in change.items() if v is not None},
+                 drop=dropped)
+    with pytest.raises(ModelFormatError, match=words):
         load_gguf(path)
