@@ -26,6 +26,7 @@ from engine.bench.common import peak_rss_bytes, prompt_ids
 ENGINES = {
     "glassbox": ("ours", "auto"),
     "glassbox-1thread": ("ours", "auto"),
+    "glassbox PyTorch kernels": ("ours", "auto"),  # GLASSBOX_NO_KERNELS=1: today's fallback, side by side
     "llama.cpp Q4_1": ("llama", "shipped"),
     "llama.cpp Q4_0": ("llama", "q4_0"),
     "hf fp32": ("hf", "float32"),
@@ -65,8 +66,10 @@ def worker_ours(job: dict) -> dict:
     run(prompt[:32][::-1], 4)  # warm-up (first calls allocate); not a prefix of the prompt, so nothing is reused
     prefill = run(prompt, 1)
     done = run(decode_prompt, n)  # its prompt is a cached prefix now: only decode is timed
+    from engine.quant import kernels
+
     return {"prefill_tok_s": len(prompt) / (prefill.prefill_ms / 1000), "decode_tok_s": done.decode_tokens_per_s,
-            "tokens": list(done.token_ids)}
+            "tokens": list(done.token_ids), "kernels": kernels.isa()}
 
 
 def worker_llama(job: dict) -> dict:
@@ -145,7 +148,9 @@ def run_worker(name: str, job: dict) -> dict:
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(job, f)
     try:
-        out = subprocess.run([sys.executable, "-m", "engine.bench.compare", f.name], capture_output=True, text=True)
+        env = dict(os.environ, GLASSBOX_NO_KERNELS="1") if name.endswith("PyTorch kernels") else None
+        out = subprocess.run([sys.executable, "-m", "engine.bench.compare", f.name], capture_output=True, text=True,
+                             env=env)
     finally:
         os.unlink(f.name)
     if out.returncode != 0:
@@ -159,7 +164,11 @@ def compare(model: str | None, runs: int, threads: int, prompt_tokens: int, new_
 
     model = str(model or default_model_path())
     prompt = prompt_ids(load_checkpoint(model, keep_packed=True).tokenizer.encode, prompt_tokens)
-    names = [n for n in (engines or ENGINES) if _available(ENGINES[n][0])
+    unknown = set(engines or ()) - set(ENGINES)
+    if unknown:
+        raise ValueError(f"unknown engines {sorted(unknown)}; choose from {', '.join(ENGINES)}")
+    engines = ["glassbox"] + [n for n in engines if n != "glassbox"] if engines else list(ENGINES)
+    names = [n for n in engines if _available(ENGINES[n][0])
              and not (n.endswith("1thread") and threads == 1)]
     job = {"model": model, "prompt": prompt, "new_tokens": new_tokens, "threads": threads}
     cpu_before = psutil.cpu_times()
@@ -172,6 +181,11 @@ def compare(model: str | None, runs: int, threads: int, prompt_tokens: int, new_
     for n, rs in results.items():
         table[n] = {k: statistics.median(r[k] for r in rs) for k in ("prefill_tok_s", "decode_tok_s", "peak_rss")}
         table[n]["tokens"] = rs[-1]["tokens"]
+        # each run's own figures too: paired ratios (run i of one engine against run i of another) need them
+        table[n]["decode_runs"] = [r["decode_tok_s"] for r in rs]
+        table[n]["prefill_runs"] = [r["prefill_tok_s"] for r in rs]
+        if "kernels" in rs[-1]:
+            table[n]["kernels"] = rs[-1]["kernels"]
     return {"config": {"model": model, "runs": runs, "threads": threads, "prompt_tokens": len(prompt),
                        "new_tokens": new_tokens},
             "machine_busy_s": round((cpu_after.user + cpu_after.system) - (cpu_before.user + cpu_before.system), 1),
@@ -192,6 +206,12 @@ def print_table(result: dict) -> None:
         print(f"| {name} | {r['prefill_tok_s']:.0f} | {r['decode_tok_s']:.1f} | {r['peak_rss'] / 2**20:.0f} | "
               f"{ours['prefill_tok_s'] / r['prefill_tok_s']:.2f}x | {ours['decode_tok_s'] / r['decode_tok_s']:.2f}x | "
               f"{ours['peak_rss'] / r['peak_rss']:.2f}x | {same}/{len(ours['tokens'])} |")
+    for name, r in table.items():  # medians of run-by-run ratios: robust to drift that hits a whole round
+        if name != "glassbox" and len(r["decode_runs"]) == len(ours["decode_runs"]):
+            decode = statistics.median(a / b for a, b in zip(ours["decode_runs"], r["decode_runs"]))
+            prefill = statistics.median(a / b for a, b in zip(ours["prefill_runs"], r["prefill_runs"]))
+            print(f"paired, glassbox / {name}: decode {decode:.2f}x, prefill {prefill:.2f}x")
+    print(f"glassbox kernels: {ours.get('kernels', '?')}")
     print(f"(CPU seconds used on the machine meanwhile: {result['machine_busy_s']}; "
           f"load average at the end {result['load_average'][0]:.1f})")
 

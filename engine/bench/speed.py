@@ -162,6 +162,9 @@ def main(argv=None) -> int:
     p.add_argument("--compare", action="store_true",
                    help="ours vs llama.cpp (Q4_1 as shipped, Q4_0) and HF transformers (fp32, bf16), each when "
                         "installed: one ratio table (engine/bench/compare.py)")
+    p.add_argument("--engines", help="with --compare: a comma-separated subset of " + ", ".join(
+        ["glassbox", "glassbox-1thread", "glassbox PyTorch kernels", "llama.cpp Q4_1", "llama.cpp Q4_0", "hf fp32",
+         "hf bf16"]) + " (glassbox is always run)")
     p.add_argument("--count-ops", action="store_true",
                    help="operator calls per decoded token, with our kernels and with PyTorch's (engine/bench/ops.py)")
     args = p.parse_args(argv)
@@ -174,7 +177,8 @@ def main(argv=None) -> int:
     if args.compare:
         from engine.bench.compare import compare, print_table
 
-        result = compare(args.model, args.runs, args.threads, args.prompt_tokens, args.new_tokens)
+        engines = [e.strip() for e in args.engines.split(",")] if args.engines else None
+        result = compare(args.model, args.runs, args.threads, args.prompt_tokens, args.new_tokens, engines)
         print(json.dumps(result, indent=2)) if args.json else print_table(result)
         return 0
     if args.worker:
