@@ -18,6 +18,7 @@ import contextlib
 import importlib.util
 import logging
 import os
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -56,10 +57,13 @@ def _load() -> str | None:
     if os.environ.get("GLASSBOX_NO_KERNELS", "") not in ("", "0"):
         return "GLASSBOX_NO_KERNELS is set"
     spec = importlib.util.find_spec("engine.quant._kernels")
-    if spec is None or spec.origin is None:
+    # beside this file: where a PyInstaller bundle puts it (packaging/glassbox.spec), should no finder see it
+    beside = sorted(p for p in Path(__file__).parent.glob("_kernels.*") if p.suffix in (".so", ".pyd"))
+    path = spec.origin if spec is not None and spec.origin else (str(beside[0]) if beside else None)
+    if path is None:
         return "the C++ extension was not built (reinstall with scripts/setup.sh)"
     try:
-        torch.ops.load_library(spec.origin)
+        torch.ops.load_library(path)
     except OSError as error:
         return f"the C++ extension did not load ({error})"
     forced = os.environ.get("GLASSBOX_KERNEL_ISA")
