@@ -19,8 +19,11 @@ LEFT, RIGHT = Qt.LeftDockWidgetArea, Qt.RightDockWidgetArea
 # selected token. Five short tab titles a side fit a 1366-wide laptop's docks whole (tests/app/test_window_layout.py).
 DEFAULT_AREAS = {"Model": LEFT, "Sampler": LEFT, "RoPE": LEFT, "Memory": LEFT, "Quant drift": LEFT,
                  "Probabilities": RIGHT, "Logit lens": RIGHT, "What-if": RIGHT, "Attention": RIGHT,
-                 "Routing": RIGHT}
+                 "Routing": RIGHT, "LoRA": RIGHT}
 FIRST_TAB = {LEFT: "Sampler", RIGHT: "Probabilities"}
+# Docks that start closed and open when first used (File → Add LoRA adapter… opens LoRA): a sixth tab on a side
+# no longer fits a 1366-wide laptop's dock whole, and a panel for something not loaded would only take room.
+HIDDEN_AT_START = {"LoRA"}
 SCREEN_SHARE = 0.9  # the first start's window: this share of the available screen in each direction
 # Default dock widths as a share of the window's width, within (least, most) pixels.
 DOCK_WIDTH = {LEFT: (0.27, 320, 420), RIGHT: (0.32, 340, 560)}
@@ -119,7 +122,7 @@ def arrange(window: QMainWindow, docks: dict[str, QDockWidget]) -> None:
         names = [name for name, a in DEFAULT_AREAS.items() if a == area and name in docks]
         for name in names:
             window.addDockWidget(area, docks[name])
-            docks[name].show()
+            docks[name].setVisible(name not in HIDDEN_AT_START)
         for before, after in zip(names, names[1:]):
             window.tabifyDockWidget(docks[before], docks[after])
         if FIRST_TAB[area] in docks:

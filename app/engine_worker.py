@@ -49,7 +49,8 @@ STEP_BATCH_S = 0.03
 # What request_inspection can ask for: kind -> (Engine method, whether it takes `cancelled`). Heavy ones
 # replay the conversation (a forward over its ids), so the GUI asks only while their panel is on screen.
 INSPECTIONS = {"lens": ("logit_lens", True), "intervention": ("intervene", True),
-               "drift": ("quant_drift", True), "rope": ("rope_view", False)}
+               "drift": ("quant_drift", True), "rope": ("rope_view", False),
+               "adapter": ("adapter_comparison", True)}
 
 
 def default_instrumentation(n_layers: int = 0) -> InstrumentOptions:

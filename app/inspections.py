@@ -19,6 +19,7 @@ from engine.records import ModelFacts, StepRecord
 
 LENS_TOP_N = 5
 WHAT_IF_TOP_N = 10
+ADAPTER_TOP_N = 8
 DRIFT_TOP_N = 5
 
 
@@ -112,6 +113,22 @@ class InterventionInspection(SelectedTokenInspection):
         return (*context, interventions, WHAT_IF_TOP_N)
 
 
+class AdapterInspection(SelectedTokenInspection):
+    """The selected token without and with the LoRA adapters on now (app/adapters.py says when they change:
+    forget() then refresh(), since the same token is then another comparison)."""
+
+    kind = "adapter"
+
+    def __init__(self, worker, panel, contexts: RequestContexts, parent=None):
+        super().__init__(worker, panel, contexts, lambda: (), parent)
+
+    def wanted(self):
+        context = self.context()
+        if context is None or not self.panel.any_enabled():  # the engine's last word on its adapters
+            return None
+        return (*context, ADAPTER_TOP_N)
+
+
 class DriftInspection(OnDemand):
     """Quantization drift over the conversation. The float reference it needs costs the float weights'
     memory, so nothing is computed until the user asks (the panel's Compute); after that the view follows
@@ -178,13 +195,15 @@ class Inspections(QObject):
     model, the RoPE choice, the interventions)."""
 
     def __init__(self, worker, contexts: RequestContexts, lens, intervention, drift, rope, rope_spec,
-                 parent=None):
+                 parent=None, adapters=None):
         super().__init__(parent)
         self.worker, self.intervention_panel = worker, intervention
         self.lens = LensInspection(worker, lens, contexts, intervention.interventions, self)
         self.what_if = InterventionInspection(worker, intervention, contexts, intervention.interventions, self)
         self.drift = DriftInspection(worker, drift, contexts, self)
         self.rope = RopeInspection(worker, rope, rope_spec, self)
+        # The LoRA comparison (None: a window without the adapter panel)
+        self.adapters = AdapterInspection(worker, adapters, contexts, self) if adapters is not None else None
         lens.wanted.connect(self.lens.refresh)
         intervention.changed.connect(self.interventions_changed)
         intervention.keep_changed.connect(self.interventions_changed)
@@ -192,10 +211,13 @@ class Inspections(QObject):
     def select(self, record: StepRecord, following: bool = False) -> None:
         self.lens.select(record, following)
         self.what_if.select(record, following)
+        if self.adapters is not None:
+            self.adapters.select(record, following)
 
     def reply_done(self) -> None:
-        for inspection in (self.lens, self.what_if, self.drift):
-            inspection.refresh()
+        for inspection in (self.lens, self.what_if, self.drift, self.adapters):
+            if inspection is not None:
+                inspection.refresh()
 
     def interventions_changed(self, *_) -> None:
         """The what-if and the lens under it are asked again; generation keeps them only if kept on."""
@@ -220,6 +242,9 @@ class Inspections(QObject):
         self.rope.panel.clear()
         self.intervention_panel.clear_result()
         self.lens.selected = self.what_if.selected = None
+        if self.adapters is not None:
+            self.adapters.forget()
+            self.adapters.selected = None
         self.intervention_panel.set_model_shape(facts.layers, facts.heads, facts.kv_heads, facts.experts)
         self.drift.model_loaded(facts)
         self.rope.loaded, self.rope.loaded_rope = True, facts.rope

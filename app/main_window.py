@@ -11,6 +11,7 @@ from PySide6.QtCore import QThread
 from PySide6.QtWidgets import QFileDialog, QLabel, QMainWindow, QMessageBox
 
 from app import dock_layout
+from app.adapters import Adapters
 from app.autosave import default_folder
 from app import help as help_sheet
 from app.chat_controller import ChatController
@@ -24,6 +25,7 @@ from app.serving import Serving
 from app.session_autosave import SessionAutosave
 from app.settings import Settings
 from engine.records import LoadOptions
+from widgets.adapter_panel import AdapterPanel
 from widgets.attention_panel import AttentionPanel
 from widgets.chat import ChatPanel
 from widgets.drift_panel import QuantDriftPanel
@@ -61,7 +63,8 @@ class MainWindow(QMainWindow):
         self.hub = RecordHub(self.worker, self.controller, self.sampler.params, self.routing, self.attention,
                              self.memory)
         self.inspections = Inspections(self.worker, self.hub.contexts, self.lens, self.what_if, self.drift,
-                                       self.rope, self.model_panel.rope_spec, self)
+                                       self.rope, self.model_panel.rope_spec, self, adapters=self.adapter_panel)
+        self.adapters = Adapters(self, self.worker, self.adapter_panel, self.inspections.adapters)
         self.hub.inspections = self.inspections
         self.serving = Serving(self, self.worker, self.hub, self.settings)  # Server menu, Requests dock
         # Parts that need the window get it as their Qt parent, never as a Python attribute: a reference
@@ -108,6 +111,7 @@ class MainWindow(QMainWindow):
         self.what_if = InterventionPanel()
         self.drift = QuantDriftPanel()
         self.rope = RopePanel()
+        self.adapter_panel = AdapterPanel()  # LoRA adapters, and the selected token without and with them
         self.model_panel = ModelPanel()
         self.template_panel = TemplatePanel()  # the chat format: mode, template, overflow; under the model
         self.template_panel.restore(self.settings.template_state())
@@ -116,7 +120,8 @@ class MainWindow(QMainWindow):
         self.docks = dock_layout.make_docks(self, {
             "Model": model_side, "Sampler": self.sampler, "RoPE": self.rope, "Memory": self.memory,
             "Probabilities": self.probabilities, "Logit lens": self.lens, "What-if": self.what_if,
-            "Attention": self.attention, "Routing": self.routing, "Quant drift": self.drift})
+            "Attention": self.attention, "Routing": self.routing, "Quant drift": self.drift,
+            "LoRA": self.adapter_panel})
 
     def _wire(self) -> None:
         w, c, hub, models, session = self.worker, self.controller, self.hub, self.models, self.session
@@ -125,6 +130,7 @@ class MainWindow(QMainWindow):
         # the last steps reach the panels, then the turn ends, then it is saved.
         w.loaded.connect(models.on_loaded)
         w.loaded.connect(self.inspections.model_loaded)
+        w.loaded.connect(self.adapters.model_loaded)
         w.load_failed.connect(models.on_load_failed)
         w.load_progress.connect(self.model_panel.show_progress)
         w.turn_started.connect(c.on_turn_started)
@@ -168,6 +174,11 @@ class MainWindow(QMainWindow):
         self.probabilities.alternative_chosen.connect(hub.continue_with)
         self.model_panel.open_requested.connect(self.load_model)
 
+    def _add_adapter(self) -> None:
+        self.docks["LoRA"].show()
+        self.docks["LoRA"].raise_()
+        self.adapter_panel.choose_folder()
+
     def _show_shortcuts(self) -> None:
         help_sheet.show_shortcuts(self)
 
@@ -189,6 +200,7 @@ class MainWindow(QMainWindow):
         file_menu = self.menuBar().addMenu("&File")
         file_menu.addAction("&Open model file…", self.model_panel.choose_model, "Ctrl+O")
         file_menu.addAction("Open model &folder…", self.model_panel.choose_folder)
+        file_menu.addAction("Add LoRA &adapter…", self._add_adapter)
         file_menu.addSeparator()
         file_menu.addAction("&New conversation", self.conversations.new, "Ctrl+N")
         file_menu.addAction("Conve&rsations…", self.conversations.show, "Ctrl+Shift+L")
@@ -215,6 +227,8 @@ class MainWindow(QMainWindow):
     def reset_layout(self) -> None:
         """View → Reset layout: every panel back where it starts, docked, shown and at its default width."""
         dock_layout.arrange(self, self.docks)
+        if self.adapter_panel.adapter_names():  # in use: it stays open
+            self.docks["LoRA"].show()
 
     def load_model(self, path: str | None, options: LoadOptions) -> None:
         self.models.load(path, options)
