@@ -63,9 +63,9 @@ def describe_scaling(view: RopeView, ratio: np.ndarray) -> str:
                 f"in the trained {view.trained_context:,} tokens and another once it is longer. At {view.context:,} "
                 f"the {'long' if past else 'short'} factors apply (× {ratio.min():.2f}–{ratio.max():.2f}); the "
                 f"{'short' if past else 'long'} ones are drawn dotted. A sequence switches when it passes "
-                f"{view.trained_context:,} tokens (keys already cached keep their rotation). Rotated q and k "
-                f"× {view.attention_scaling:.3f}, √(1 + ln {f:g} / ln {view.trained_context:,}) unless the model "
-                f"sets it.")
+                f"{view.trained_context:,} tokens (its cached keys are then recomputed with the long ones). "
+                f"Rotated q and k × {view.attention_scaling:.3f}, √(1 + ln {f:g} / ln {view.trained_context:,}) "
+                f"unless the model sets it.")
     if view.scaling == "llama3":
         return (f"Llama 3: wavelength bands against the trained context: long ones × {f:g} "
                 f"({pair_ranges(stretched)}), short ones kept ({pair_ranges(kept)}), blended between "

@@ -250,6 +250,7 @@ class Runner:
                 continue
             try:
                 for seq in state.sequences:
+                    self.rotate_long_if_crossing(seq)
                     self._reserve(seq)
                     next_mask(seq)
                 batch += [(state, seq) for seq in state.sequences]
@@ -270,6 +271,28 @@ class Runner:
                 rows = [row for row, (r, _) in enumerate(batch) if r is state]
                 self._beam_step(state, logits[rows], out)
             self.retire(state, out)
+
+    def rotate_long_if_crossing(self, seq: Sequence) -> None:
+        """LongRoPE: when a sequence's pending token takes it past the original context, its cached keys
+        (rotated with the short factors) are recomputed with the long ones, as transformers' generate() does at
+        that step, so the sequence then equals one forward over all its tokens. Once per sequence; blocks of
+        the same tokens already computed long (a sibling sample that crossed first) are reused."""
+        table = seq.table
+        if table.rope_long or not self.model.rope.long_from_start(table.num_tokens + 1):
+            return
+        tokens = list(table.tokens)
+        self.blocks.release(table)
+        seq.table = self.blocks.match_prefix(tokens + [seq.pending], rope_long=True)
+        if seq.table.num_tokens < len(tokens):
+            self.run_tokens(seq.table, tokens[seq.table.num_tokens:])
+
+    def short_rope_room(self, seq: Sequence) -> int | None:
+        """LongRoPE: how many tokens may follow the pending one in one forward before it would straddle the
+        original context (whose positions a plain decode rotates short, one forward past it long); None: any."""
+        rope = self.model.rope
+        if seq.table.rope_long or rope.long_inv_freq is None or rope.long_from_start(seq.table.num_tokens + 1):
+            return None
+        return rope.original - seq.table.num_tokens - 1
 
     def _reserve(self, seq: Sequence) -> None:
         """Give the sequence's pending token a KV slot (done before the batched forward)."""

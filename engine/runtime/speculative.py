@@ -134,6 +134,11 @@ def speculative_step(runner, request_state, seq, out: list) -> None:
     room = min(params.max_new_tokens - len(seq.generated), runner.config.max_seq_len - committed - 2) - 1
     plain = state.steps % PLAIN_EVERY == 0
     k = 0 if plain else max(0, min(state.k, room))
+    # LongRoPE: a verify window stays on one side of the original context, and the step that crosses it first
+    # recomputes the cache with the long factors, exactly as plain decoding does (runner.rotate_long_if_crossing)
+    if (short_room := runner.short_rope_room(seq)) is not None:
+        k = min(k, short_room)
+    runner.rotate_long_if_crossing(seq)
 
     def history(i: int, drafted: list[int]):
         return prompt + seq.generated + drafted[:i] if params.penalised else ()

@@ -67,8 +67,9 @@ def test_rope_table_switches_per_sequence_like_the_rotary_embedding(hf_checkpoin
 
 @pytest.mark.parametrize("prefill,decode", [(8, 16), (40, 4)], ids=["crosses-while-decoding", "long-prefill"])
 def test_logits_past_the_original_context_equal_transformers(prefill, decode, hf_checkpoint):
-    """8 + 16: the sequence crosses position 16 during decoding, where both switch to the long factors for the
-    new tokens (keys already cached keep their short rotation, as in transformers' forward); 40: all long."""
+    """8 + 16: the sequence crosses position 16 during decoding, where both models switch to the long factors for
+    the new tokens (keys already cached keep their short rotation in a plain forward with a cache; the paged
+    engine recomputes them, below); 40: all long."""
     directory, hf_model = hf_checkpoint("phi3")
     assert run_both(directory, hf_model, prefill=prefill, decode=decode) <= 1e-4
 
@@ -327,7 +328,6 @@ def test_static_decode_step_equals_the_paged_view(arch, hf_checkpoint):
     exactly as the ordinary paged view does; NoPE layers and the Granite multipliers take the same path."""
     from engine.runtime.runner import Runner
     from engine.runtime.static_decode import StaticDecoder, graphable
-    from tests.engine.test_fast_paths import _greedy
 
     directory, _ = hf_checkpoint(arch)
     loaded = Engine.load(directory, FLOAT)
@@ -344,7 +344,8 @@ def test_static_decode_step_equals_the_paged_view(arch, hf_checkpoint):
         forward, logits[name] = runner._forward, []
         runner._forward = (lambda tables, chunks, probe, f=forward, s=logits[name]:
                            s.append(f(tables, chunks, probe)) or s[-1])
-        _greedy(runner, prompt, 16)
+        run(runner, GenerationRequest(tuple(prompt), SamplingParams(temperature=0, max_new_tokens=16,
+                                                                     ignore_eos=True)))
     assert len(logits["plain"]) == len(logits["static"]) == 16 and steps == list(range(10, 25))  # crosses 16
     for a, b in zip(logits["plain"], logits["static"]):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
@@ -375,7 +376,8 @@ def test_longrope_prompts_are_rotated_alike_whatever_the_chunks_and_the_prefix_c
     g = torch.Generator().manual_seed(2)
     prompt = torch.randint(1, 127, (36,), generator=g).tolist()
     greedy = SamplingParams(temperature=0, max_new_tokens=6, ignore_eos=True)
-    (_, short), = run(engine, GenerationRequest(tuple(prompt[:12]), greedy))  # caches prompt[:8], short factors
+    # 12 + 2 decoded tokens stay within 16 positions: prompt[:8] is cached with the short factors
+    (_, short), = run(engine, GenerationRequest(tuple(prompt[:12]), dataclasses.replace(greedy, max_new_tokens=3)))
     (recs, long), = run(engine, GenerationRequest(tuple(prompt), greedy, instrument=FULL_LOGITS))
     assert long.cached_prompt_tokens == 0  # the short-factor block of prompt[:8] is not reused
     torch.testing.assert_close(stored(recs[0][0]), recompute(engine.model, prompt), atol=1e-4, rtol=0)
@@ -387,3 +389,48 @@ def test_longrope_prompts_are_rotated_alike_whatever_the_chunks_and_the_prefix_c
     (recs, short_again), = run(engine, GenerationRequest(tuple(prompt[:14]), greedy, instrument=FULL_LOGITS))
     assert short_again.cached_prompt_tokens == 8  # and short-factor blocks short ones
     torch.testing.assert_close(stored(recs[0][0]), recompute(engine.model, prompt[:14]), atol=1e-4, rtol=0)
+
+
+def test_a_sequence_crossing_the_original_context_is_recomputed_long(hf_checkpoint):
+    """A 10-token prompt decoded past 16 positions: at the crossing the engine recomputes the sequence's keys
+    with the long factors, as transformers' generate() does, so greedy tokens equal generate()'s and every
+    sample of a fork equals one plain forward over its tokens, before and after the switch."""
+    directory, hf_model = hf_checkpoint("phi3")
+    engine = Engine.load(directory, FLOAT)
+    prompt = list(range(40, 50))
+    (_, done), = run(engine, GenerationRequest(tuple(prompt), SamplingParams(temperature=0, max_new_tokens=14,
+                                                                             ignore_eos=True)))
+    ref = hf_model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, 10, dtype=torch.long),
+                            max_new_tokens=14, do_sample=False, eos_token_id=None, pad_token_id=0)[0, 10:].tolist()
+    assert list(done.results[0].token_ids) == ref
+    recomputes, real = [], engine._runner.run_tokens
+    engine._runner.run_tokens = lambda table, tokens: recomputes.append(len(tokens)) or real(table, tokens)
+    (recs, forked), = run(engine, GenerationRequest(tuple(prompt), SamplingParams(temperature=1.5, seed=5,
+                                                                                  max_new_tokens=12),
+                                                    n=2, instrument=FULL_LOGITS))
+    assert sorted(recs) == [0, 1] and all(len(steps) == 12 for steps in recs.values())
+    for steps in recs.values():
+        tokens = list(prompt)
+        for rec in steps:  # positions 10..21: the switch happens at 16
+            torch.testing.assert_close(stored(rec), recompute(engine.model, tokens), atol=1e-4, rtol=0)
+            tokens.append(rec.token_id)
+    # once per sample, and only what the cache did not hold long already (the first request's long blocks
+    # of the shared prompt, prompt[:8])
+    assert recomputes == [8, 8]
+    assert engine.kv_blocks_in_use == 0
+
+
+@pytest.mark.parametrize("drafter", ["ngram", "self-layers:1"])
+def test_speculative_greedy_equals_plain_greedy_across_the_switch(drafter, hf_checkpoint):
+    """Verify windows never straddle the original context and the crossing step recomputes first, so
+    speculative greedy decoding gives plain greedy's tokens on a sequence that passes 16 positions."""
+    from engine.records import SpeculativeOptions
+
+    directory, _ = hf_checkpoint("phi3")
+    engine = Engine.load(directory, FLOAT)
+    prompt = [7, 8, 9, 7, 8, 9, 7, 8, 9, 7]  # repetitive, so the n-gram drafter has something to propose
+    greedy = SamplingParams(temperature=0, max_new_tokens=20, ignore_eos=True)
+    (_, plain), = run(engine, GenerationRequest(tuple(prompt), greedy))
+    engine._runner.drop_prefix_cache()
+    (_, spec), = run(engine, GenerationRequest(tuple(prompt), greedy, speculative=SpeculativeOptions(drafter, k=4)))
+    assert spec.error is None and spec.results[0].token_ids == plain.results[0].token_ids
