@@ -1,7 +1,8 @@
 """Phi-3 (LongRoPE, fused projections, partial rotary), Granite (multipliers) and SmolLM3 (NoPE layers) against
 transformers: LongRoPE's frequencies and the logits past the original context, greedy tokens through the paged
-engine with a shared prefix and a fork, int8 loading, and GGUF files written as llama.cpp's converter writes them.
-(Plain parity over 32 + 16 tokens and the loader's tensor count are in test_parity_hf / test_safetensors_loader.)"""
+engine with a shared prefix and a fork, int8 loading, the RoPE view. (Plain parity over 32 + 16 tokens and the loader's
+tensor count: test_parity_hf / test_safetensors_loader; GGUF: test_arch_phi3_granite_smollm3_gguf; LongRoPE in
+the paged runtime: test_longrope_paging.)"""
 from __future__ import annotations
 
 import dataclasses
@@ -16,13 +17,10 @@ from engine.engine import Engine
 from engine.errors import ModelFormatError
 from engine.kv_cache import ContiguousKVCache
 from engine.layers.rope import RopeTable, rope_inv_freq
-from engine.loaders.gguf_file import load_gguf
 from engine.loaders.safetensors_dir import load_hf_dir
 from engine.model import Decoder
 from engine.records import GenerationRequest, InstrumentOptions, LoadOptions, RequestDone, SamplingParams, StepRecord
-from tests.engine.test_gguf_loader import permute_qk, write_gguf
 from tests.engine.test_parity_hf import run_both
-from tests.tiny_models import build_hf_model
 
 ARCHS = ("phi3", "granite", "smollm3")
 FLOAT = LoadOptions(device="cpu", dtype="float32", quant="none", kv_block_size=8)
@@ -195,111 +193,6 @@ def test_int8_loading(arch, hf_checkpoint):
     assert (ours - ref).abs().max() < 0.05 * ref.abs().max()  # int8 per-channel error, not a wrong layout
 
 
-# -- GGUF as llama.cpp's converter writes it ---------------------------------------------------------------
-
-def _gguf_from_hf(path, arch: str, hf_model, qtype: str = "F32"):
-    """The tiny HF model's weights under llama.cpp's names and keys: Phi-3 fused and unpermuted, with its
-    LongRoPE factors as tensors; Granite and SmolLM3 as llama (Q/K rows permuted)."""
-    from gguf import GGMLQuantizationType as Q
-    from gguf import quants
-
-    c = hf_model.config
-    H, K = c.num_attention_heads, c.num_key_value_heads
-    state = {n: t.detach().numpy().astype(np.float32) for n, t in hf_model.state_dict().items()}
-    kv = {f"{arch}.block_count": c.num_hidden_layers, f"{arch}.context_length": c.max_position_embeddings,
-          f"{arch}.embedding_length": c.hidden_size, f"{arch}.feed_forward_length": c.intermediate_size,
-          f"{arch}.attention.head_count": H, f"{arch}.attention.head_count_kv": K,
-          f"{arch}.attention.layer_norm_rms_epsilon": float(c.rms_norm_eps),
-          f"{arch}.rope.freq_base": float(c.rope_parameters["rope_theta"]),
-          "tokenizer.ggml.tokens": [f"t{i}" for i in range(c.vocab_size)]}
-    tensors = {}
-
-    def add(name, array):
-        if qtype != "F32" and array.ndim == 2 and "norm" not in name:
-            array = quants.quantize(array, Q[qtype])
-        tensors[name] = (array, qtype if array.dtype == np.uint8 else None)
-
-    add("token_embd.weight", state["model.embed_tokens.weight"])
-    add("output_norm.weight", state["model.norm.weight"])
-    add("output.weight", state["lm_head.weight"])
-    for i in range(c.num_hidden_layers):
-        hf, b = f"model.layers.{i}.", f"blk.{i}."
-        add(b + "attn_norm.weight", state[hf + "input_layernorm.weight"])
-        add(b + "ffn_norm.weight", state[hf + "post_attention_layernorm.weight"])
-        add(b + "attn_output.weight", state[hf + "self_attn.o_proj.weight"])
-        add(b + "ffn_down.weight", state[hf + "mlp.down_proj.weight"])
-        if arch == "phi3":
-            add(b + "attn_qkv.weight", state[hf + "self_attn.qkv_proj.weight"])
-            add(b + "ffn_up.weight", state[hf + "mlp.gate_up_proj.weight"])
-            continue
-        for part, heads in (("q", H), ("k", K), ("v", 0)):
-            for suffix in ("weight", "bias"):
-                value = state.get(hf + f"self_attn.{part}_proj.{suffix}")
-                if value is not None:
-                    add(b + f"attn_{part}.{suffix}", permute_qk(value, heads) if heads else value)
-        if (bias := state.get(hf + "self_attn.o_proj.bias")) is not None:
-            add(b + "attn_output.bias", bias)
-        add(b + "ffn_gate.weight", state[hf + "mlp.gate_proj.weight"])
-        add(b + "ffn_up.weight", state[hf + "mlp.up_proj.weight"])
-    if arch == "phi3":
-        rope = c.rope_parameters
-        kv |= {"phi3.rope.dimension_count": int(c.hidden_size // H * rope["partial_rotary_factor"]),
-               "phi3.rope.scaling.original_context_length": rope["original_max_position_embeddings"],
-               "phi3.rope.scaling.attn_factor": math.sqrt(2), "phi3.attention.sliding_window": 0}
-        add("rope_factors_long.weight", np.array(rope["long_factor"], dtype=np.float32))
-        add("rope_factors_short.weight", np.array(rope["short_factor"], dtype=np.float32))
-    if arch == "granite":
-        kv |= {"granite.embedding_scale": c.embedding_multiplier, "granite.residual_scale": c.residual_multiplier,
-               "granite.attention.scale": c.attention_multiplier, "granite.logit_scale": c.logits_scaling}
-    write_gguf(path, arch, kv, tensors)
-
-
-def _max_diff(model, hf_model, prefill=32, decode=16) -> float:
-    g = torch.Generator().manual_seed(0)
-    tokens = torch.randint(0, hf_model.config.vocab_size, (1, prefill + decode), generator=g)
-    cache = ContiguousKVCache(model.config, prefill + decode)
-    with torch.no_grad():
-        ref = hf_model(tokens[:, :prefill], use_cache=True)
-        worst = (ref.logits - model(tokens[:, :prefill], cache.view(0, prefill))).abs().max().item()
-        for i in range(prefill, prefill + decode):
-            ref = hf_model(tokens[:, i:i + 1], past_key_values=ref.past_key_values, use_cache=True)
-            worst = max(worst, (ref.logits - model(tokens[:, i:i + 1], cache.view(i, 1))).abs().max().item())
-    return worst
-
-
-@pytest.mark.parametrize("arch", ARCHS)
-def test_gguf_round_trip_equals_transformers(arch, tmp_path):
-    # SmolLM3's GGUF cannot say which layers skip RoPE (llama.cpp hard-codes every 4th): four layers here.
-    four_layers = {"num_hidden_layers": 4, "no_rope_layer_interval": 4}
-    hf_model = build_hf_model(arch, **(four_layers if arch == "smollm3" else {}))
-    path = tmp_path / f"{arch}.gguf"
-    _gguf_from_hf(path, arch, hf_model)
-    config, tensors, _ = load_gguf(path)
-    assert config.arch == arch
-    if arch == "smollm3":
-        assert config.rope_layers == (True, True, True, False)
-    if arch == "phi3":
-        assert config.rope_scaling.rope_type == "longrope" and config.rotary_dim == 8
-    assert _max_diff(Decoder.from_tensors(config, tensors), hf_model) <= 1e-4
-
-
-def test_phi3_gguf_q8_0_stays_packed_through_the_split(tmp_path):
-    """A quantized Phi-3 file: the fused attn_qkv / ffn_up blocks are split as bytes and installed as int8
-    weights; they compute what the same file dequantized computes."""
-    from engine.quant import QuantLinear, build_model
-
-    hf_model = build_hf_model("phi3")
-    path = tmp_path / "phi3-q8.gguf"
-    _gguf_from_hf(path, "phi3", hf_model, qtype="Q8_0")
-    config, packed, _ = load_gguf(path, keep_packed=True)
-    _, floats, _ = load_gguf(path)
-    quantized = build_model(config, packed, "cpu", torch.float32, "auto", exact=True)
-    reference = build_model(config, floats, "cpu", torch.float32, "none")
-    assert isinstance(quantized.layers[0].attn.wqkv, QuantLinear)
-    prompt = list(range(3, 40))
-    torch.testing.assert_close(recompute(quantized, prompt), recompute(reference, prompt), atol=1e-4, rtol=0)
-
-
 # -- the RoPE view -----------------------------------------------------------------------------------------
 
 def test_rope_view_shows_both_longrope_lists_nope_layers_and_partial_rotary(hf_checkpoint):
@@ -321,36 +214,6 @@ def test_rope_view_shows_both_longrope_lists_nope_layers_and_partial_rotary(hf_c
     assert smol.nope_layers == (1,) and smol.other_inv_freq == () and smol.head_width == 0
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-def test_static_decode_step_equals_the_paged_view(arch, hf_checkpoint):
-    """The fixed-shape step CUDA graphs capture (engine/runtime/static_decode.py) picks LongRoPE's list on the
-    device from its refilled position buffer: a 10-token prompt decoded past 16 positions switches inside it
-    exactly as the ordinary paged view does; NoPE layers and the Granite multipliers take the same path."""
-    from engine.runtime.runner import Runner
-    from engine.runtime.static_decode import StaticDecoder, graphable
-
-    directory, _ = hf_checkpoint(arch)
-    loaded = Engine.load(directory, FLOAT)
-    model, tokenizer = loaded.model, loaded.tokenizer
-    assert graphable(model, None)
-    prompt = list(range(20, 30))
-    plain = Runner(model, tokenizer, num_blocks=32, block_size=8)
-    static = Runner(model, tokenizer, num_blocks=32, block_size=8)
-    static.static = StaticDecoder(model, static.pool, use_graphs=False, smallest_bucket=16)
-    steps, real = [], static.static.decode
-    static.static.decode = lambda *a: steps.append(a[1]) or real(*a)  # the decoded token's position
-    logits = {}
-    for name, runner in (("plain", plain), ("static", static)):
-        forward, logits[name] = runner._forward, []
-        runner._forward = (lambda tables, chunks, probe, f=forward, s=logits[name]:
-                           s.append(f(tables, chunks, probe)) or s[-1])
-        run(runner, GenerationRequest(tuple(prompt), SamplingParams(temperature=0, max_new_tokens=16,
-                                                                     ignore_eos=True)))
-    assert len(logits["plain"]) == len(logits["static"]) == 16 and steps == list(range(10, 25))  # crosses 16
-    for a, b in zip(logits["plain"], logits["static"]):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-
-
 @pytest.mark.parametrize("arch,overrides", [
     ("phi3", {"rope_parameters": {"rope_type": "default", "rope_theta": 500.0}, "partial_rotary_factor": 1.0,
               "sliding_window": 8}),  # Phi-3-mini-4k's shape: no LongRoPE, whole heads, every layer windowed
@@ -364,73 +227,3 @@ def test_variants_match_transformers(arch, overrides, hf_checkpoint):
                 "granite": config.tie_embeddings, "smollm3": config.rope_layers == (False, True) and config.o_bias}
     assert expected[arch]  # the variant is what the comparison below runs
     assert run_both(directory, hf_model) <= 1e-4
-
-
-def test_longrope_prompts_are_rotated_alike_whatever_the_chunks_and_the_prefix_cache(hf_checkpoint):
-    """A prompt past the original context is rotated with the long factors from its first token, as one forward
-    over it is (and transformers' generate), even when prefilled in chunks that each lie within 16 positions;
-    its blocks never match blocks of the same tokens computed with the short factors, nor the other way round."""
-    directory, hf_model = hf_checkpoint("phi3")
-    engine = Engine.load(directory, FLOAT)
-    engine._runner.prefill_chunk = 8  # every chunk of the long prompt, alone, would fit in 16 positions
-    g = torch.Generator().manual_seed(2)
-    prompt = torch.randint(1, 127, (36,), generator=g).tolist()
-    greedy = SamplingParams(temperature=0, max_new_tokens=6, ignore_eos=True)
-    # 12 + 2 decoded tokens stay within 16 positions: prompt[:8] is cached with the short factors
-    (_, short), = run(engine, GenerationRequest(tuple(prompt[:12]), dataclasses.replace(greedy, max_new_tokens=3)))
-    (recs, long), = run(engine, GenerationRequest(tuple(prompt), greedy, instrument=FULL_LOGITS))
-    assert long.cached_prompt_tokens == 0  # the short-factor block of prompt[:8] is not reused
-    torch.testing.assert_close(stored(recs[0][0]), recompute(engine.model, prompt), atol=1e-4, rtol=0)
-    ref = hf_model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, 36, dtype=torch.long),
-                            max_new_tokens=6, do_sample=False, eos_token_id=None, pad_token_id=0)[0, 36:].tolist()
-    assert list(long.results[0].token_ids) == ref
-    (_, again), = run(engine, GenerationRequest(tuple(prompt[:32] + [9, 9]), greedy))
-    assert again.cached_prompt_tokens == 32  # long-factor blocks serve long prompts
-    (recs, short_again), = run(engine, GenerationRequest(tuple(prompt[:14]), greedy, instrument=FULL_LOGITS))
-    assert short_again.cached_prompt_tokens == 8  # and short-factor blocks short ones
-    torch.testing.assert_close(stored(recs[0][0]), recompute(engine.model, prompt[:14]), atol=1e-4, rtol=0)
-
-
-def test_a_sequence_crossing_the_original_context_is_recomputed_long(hf_checkpoint):
-    """A 10-token prompt decoded past 16 positions: at the crossing the engine recomputes the sequence's keys
-    with the long factors, as transformers' generate() does, so greedy tokens equal generate()'s and every
-    sample of a fork equals one plain forward over its tokens, before and after the switch."""
-    directory, hf_model = hf_checkpoint("phi3")
-    engine = Engine.load(directory, FLOAT)
-    prompt = list(range(40, 50))
-    (_, done), = run(engine, GenerationRequest(tuple(prompt), SamplingParams(temperature=0, max_new_tokens=14,
-                                                                             ignore_eos=True)))
-    ref = hf_model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, 10, dtype=torch.long),
-                            max_new_tokens=14, do_sample=False, eos_token_id=None, pad_token_id=0)[0, 10:].tolist()
-    assert list(done.results[0].token_ids) == ref
-    recomputes, real = [], engine._runner.run_tokens
-    engine._runner.run_tokens = lambda table, tokens: recomputes.append(len(tokens)) or real(table, tokens)
-    (recs, forked), = run(engine, GenerationRequest(tuple(prompt), SamplingParams(temperature=1.5, seed=5,
-                                                                                  max_new_tokens=12),
-                                                    n=2, instrument=FULL_LOGITS))
-    assert sorted(recs) == [0, 1] and all(len(steps) == 12 for steps in recs.values())
-    for steps in recs.values():
-        tokens = list(prompt)
-        for rec in steps:  # positions 10..21: the switch happens at 16
-            torch.testing.assert_close(stored(rec), recompute(engine.model, tokens), atol=1e-4, rtol=0)
-            tokens.append(rec.token_id)
-    # once per sample, and only what the cache did not hold long already (the first request's long blocks
-    # of the shared prompt, prompt[:8])
-    assert recomputes == [8, 8]
-    assert engine.kv_blocks_in_use == 0
-
-
-@pytest.mark.parametrize("drafter", ["ngram", "self-layers:1"])
-def test_speculative_greedy_equals_plain_greedy_across_the_switch(drafter, hf_checkpoint):
-    """Verify windows never straddle the original context and the crossing step recomputes first, so
-    speculative greedy decoding gives plain greedy's tokens on a sequence that passes 16 positions."""
-    from engine.records import SpeculativeOptions
-
-    directory, _ = hf_checkpoint("phi3")
-    engine = Engine.load(directory, FLOAT)
-    prompt = [7, 8, 9, 7, 8, 9, 7, 8, 9, 7]  # repetitive, so the n-gram drafter has something to propose
-    greedy = SamplingParams(temperature=0, max_new_tokens=20, ignore_eos=True)
-    (_, plain), = run(engine, GenerationRequest(tuple(prompt), greedy))
-    engine._runner.drop_prefix_cache()
-    (_, spec), = run(engine, GenerationRequest(tuple(prompt), greedy, speculative=SpeculativeOptions(drafter, k=4)))
-    assert spec.error is None and spec.results[0].token_ids == plain.results[0].token_ids
