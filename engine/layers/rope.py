@@ -123,7 +123,8 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 class RopeTable:
     """Caches inverse frequencies; recomputes them per call only for dynamic NTK, whose base
-    depends on how long the sequence has grown (length = largest position + 1, as HF does)."""
+    depends on how long the sequence has grown (length = largest position + 1, as HF does), and picks
+    LongRoPE's short or long set per sequence by the same length."""
 
     def __init__(self, config: ModelConfig, device="cpu"):
         # head_dim here is the rotated width: the whole head unless the model rotates part of it
