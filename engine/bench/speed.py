@@ -165,9 +165,17 @@ def main(argv=None) -> int:
     p.add_argument("--engines", help="with --compare: a comma-separated subset of " + ", ".join(
         ["glassbox", "glassbox-1thread", "glassbox PyTorch kernels", "llama.cpp Q4_1", "llama.cpp Q4_0", "hf fp32",
          "hf bf16"]) + " (glassbox is always run)")
+    p.add_argument("--kernels", choices=["default", "1b"],
+                   help="one token's matmuls alone in this model's shapes, our kernels vs PyTorch's (engine/bench/kernels.py)")
     p.add_argument("--count-ops", action="store_true",
                    help="operator calls per decoded token, with our kernels and with PyTorch's (engine/bench/ops.py)")
     args = p.parse_args(argv)
+    if args.kernels:
+        from engine.bench.kernels import measure, print_result
+
+        measured = measure(args.kernels, args.threads, max(args.runs, 3))
+        print(json.dumps(measured, indent=2)) if args.json else print_result(measured)
+        return 0
     if args.count_ops:
         from engine.bench.ops import compare_counts, print_counts
 
