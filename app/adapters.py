@@ -8,6 +8,7 @@ from __future__ import annotations
 from PySide6.QtCore import QObject, Signal
 from PySide6.QtWidgets import QLabel
 
+from app import dock_layout
 from engine.errors import EngineError
 
 
@@ -76,10 +77,7 @@ class Adapters(QObject):
         self.panel.set_adapters(adapters)
         self._show_note(adapters)
         if adapters:  # the dock starts closed (app/dock_layout.py HIDDEN_AT_START): open it where it is used
-            dock = self.parent().docks["LoRA"]
-            if not dock.isVisible():
-                dock.show()
-                dock.raise_()
+            dock_layout.open_dock(self.parent(), "LoRA")
         self.inspection.forget()  # the same token under other adapters is another comparison
         if self.inspection.wanted() is None:
             self.panel.clear_result()  # none on, or nothing selected yet: say what to do

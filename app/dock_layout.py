@@ -131,6 +131,21 @@ def arrange(window: QMainWindow, docks: dict[str, QDockWidget]) -> None:
     size_docks(window, docks)
 
 
+def open_dock(window: QMainWindow, name: str) -> None:
+    """Show a dock that started closed (HIDDEN_AT_START) as a tab of its area's others, in front. A dock shown
+    by itself would be docked beside them instead, splitting the area."""
+    dock = window.docks[name]
+    if dock.isHidden() and not dock.isFloating():
+        area = window.dockWidgetArea(dock)
+        anchor = next((d for d in window.docks.values() if d is not dock and not d.isHidden() and not d.isFloating()
+                       and window.dockWidgetArea(d) == area), None)
+        if anchor is not None:
+            window.tabifyDockWidget(anchor, dock)
+        dock.show()
+        whole_tab_titles(window)
+    dock.raise_()
+
+
 def whole_tab_titles(window: QMainWindow) -> None:
     """Tab titles are never elided ("Wh…" names nothing): on a screen too narrow for a side's tabs, the
     tab bar scrolls instead (QMainWindow makes its tab bars as docks are tabified)."""

@@ -175,8 +175,7 @@ class MainWindow(QMainWindow):
         self.model_panel.open_requested.connect(self.load_model)
 
     def _add_adapter(self) -> None:
-        self.docks["LoRA"].show()
-        self.docks["LoRA"].raise_()
+        dock_layout.open_dock(self, "LoRA")
         self.adapter_panel.choose_folder()
 
     def _show_shortcuts(self) -> None:

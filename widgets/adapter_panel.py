@@ -182,6 +182,7 @@ class AdapterPanel(QWidget):
         return self._rows[name]
 
     def show_computing(self) -> None:
+        self._view = None  # what was shown belongs to another token or other adapters
         self.summary.setText("")
         self.message.setText(COMPUTING)
         self.result.setCurrentWidget(self.message)

@@ -29,6 +29,7 @@ def test_add_toggle_and_compare_in_the_window(qtbot, settings, hf_checkpoint, tm
         add_from_menu(window, monkeypatch, folder)
         qtbot.waitUntil(lambda: panel.adapter_names() == ["style"], timeout=TIMEOUT)
         qtbot.waitUntil(lambda: not panel.visibleRegion().isEmpty(), timeout=10_000)  # its dock open, in front
+        assert window.docks["LoRA"] in window.tabifiedDockWidgets(window.docks["Probabilities"])  # a tab, not a split
         assert window.adapters.note.isVisible() and window.adapters.note.text() == "LoRA: style ×1"
         chat(qtbot, window, "t1 t2 t3 t4", max_new_tokens=5)
         steps = window.controller.steps
