@@ -304,7 +304,9 @@ class Engine:
         if len(ids) < 2:
             return QuantDiff((), (), 0.0, 1.0)  # nothing is predicted from fewer than two tokens
         window, stride = scoring_window(len(ids), self.config.max_seq_len)
-        with as_loaded(self.model):  # against the model as loaded, not interventions kept on for generation
+        # against the model as loaded: not interventions kept on for generation, nor LoRA adapters (the float
+        # reference has none: quantization alone is measured)
+        with as_loaded(self.model), adapter_stack(self.model).suspended():
             return compare(self._float_reference, self.model, list(ids), window=window, stride=stride)
 
     # -- the model's own what-if (engine/instrumentation/lens.py, interventions.py) ---------------------
@@ -402,7 +404,7 @@ class Engine:
         require_quantized(self.model)  # ValueError: a float model has nothing to drift from
         if self._float_reference is None:
             self._float_reference = load_float_reference(self.source, self.config, self.model)
-        with as_loaded(self.model):
+        with as_loaded(self.model), adapter_stack(self.model).suspended():  # quantization alone, as quant_diff
             return quant_drift(self.model, self._float_reference, list(token_ids), top_n, cancelled,
                                self.tokenizer.token_text, self.facts().weights)
 

@@ -195,3 +195,24 @@ def test_comparison_with_and_without_the_adapters(tiny):
     assert view.top1_same == (int(without.argmax()) == int(with_it.argmax()))
     assert engine.adapters()[0].enabled  # the comparison left the adapter on
     assert engine.adapter_comparison(ids, 7, cancelled=lambda: True) is None
+
+
+@pytest.mark.parametrize("drafter", ["self-int4", "self-layers:1", "ngram"])
+def test_speculative_greedy_with_an_adapter_equals_plain_greedy(tiny, drafter):
+    from engine.records import SpeculativeOptions
+
+    engine = Engine.load(tiny / "base", FLOAT)
+    engine.add_adapter(tiny / "style", scale=0.5)
+    prompt = tokens(10, seed=6)[0].tolist()
+    params = SamplingParams(temperature=0, max_new_tokens=12, ignore_eos=True)
+    plain = list(engine.generate(prompt, params))[-1]
+    fast = list(engine.generate(prompt, params, speculative=SpeculativeOptions(drafter=drafter, k=3)))[-1]
+    assert fast.token_ids == plain.token_ids
+
+
+def test_quantization_drift_measures_quantization_alone(tiny):
+    engine = Engine.load(tiny / "base", LoadOptions(device="cpu", dtype="float32", quant="int8", quant_exact=True))
+    ids = tokens(24, seed=7)[0].tolist()
+    before = engine.quant_diff(ids)
+    engine.add_adapter(tiny / "style")
+    assert engine.quant_diff(ids).kl == before.kl and engine.adapters()[0].enabled
