@@ -216,3 +216,18 @@ def test_quantization_drift_measures_quantization_alone(tiny):
     before = engine.quant_diff(ids)
     engine.add_adapter(tiny / "style")
     assert engine.quant_diff(ids).kl == before.kl and engine.adapters()[0].enabled
+
+
+@pytest.mark.parametrize("arch, targets", [
+    ("qwen2", ["q_proj", "k_proj", "v_proj", "up_proj"]),  # q/k/v biases beside the delta
+    ("qwen3", ["q_proj", "k_proj", "o_proj", "down_proj"]),  # q/k-norm after the fused projection's delta
+    ("qwen2_moe", ["v_proj", "o_proj"]),  # attention of an MoE
+    ("qwen2_moe", ["gate_proj", "up_proj", "down_proj"]),  # its shared expert (layer 0) and dense MLP (layer 1)
+])
+def test_other_architectures(arch, targets, hf_checkpoint, tmp_path):
+    directory, _ = hf_checkpoint(arch)
+    folder = make_adapter(tmp_path / "ad", targets=targets, arch=arch)
+    engine = Engine.load(directory, FLOAT)
+    engine.add_adapter(folder, scale=0.5)
+    reference = run_hf(merged_reference([(folder, 0.5)], arch=arch))
+    assert (run_ours(engine.model) - reference).abs().max() <= TOL

@@ -91,16 +91,26 @@ def test_a_bad_adapter_is_refused_and_the_model_stays_usable(tiny, tmp_path, cas
     assert torch.equal(logits(engine), before)
 
 
-def test_a_weight_the_engine_cannot_place_is_named(tiny, tmp_path):
+@pytest.mark.parametrize("key, message", [
+    ("base_model.model.model.embed_tokens.lora_embedding_A", "embedding or the LM head is not supported"),
+    ("base_model.model.model.layers.0.mlp.experts.1.gate_proj.lora_A.weight", "routed experts is not supported"),
+    ("base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector", "DoRA is not supported"),
+    ("base_model.model.model.layers.1.self_attn.o_proj.lora_A.weight", "has lora_A without its pair"),
+    ("base_model.model.model.layers.9.self_attn.q_proj.lora_A.weight", r"layer 9: the model has layers 0..1"),
+])
+def test_a_weight_the_engine_cannot_place_is_named(tiny, tmp_path, key, message):
     from safetensors.torch import load_file, save_file
 
     folder = copy_with(tiny, tmp_path)
     tensors = load_file(folder / "adapter_model.safetensors")
-    tensors["base_model.model.model.embed_tokens.lora_embedding_A"] = torch.zeros(4, 128)
+    tensors[key] = torch.zeros(4, 64)
+    if ".layers.9." in key:  # a whole pair, for a layer the model does not have
+        tensors[key.replace("lora_A", "lora_B")] = torch.zeros(64, 4)
     save_file(tensors, folder / "adapter_model.safetensors")
     engine = Engine.load(tiny / "base", FLOAT)
-    with pytest.raises(ModelFormatError, match="embedding or the LM head is not supported"):
+    with pytest.raises(ModelFormatError, match=message):
         engine.add_adapter(folder)
+    assert engine.adapters() == ()
 
 
 def test_bad_names_and_scales_are_value_errors(tiny):
