@@ -23,11 +23,15 @@ def main(argv: list[str] | None = None) -> int:
         from app.serve.cli import main as serve
 
         return serve(argv[1:])
+    from engine.records.adapters import adapter_spec  # plain strings: no torch, no Qt
+
     parser = argparse.ArgumentParser(prog="glassbox", description="Glassbox: watch an LLM think")
     parser.add_argument("model", nargs="?", help="GGUF file or HF model directory (default: SmolLM2-135M-Instruct)")
     parser.add_argument("--threads", type=int, default=0,
                         help="CPU threads for the engine's matmuls (default 0: one per physical core; the "
                              "GUI thread stays responsive regardless: the engine runs one step per event)")
+    parser.add_argument("--lora", metavar="DIR[:SCALE]", action="append", default=[], type=adapter_spec,
+                        help="a PEFT LoRA adapter folder to load onto the model, scaled (default 1); repeatable")
     parser.add_argument("--smoke", action="store_true",
                         help="self-test: offscreen window, load the model, generate 8 tokens, "
                              "print a summary, exit")
@@ -78,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         run = SmokeRun(app, window, args.smoke_timeout, prompt=prompt if prompt is not None else PROMPT,  # noqa: F841
                        tokens=args.max_new_tokens or TOKENS, measure=prompt is not None)
     # The engine's threads: its worker thread sets them when it loads (OpenMP counts per thread).
-    window.load_model(args.model, LoadOptions(threads=args.threads))
+    window.load_model(args.model, LoadOptions(threads=args.threads, adapters=tuple(args.lora)))
     return app.exec()
 
 

@@ -53,3 +53,16 @@ def test_add_toggle_and_compare_in_the_window(qtbot, settings, hf_checkpoint, tm
         assert panel.adapter_names() == ["style"]
     finally:
         close_window(window)
+
+
+def test_adapters_given_when_loading_show_in_the_panel(qtbot, settings, hf_checkpoint, tmp_path):  # noqa: F811
+    """`glassbox --lora DIR:SCALE` loads with LoadOptions.adapters: the panel shows what the engine holds."""
+    directory, _ = hf_checkpoint("llama")
+    folder = make_adapter(tmp_path / "style")
+    window = open_window(qtbot, settings, directory, adapters=((str(folder), 0.25),))
+    try:
+        qtbot.waitUntil(lambda: window.adapter_panel.adapter_names() == ["style"], timeout=TIMEOUT)
+        assert window.adapter_panel.row("style").scale.value() == 0.25
+        assert window.adapters.note.text() == "LoRA: style ×0.25"
+    finally:
+        close_window(window)
