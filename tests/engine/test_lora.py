@@ -231,3 +231,19 @@ def test_other_architectures(arch, targets, hf_checkpoint, tmp_path):
     engine.add_adapter(folder, scale=0.5)
     reference = run_hf(merged_reference([(folder, 0.5)], arch=arch))
     assert (run_ours(engine.model) - reference).abs().max() <= TOL
+
+
+def test_int4_base_against_the_dequantized_model_with_the_adapter(tiny):
+    """int4 weights stay packed: the adapter beside them computes what it computes beside their dequantized
+    float copy (our float path is the one checked against peft above)."""
+    config, tensors, _ = load_hf_dir(tiny / "base")
+    reference = Decoder.from_tensors(config, dequantized_tensors(tensors, "int4-g32"))
+    adapter_stack(reference).add(read_adapter(tiny / "style", reference, "style"))
+    engine = Engine.load(tiny / "base", LoadOptions(device="cpu", dtype="float32", quant="int4-g32",
+                                                    quant_exact=True))
+    base = run_ours(engine.model)
+    engine.add_adapter(tiny / "style")
+    assert "int4" in dict(engine.facts().weight_bytes)
+    assert (run_ours(engine.model) - run_ours(reference)).abs().max() <= TOL
+    engine.set_adapter("style", enabled=False)
+    assert torch.equal(run_ours(engine.model), base)
