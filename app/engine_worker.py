@@ -328,9 +328,11 @@ class EngineWorker(QObject):
         except Exception as e:  # a template that cannot render these messages, a bad constraint, ...
             self.failed.emit(str(e) if isinstance(e, EngineError) else f"{type(e).__name__}: {e}")
             return
-        # TurnStart's fields after the prompt; the interventions named so the reply says it is not the model's own
+        # TurnStart's fields after the prompt; the interventions (and LoRA adapters on) named so the reply says it
+        # is not the model's own
         self._running = (tools, len(turn.kept_ids), kept_text, dropped,
-                         tuple(i.label for i in engine.interventions))
+                         tuple(i.label for i in engine.interventions)
+                         + tuple(f"LoRA {a.label}" for a in engine.adapters() if a.enabled))
         self._chat = engine.submit(request)
         self._chat_cancel, self._chat_cancelled = turn.cancel, False
         self._sent_at = time.perf_counter()  # the prefill takes longer: the first token goes out at once

@@ -7,6 +7,8 @@ import pytest
 
 pytest.importorskip("peft")
 
+from engine.engine import Engine  # noqa: E402
+from engine.records import LoadOptions  # noqa: E402
 from tests.app.test_main_window import TIMEOUT, chat, close_window, open_window, settings  # noqa: E402, F401
 from tests.engine.lora_fixtures import make_adapter  # noqa: E402
 
@@ -36,6 +38,13 @@ def test_add_toggle_and_compare_in_the_window(qtbot, settings, hf_checkpoint, tm
         qtbot.waitUntil(lambda: panel.view is not None, timeout=TIMEOUT)  # the reply's end: its last token
         assert panel.view.target_id == steps[-1].token_id and panel.view.kl > 0
         assert panel.view.adapters == ("style ×1",)
+        reference = Engine.load(directory, LoadOptions(device="cpu"))  # the reply is the adapted model's
+        reference.add_adapter(folder)
+        prompt = window.hub.contexts.before(steps[0])[0]
+        expected = [t.token_id for t in reference.generate(list(prompt), window.sampler.params())
+                    if hasattr(t, "token_id")]
+        assert [s.token_id for s in steps] == expected[:len(steps)]
+        assert "LoRA style ×1" in window.controller.tree.leaf().note  # the chat says so
         window.controller.select(steps[1].index)  # a click on the second token
         context = window.hub.contexts.before(steps[1])[0]
         qtbot.waitUntil(lambda: panel.view is not None and panel.view.position == len(context), timeout=TIMEOUT)
