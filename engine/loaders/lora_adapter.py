@@ -24,8 +24,9 @@ CONFIG, WEIGHTS, PICKLED = "adapter_config.json", "adapter_model.safetensors", "
 ATTENTION = {"q_proj": (0,), "k_proj": (1,), "v_proj": (2,), "qkv_proj": (0, 1, 2), "o_proj": None}
 MLP = {"gate_proj": (0,), "up_proj": (1,), "gate_up_proj": (0, 1), "down_proj": None}
 TARGETS = tuple(ATTENTION) + tuple(MLP)
-# base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight (an adapter name may follow lora_A).
-_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>(?:model\.)?layers\.(?P<layer>\d+)\."
+# base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight (an adapter name may follow lora_A; a
+# multimodal checkpoint's text layers sit under model.language_model.layers; a vision tower's never match).
+_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>(?:(?:model|language_model)\.){0,3}layers\.(?P<layer>\d+)\."
                   r"(?P<parent>self_attn|mlp(?:\.shared_experts?)?)\.(?P<leaf>\w+?))"
                   r"\.lora_(?P<which>[AB])(?:\.[\w-]+)?\.weight$")
 # Config entries PEFT writes that change what the adapter computes, and that we do not run.

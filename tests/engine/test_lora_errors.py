@@ -95,6 +95,8 @@ def test_a_bad_adapter_is_refused_and_the_model_stays_usable(tiny, tmp_path, cas
     ("base_model.model.model.embed_tokens.lora_embedding_A", "embedding or the LM head is not supported"),
     ("base_model.model.model.layers.0.mlp.experts.1.gate_proj.lora_A.weight", "routed experts is not supported"),
     ("base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector", "DoRA is not supported"),
+    ("base_model.model.model.vision_tower.encoder.layers.0.self_attn.q_proj.lora_A.weight",
+     "not a LoRA weight of a module this engine runs"),
     ("base_model.model.model.layers.1.self_attn.o_proj.lora_A.weight", "has lora_A without its pair"),
     ("base_model.model.model.layers.9.self_attn.q_proj.lora_A.weight", r"layer 9: the model has layers 0..1"),
 ])
