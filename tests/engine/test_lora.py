@@ -223,6 +223,14 @@ def test_quantization_drift_measures_quantization_alone(tiny):
     ("qwen3", ["q_proj", "k_proj", "o_proj", "down_proj"]),  # q/k-norm after the fused projection's delta
     ("qwen2_moe", ["v_proj", "o_proj"]),  # attention of an MoE
     ("qwen2_moe", ["gate_proj", "up_proj", "down_proj"]),  # its shared expert (layer 0) and dense MLP (layer 1)
+    ("gemma", ["q_proj", "v_proj", "gate_proj", "down_proj"]),  # GeGLU
+    ("gemma2", ["q_proj", "o_proj", "up_proj"]),  # soft-capping, pre- and post-norms
+    ("gemma3", ["k_proj", "v_proj", "down_proj"]),
+    ("phi3", ["qkv_proj", "gate_up_proj", "o_proj"]),  # the checkpoint's own fused projections
+    ("granite", ["q_proj", "down_proj"]),  # multipliers
+    ("smollm3", ["q_proj", "up_proj"]),  # NoPE layers
+    ("gpt_oss", ["q_proj", "o_proj"]),  # attention sinks; its experts are routed (not LoRA targets here)
+    ("deepseek_v2-lite", ["q_proj"]),  # latent attention's uncompressed query
 ])
 def test_other_architectures(arch, targets, hf_checkpoint, tmp_path):
     directory, _ = hf_checkpoint(arch)
