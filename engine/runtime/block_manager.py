@@ -50,6 +50,9 @@ class BlockManager:
         self.free: deque[int] = deque(range(num_blocks))
         self.cached: OrderedDict[int, None] = OrderedDict()  # LRU order: oldest first
         self.hash_of: dict[int, int] = {}  # block -> hash of its content (full blocks only)
+        # Bumped by forget_prefixes and part of every chain hash: a request still running across a model
+        # change fills blocks with K/V of both models, and their hashes must never match a later chain.
+        self.epoch = 0
         self.block_of: dict[int, int] = {}  # hash -> block holding it
 
     # -- accounting ---------------------------------------------------------------------------
@@ -92,7 +95,7 @@ class BlockManager:
                 self.free.append(block)
 
     def _chain_hash(self, parent: int | None, tokens) -> int:
-        return hash((parent, tuple(tokens)))
+        return hash((self.epoch, parent, tuple(tokens)))
 
     def match_prefix(self, prompt: list[int], rope_long: bool = False) -> BlockTable:
         """A table holding the longest cached prefix of `prompt` (whole blocks, shared).
@@ -186,6 +189,7 @@ class BlockManager:
         nobody holds go back to the free list, and blocks still held keep their content for their owners
         but are never offered to match_prefix again. Returns how many blocks were freed."""
         freed = len(self.cached)
+        self.epoch += 1
         self.free.extend(self.cached)
         self.cached.clear()
         self.hash_of.clear()

@@ -255,3 +255,28 @@ def test_int4_base_against_the_dequantized_model_with_the_adapter(tiny):
     assert (run_ours(engine.model) - run_ours(reference)).abs().max() <= TOL
     engine.set_adapter("style", enabled=False)
     assert torch.equal(run_ours(engine.model), base)
+
+
+def test_blocks_filled_across_a_switch_are_never_offered_later(tiny):
+    """A request in flight when an adapter comes on finishes with K/V from both models; the blocks it fills
+    after the switch must not match a later request's prefix (the prefix chain starts anew at a switch)."""
+    from engine.records import StepRecord
+
+    engine = Engine.load(tiny / "base", LoadOptions(device="cpu", dtype="float32", quant="none", kv_block_size=4))
+    params = SamplingParams(temperature=0, max_new_tokens=12, ignore_eos=True)
+    first = engine.submit(engine.make_request(tokens(4, seed=8)[0].tolist(), params))
+    engine.step()  # the prompt's block is registered under the base model
+    engine.add_adapter(tiny / "style")
+    while engine.has_work():  # the rest of its blocks fill after the switch
+        done = [r for r in engine.step() if isinstance(r, RequestDone) and r.request_id == first]
+    full = tokens(4, seed=8)[0].tolist() + list(done[0].results[0].token_ids)
+
+    def first_prob(e) -> float:
+        request = e.make_request(full, SamplingParams(temperature=0, max_new_tokens=1, ignore_eos=True))
+        return next(r for r in e.stream(request) if isinstance(r, StepRecord)).prob
+
+    fresh = Engine.load(tiny / "base", FLOAT)
+    fresh.add_adapter(tiny / "style")
+    expected = first_prob(fresh)
+    assert first_prob(engine) == pytest.approx(expected, abs=1e-5)  # computes; registers its own blocks
+    assert first_prob(engine) == pytest.approx(expected, abs=1e-5)  # reuses its own, not the first request's
