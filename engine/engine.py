@@ -30,7 +30,8 @@ from engine.loaders import ProgressCallback, load_checkpoint
 from engine.loaders.lora_adapter import read_adapter
 from engine.model import Decoder
 from engine.quant import build_model, check_mode
-from engine.records import (AdapterComparisonView, AdapterFacts, AttentionView, DistributionView, GenerationDone, GenerationRequest, Intervention,
+from engine.records import (AdapterComparisonView, AdapterFacts, AttentionView, DistributionView, GenerationDone,
+                            GenerationRequest, Intervention,
                             InterventionView, LoadOptions, LogitLensView, MemorySnapshot, ModelFacts, PromptRecord,
                             QuantDiff, QuantDriftView, RequestDone, RopeView, SamplingParams, SpeculativeOptions,
                             StepRecord, TokenStep)

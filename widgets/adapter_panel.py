@@ -212,7 +212,8 @@ class AdapterPanel(QWidget):
         self.bars.setYRange(-0.6, len(y) - 0.4, padding=0)
         self.bars.setXRange(0, max(float(base.max(initial=0)), float(adapted.max(initial=0)), 0.05) * 1.1, padding=0)
         before, after = (display_text(view.token_texts[int(np.argmax(p))]) for p in (base, adapted))
-        top1 = f"top-1 unchanged (“{before}”)" if view.top1_same else f"top-1 changed: “{before}” → “{after}”"
+        top1 = (f"top-1 unchanged (“{before}”)" if view.top1_same
+                else f"top-1 changed: “{before}” → “{after}”")
         chosen = dict(zip(view.token_ids, view.token_texts)).get(view.target_id, f"id {view.target_id}")
         self.summary.setText(f"Token {view.position} (the model chose “{display_text(chosen)}”) with "
                              f"{' · '.join(view.adapters)}: KL {view.kl:.3f} nats · {top1}")

@@ -118,8 +118,8 @@ def _read_tensors(folder: Path) -> dict[str, torch.Tensor]:
     path = folder / WEIGHTS
     if not path.is_file():
         if (folder / PICKLED).exists():
-            raise ModelFormatError(folder / PICKLED, "a pickled adapter is never opened (pickle runs code); save "
-                                                     "it as safetensors (PEFT save_pretrained(safe_serialization=True))")
+            raise ModelFormatError(folder / PICKLED, "a pickled adapter is never opened (pickle runs code); save it "
+                                                     "as safetensors (PEFT save_pretrained(safe_serialization=True))")
         raise ModelFormatError(folder, f"no {WEIGHTS}")
     try:
         with safe_open(path, framework="pt") as f:
