@@ -19,7 +19,7 @@ import time
 
 import torch
 
-KERNELS = ("_weight_int4pack_mm", "_weight_int8pack_mm", "aten::mm", "aten::addmm", "aten::matmul", "aten::linear",
+KERNELS = ("glassbox::", "_weight_int4pack_mm", "_weight_int8pack_mm", "aten::mm", "aten::addmm", "aten::matmul", "aten::linear",
            "aten::bmm")
 ATTENTION = ("scaled_dot_product", "flash_attention")
 KV = ("aten::index", "index_copy", "aten::index_put")
@@ -66,7 +66,7 @@ def profile(engine, threads: int, new_tokens: int) -> dict:
     groups = {"matmul kernels": 0.0, "attention (SDPA)": 0.0, "KV write + gather": 0.0, "glue ops": 0.0}
     calls = 0
     for event in prof.key_averages():
-        if not event.key.startswith("aten::"):
+        if not event.key.startswith(("aten::", "glassbox::")):  # glassbox:: our quantized kernels
             continue
         calls += event.count
         us = event.self_cpu_time_total
