@@ -15,6 +15,17 @@ torch.set_num_threads(1)
 from tests.tiny_models import build_hf_model, write_tiny_tokenizer  # noqa: E402
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_qt_settings(tmp_path_factory):
+    """Window settings (saved dock layouts, recent models) go to a folder of this run, never the user's
+    ~/.config: a layout saved by one test was restored by the next, and by the next run."""
+    from PySide6.QtCore import QSettings
+
+    folder = str(tmp_path_factory.mktemp("qsettings"))
+    for form in (QSettings.NativeFormat, QSettings.IniFormat):
+        QSettings.setPath(form, QSettings.UserScope, folder)
+
+
 @pytest.fixture
 def hf_checkpoint(tmp_path):
     """Factory: (arch, **config overrides) -> (directory, transformers model) saved as safetensors."""
