@@ -102,3 +102,20 @@ def write_tiny_tokenizer(directory, vocab_size: int = 128) -> None:
     tok.add_special_tokens(["</s>"])
     tok.save(str(directory / "tokenizer.json"))
     (directory / "tokenizer_config.json").write_text(json.dumps({"eos_token": "</s>"}))
+
+
+def max_logit_diff(model, hf_model, prefill: int = 32, decode: int = 16) -> float:
+    """Largest |logit difference| between our Decoder `model` and the transformers model over a random prefill
+    and single-token decode steps (a contiguous cache on our side, HF's own cache on its side)."""
+    from engine.kv_cache import ContiguousKVCache
+
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, hf_model.config.vocab_size, (1, prefill + decode), generator=g)
+    cache = ContiguousKVCache(model.config, prefill + decode)
+    with torch.no_grad():
+        ref = hf_model(tokens[:, :prefill], use_cache=True)
+        worst = (ref.logits - model(tokens[:, :prefill], cache.view(0, prefill))).abs().max().item()
+        for i in range(prefill, prefill + decode):
+            ref = hf_model(tokens[:, i:i + 1], past_key_values=ref.past_key_values, use_cache=True)
+            worst = max(worst, (ref.logits - model(tokens[:, i:i + 1], cache.view(i, 1))).abs().max().item())
+    return worst

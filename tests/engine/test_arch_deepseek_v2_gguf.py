@@ -11,9 +11,8 @@ from engine.errors import ModelFormatError
 from engine.loaders.gguf_file import load_gguf
 from engine.model import Decoder
 from tests.engine.test_arch_deepseek_v2 import YARN, recompute
-from tests.engine.test_arch_phi3_granite_smollm3 import _max_diff
 from tests.engine.test_gguf_loader import write_gguf
-from tests.tiny_models import build_hf_model
+from tests.tiny_models import build_hf_model, max_logit_diff
 
 YARN_EQUAL_MSCALES = {**YARN, "mscale": 1.0}  # llama.cpp stores one mscale (yarn_log_multiplier) for both
 
@@ -109,7 +108,7 @@ def test_gguf_round_trip_equals_transformers(arch, overrides, split_kv_b, tmp_pa
     config, tensors, _ = load_gguf(path)
     assert config.arch == "deepseek_v2" and config.kv_entry == ((1, 32), (1, 8))
     assert config.moe.n_group == (4 if arch == "deepseek_v2" else 1) and config.moe_layers == (False, True)
-    assert _max_diff(Decoder.from_tensors(config, tensors), hf_model) <= 1e-4
+    assert max_logit_diff(Decoder.from_tensors(config, tensors), hf_model) <= 1e-4
 
 
 def test_q8_0_file_stays_packed(tmp_path):

@@ -10,12 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from engine.kv_cache import ContiguousKVCache
 from engine.loaders.gguf_file import load_gguf
 from engine.model import Decoder
 from tests.engine.test_arch_phi3_granite_smollm3 import ARCHS, recompute
 from tests.engine.test_gguf_loader import permute_qk, write_gguf
-from tests.tiny_models import build_hf_model
+from tests.tiny_models import build_hf_model, max_logit_diff
 
 
 def _gguf_from_hf(path, arch: str, hf_model, qtype: str = "F32"):
@@ -75,19 +74,6 @@ def _gguf_from_hf(path, arch: str, hf_model, qtype: str = "F32"):
     write_gguf(path, arch, kv, tensors)
 
 
-def _max_diff(model, hf_model, prefill=32, decode=16) -> float:
-    g = torch.Generator().manual_seed(0)
-    tokens = torch.randint(0, hf_model.config.vocab_size, (1, prefill + decode), generator=g)
-    cache = ContiguousKVCache(model.config, prefill + decode)
-    with torch.no_grad():
-        ref = hf_model(tokens[:, :prefill], use_cache=True)
-        worst = (ref.logits - model(tokens[:, :prefill], cache.view(0, prefill))).abs().max().item()
-        for i in range(prefill, prefill + decode):
-            ref = hf_model(tokens[:, i:i + 1], past_key_values=ref.past_key_values, use_cache=True)
-            worst = max(worst, (ref.logits - model(tokens[:, i:i + 1], cache.view(i, 1))).abs().max().item())
-    return worst
-
-
 @pytest.mark.parametrize("arch", ARCHS)
 def test_gguf_round_trip_equals_transformers(arch, tmp_path):
     # SmolLM3's GGUF cannot say which layers skip RoPE (llama.cpp hard-codes every 4th): four layers here.
@@ -101,7 +87,7 @@ def test_gguf_round_trip_equals_transformers(arch, tmp_path):
         assert config.rope_layers == (True, True, True, False)
     if arch == "phi3":
         assert config.rope_scaling.rope_type == "longrope" and config.rotary_dim == 8
-    assert _max_diff(Decoder.from_tensors(config, tensors), hf_model) <= 1e-4
+    assert max_logit_diff(Decoder.from_tensors(config, tensors), hf_model) <= 1e-4
 
 
 def test_phi3_gguf_q8_0_stays_packed_through_the_split(tmp_path):
