@@ -20,6 +20,8 @@ IDLE = ("Attention is computed by replay while this panel is on screen: at the e
         "or for the layer you pick.")
 KEY_WINDOW = 32  # keys shown around the selected query before zooming out: each gets a readable label
 ROW_WINDOW = 24  # query rows shown at once (the rest scroll with the mouse wheel or a drag)
+SINK_COLUMN_PX = 58  # the sink column's plot, its 'sink' label included
+COLOUR_BAR_PX = 76  # the colour bar with its scale and title, when it moves beside the sink column
 LABEL_CHARS = 7  # an axis label's length before it is elided (the whole text is in the hover readout)
 
 
@@ -220,7 +222,7 @@ class AttentionPanel(QWidget):
         hidden for models without sinks."""
         self._sinks: np.ndarray | None = None  # [Q] as drawn
         self.sink_plot = pg.PlotWidget()
-        self.sink_plot.setFixedWidth(58)
+        self.sink_plot.setFixedWidth(SINK_COLUMN_PX + COLOUR_BAR_PX)
         self.sink_plot.setMenuEnabled(False)
         self.sink_plot.setMouseEnabled(x=False, y=True)
         self.sink_plot.hideAxis("left")
@@ -233,6 +235,9 @@ class AttentionPanel(QWidget):
         self.sink_image = pg.ImageItem()
         self.sink_image.setColorMap(sqrt_colormap())
         self.sink_plot.addItem(self.sink_image)
+        self.sink_colour_bar = pg.ColorBarItem(values=(0, 1), colorMap=sqrt_colormap(), interactive=False, width=12,
+                                               label="attention weight (colour ∝ √weight)")
+        self.sink_colour_bar.setImageItem(self.sink_image, insert_in=self.sink_plot.getPlotItem())
         self.sink_marker = pg.PlotCurveItem(pen=pg.mkPen("#4fc3f7", width=2))  # the outlined row, as on the map
         self.sink_plot.addItem(self.sink_marker)
         self.sink_plot.setToolTip("The attention sink: a learned logit per head that joins each row's softmax "
@@ -493,11 +498,25 @@ class AttentionPanel(QWidget):
         if view is not None and view.sinks is not None:
             self._sinks = view.sinks[list(self.shown_heads())].mean(axis=0).astype(np.float64)  # [Q]
         self.sink_plot.setVisible(self._sinks is not None)
+        self._place_colour_bar(beside_sinks=self._sinks is not None)
         if self._sinks is not None:
             self.sink_image.setImage(self._sinks[None, :], levels=(0, 1))  # [x = 1 column, y = Q rows]
             self.sink_image.setRect(QRectF(-0.5, -0.5, 1, len(self._sinks)))
             top, bottom = self._row - 0.5, self._row + 0.5
             self.sink_marker.setData([-0.5, 0.5, 0.5, -0.5, -0.5], [top, top, bottom, bottom, top])
+
+    def _place_colour_bar(self, beside_sinks: bool) -> None:
+        """The colour bar sits right of the sink column when there is one: between the map and the column it
+        cut the sinks off from the map they complete (each row's weights plus its sink sum to 1). Two bars, one
+        per plot, the map's taken out of its layout while the other shows (an item moved between two plots'
+        scenes crashes Qt)."""
+        map_layout = self.plot.getPlotItem().layout
+        in_layout = map_layout.itemAt(2, 5) is self.colour_bar
+        if beside_sinks and in_layout:
+            map_layout.removeItem(self.colour_bar)
+        elif not beside_sinks and not in_layout:
+            map_layout.addItem(self.colour_bar, 2, 5)  # where ColorBarItem.setImageItem(insert_in=...) put it
+        self.colour_bar.setVisible(not beside_sinks)
 
     def _hover_sink(self, scene_position) -> None:
         if self._sinks is None:

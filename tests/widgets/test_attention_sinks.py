@@ -66,3 +66,24 @@ def test_no_sink_column_without_sinks(panel):
     panel.show_view(AttentionView(view.layer, view.query_start, view.kv_group, view.weights))
     assert not panel.sink_plot.isVisible() and panel.sink_column() is None
     assert "sink" not in panel.note.text()
+
+
+def test_the_sink_column_touches_the_map_and_the_colour_bar_moves_past_it(panel, qtbot):
+    """Seen at 1366x768: the colour bar stood between the map and the sink column, cutting the sinks off
+    from the rows they complete; now the column is the map's last and the bar comes after it."""
+    panel.show_view(sink_view())
+    qtbot.wait(50)
+
+    def left_right(widget, item):
+        rect = item.sceneBoundingRect()
+        x0 = widget.mapToGlobal(widget.rect().topLeft()).x()
+        return x0 + rect.left(), x0 + rect.right()
+
+    _, map_right = left_right(panel.plot, panel.plot.getPlotItem().getViewBox())
+    sink_left, sink_right = left_right(panel.sink_plot, panel.sink_plot.getPlotItem().getViewBox())
+    bar_left, _ = left_right(panel.sink_plot, panel.sink_colour_bar)
+    assert 0 <= sink_left - map_right <= 16 and bar_left >= sink_right - 1
+    assert panel.sink_colour_bar.isVisible() and not panel.colour_bar.isVisible()
+    view = sink_view()
+    panel.show_view(AttentionView(view.layer, view.query_start, view.kv_group, view.weights))  # no sinks: back
+    assert panel.plot.getPlotItem().layout.itemAt(2, 5) is panel.colour_bar and panel.colour_bar.isVisible()
