@@ -24,6 +24,9 @@ import torch
 import torch.nn.functional as F
 
 BLOCK = 32
+# From this many activation rows on, one GEMM over the weight dequantized by the kernel (fp32, exact)
+# beats a dot product per row and output (the prefill of a prompt); measured in docs/benchmarks.md.
+GEMM_ROWS = 64
 _log = logging.getLogger("glassbox.kernels")
 _state: dict = {}  # the one load attempt: {"error": str | None, "disabled": bool}
 
@@ -144,13 +147,15 @@ class BlockQ4Weight:
 
     def dequantize(self) -> torch.Tensor:
         """float32 [N, K]: d * code + m with fp16 scales widened exactly, as the kernel reads them."""
-        return self._values(self.qs, self.dm)
+        return torch.ops.glassbox.q4_dequantize(self.qs, self.dm, self.in_features)
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
         flat = ids.reshape(-1)
         return self._values(self.qs[flat], self.dm[flat]).reshape(*ids.shape, self.in_features)
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        if x.numel() >= GEMM_ROWS * x.shape[-1]:
+            return F.linear(x, self.dequantize().to(x.dtype))
         return torch.ops.glassbox.q4_linear(x, self.qs, self.dm)
 
     @classmethod
@@ -189,7 +194,7 @@ class BlockQ8Weight:
         return self.qs.numel() + self.d.numel() * 2
 
     def dequantize(self) -> torch.Tensor:
-        return (self.qs.float() * self.d.float()[..., None]).flatten(-2)[:, : self.in_features]
+        return torch.ops.glassbox.q8_dequantize(self.qs, self.d, self.in_features)
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
         flat = ids.reshape(-1)
@@ -197,6 +202,8 @@ class BlockQ8Weight:
         return values.reshape(*ids.shape, self.in_features)
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        if x.numel() >= GEMM_ROWS * x.shape[-1]:
+            return F.linear(x, self.dequantize().to(x.dtype))
         return torch.ops.glassbox.q8_linear(x, self.qs, self.d)
 
     @classmethod

@@ -119,6 +119,19 @@ def test_simd_paths_compute_the_scalar_paths_integers(kind, each_isa):
         torch.testing.assert_close(y, scalar, rtol=1e-5, atol=1e-4, msg=isa)
 
 
+@pytest.mark.parametrize("kind", ["q4", "q8"])
+def test_many_rows_take_one_gemm_over_the_exactly_dequantized_weight(kind):
+    """A prefill's many rows: no activation rounding, the float weight the kernel dequantizes (equal to
+    the Python reference of the layout bit for bit) in one GEMM."""
+    weight = (_q4 if kind == "q4" else _q8)(45, 100, seed=2)
+    codes = weight.codes().float() if kind == "q4" else weight.qs.flatten(1).float()
+    scales = weight.dm.float() if kind == "q4" else weight.d.float()[..., None]
+    expected = codes.view(45, -1, 32) * scales[..., :1] + (scales[..., 1:] if kind == "q4" else 0)
+    assert torch.equal(weight.dequantize(), expected.flatten(1)[:, :100])
+    x = torch.randn(kernels.GEMM_ROWS + 3, 100)
+    torch.testing.assert_close(weight.matmul(x), x @ weight.dequantize().T, rtol=1e-5, atol=1e-5)
+
+
 def test_leading_dims_dtypes_and_an_unsupported_path():
     weight = _q4(20, 64, seed=1)
     x = torch.randn(2, 3, 64)

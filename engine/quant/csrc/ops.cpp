@@ -3,6 +3,7 @@
 // per-ISA kernel tables (kernels_*.cpp); which one runs is chosen from the CPU's features at load.
 //   q4_linear(x [..., K], qs uint8 [N, G, 16], dm float16 [N, G, 2]) -> [..., N]
 //   q8_linear(x [..., K], qs int8 [N, G, 32], d float16 [N, G])     -> [..., N]
+//   q4_dequantize / q8_dequantize(qs, scales, K) -> float32 [N, K]   (prefill: one GEMM over many rows)
 // K <= 32 G: the weights' padding past K is zero, and so is the activations' (quantize pads).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -151,10 +152,57 @@ at::Tensor q8_linear(const at::Tensor& x, const at::Tensor& qs, const at::Tensor
                               const QuantizedRow& r, float* y) { t.q8_rows(w, s, R, G, r, y); });
 }
 
+// The float weight [N, K] (for many activation rows at once, where one GEMM over it beats per-row dot
+// products: prefill). Rows split over threads; fp16 scales widened once per block.
+at::Tensor dequantize(const at::Tensor& qs, const at::Tensor& scales, int64_t K, bool q4) {
+  TORCH_CHECK(qs.is_cpu() && qs.dim() == 3 && qs.is_contiguous() && scales.scalar_type() == at::kHalf &&
+                  scales.is_contiguous(), "glassbox dequantize: contiguous blocks and float16 scales");
+  const int64_t N = qs.size(0), G = qs.size(1);
+  TORCH_CHECK(K <= G * kBlock && K > (G - 1) * kBlock, "glassbox dequantize: ", K, " features in ", G, " blocks");
+  at::Tensor out = at::empty({N, K}, qs.options().dtype(at::kFloat));
+  const uint16_t* s = reinterpret_cast<const uint16_t*>(scales.data_ptr());
+  const uint8_t* w = reinterpret_cast<const uint8_t*>(qs.data_ptr());
+  float* y = out.data_ptr<float>();
+  at::parallel_for(0, N, 64, [&](int64_t n0, int64_t n1) {
+    float block[kBlock];
+    for (int64_t n = n0; n < n1; ++n) {
+      for (int64_t b = 0; b < G; ++b) {
+        if (q4) {
+          const uint8_t* p = w + (n * G + b) * (kBlock / 2);
+          const float d = half_to_float(s[(n * G + b) * 2]), m = half_to_float(s[(n * G + b) * 2 + 1]);
+          for (int j = 0; j < kBlock / 2; ++j) {
+            block[j] = static_cast<float>(p[j] & 0x0f) * d + m;
+            block[j + kBlock / 2] = static_cast<float>(p[j] >> 4) * d + m;
+          }
+        } else {
+          const int8_t* p = reinterpret_cast<const int8_t*>(w) + (n * G + b) * kBlock;
+          const float d = half_to_float(s[n * G + b]);
+          for (int j = 0; j < kBlock; ++j) block[j] = static_cast<float>(p[j]) * d;
+        }
+        const int64_t count = std::min<int64_t>(kBlock, K - b * kBlock);
+        std::copy(block, block + count, y + n * K + b * kBlock);
+      }
+    }
+  });
+  return out;
+}
+
+at::Tensor q4_dequantize(const at::Tensor& qs, const at::Tensor& dm, int64_t K) {
+  TORCH_CHECK(qs.scalar_type() == at::kByte && qs.size(2) == kBlock / 2, "glassbox q4_dequantize: qs uint8 [N, G, 16]");
+  return dequantize(qs, dm, K, true);
+}
+
+at::Tensor q8_dequantize(const at::Tensor& qs, const at::Tensor& d, int64_t K) {
+  TORCH_CHECK(qs.scalar_type() == at::kChar && qs.size(2) == kBlock, "glassbox q8_dequantize: qs int8 [N, G, 32]");
+  return dequantize(qs, d, K, false);
+}
+
 }  // namespace
 }  // namespace glassbox
 
 TORCH_LIBRARY(glassbox, m) {
+  m.def("q4_dequantize(Tensor qs, Tensor dm, int K) -> Tensor");
+  m.def("q8_dequantize(Tensor qs, Tensor d, int K) -> Tensor");
   m.def("q4_linear(Tensor x, Tensor qs, Tensor dm) -> Tensor");
   m.def("q8_linear(Tensor x, Tensor qs, Tensor d) -> Tensor");
   m.def("kernel_isa() -> str", [] { return glassbox::kernel_isa(); });
@@ -165,4 +213,6 @@ TORCH_LIBRARY(glassbox, m) {
 TORCH_LIBRARY_IMPL(glassbox, CPU, m) {
   m.impl("q4_linear", glassbox::q4_linear);
   m.impl("q8_linear", glassbox::q8_linear);
+  m.impl("q4_dequantize", glassbox::q4_dequantize);
+  m.impl("q8_dequantize", glassbox::q8_dequantize);
 }
