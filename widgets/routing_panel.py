@@ -10,11 +10,14 @@ from __future__ import annotations
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QRectF, Qt
+from PySide6.QtGui import QFontMetrics
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QSpinBox, QStackedLayout, QVBoxLayout, QWidget
 
 from engine.records import StepRecord
 
 ROW_WINDOW = 16  # token rows shown at once, each labelled (the rest scroll with the wheel or a drag)
+TICK_STEPS = (1, 2, 4, 5, 8, 10, 16, 20, 25, 32, 50, 64, 100, 128)  # labelled every n-th expert
+TICK_GAP_PX = 4  # room between two expert numbers on an axis
 
 
 def display_text(text: str, room: int = 7) -> str:
@@ -31,6 +34,13 @@ def load_balance(probs: np.ndarray, chosen: np.ndarray, n_experts: int) -> tuple
     f = np.bincount(chosen.ravel(), minlength=n_experts) / chosen.size
     p = probs.mean(axis=0)
     return f, p, float(n_experts * np.sum(f * p))
+
+
+def expert_ticks(n_experts: int, width_px: float, label_px: float) -> list[list[tuple[int, str]]]:
+    """A tick at every expert, numbered at every step-th one where all numbers would not fit side by side
+    (16 experts under the gate plot's ~150 px at 1366×768 read "9101112 1314")."""
+    step = next((s for s in TICK_STEPS if n_experts / s * label_px <= width_px), TICK_STEPS[-1])
+    return [[(i, str(i)) for i in range(0, n_experts, step)], [(i, "") for i in range(n_experts) if i % step]]
 
 
 def set_title(plot: pg.PlotWidget, text: str) -> None:
@@ -95,7 +105,8 @@ class RoutingPanel(QWidget):
             bar = pg.ColorBarItem(values=(0, 1), colorMap=pg.colormap.get("viridis"), interactive=False, width=10)
             bar.setImageItem(image, insert_in=plot.getPlotItem())
             self.colour_bars.append(bar)
-
+        for plot in (self.tokens_plot, self.layers_plot, self.load_plot):  # numbers that fit the plot's width
+            plot.getPlotItem().getViewBox().sigResized.connect(lambda *_: self._number_experts())
 
     def _layout(self) -> None:
         controls = QHBoxLayout()
@@ -212,9 +223,7 @@ class RoutingPanel(QWidget):
         self.layers_image.setRect(QRectF(-0.5, -0.5, self.n_experts, max(self.n_layers, 1)))
         for bar, image in zip(self.colour_bars, (self.tokens_image, self.layers_image)):
             bar.setLevels(tuple(image.levels))
-        expert_ticks = [[(i, str(i)) for i in range(self.n_experts)]]
-        for plot in (self.tokens_plot, self.layers_plot, self.load_plot):
-            plot.getAxis("bottom").setTicks(expert_ticks)
+        self._number_experts()
         step = max(1, self.n_layers // 12)
         self.layers_plot.getAxis("left").setTicks([[(i, str(i)) for i in range(0, self.n_layers, step)]])
         self.layers_plot.setRange(xRange=(-0.5, self.n_experts - 0.5), yRange=(-0.5, max(self.n_layers, 1) - 0.5),
@@ -234,6 +243,17 @@ class RoutingPanel(QWidget):
             self.balance.setText(f"layer {layer}: {len(matrix)} tokens · load balance N·Σf·P = {balance:.2f} "
                                  f"(1.00 = even; {self.n_experts} = all on one expert)" + self._groups_text(layer))
         self._draw_groups()
+
+    def _number_experts(self) -> None:
+        for plot in (self.tokens_plot, self.layers_plot, self.load_plot):
+            axis = plot.getAxis("bottom")
+            metrics = QFontMetrics(axis.style.get("tickFont") or axis.font())
+            label_px = metrics.horizontalAdvance(str(max(self.n_experts - 1, 0))) + TICK_GAP_PX
+            axis.setTicks(expert_ticks(self.n_experts, plot.getPlotItem().getViewBox().width(), label_px))
+
+    def expert_numbers(self, plot: pg.PlotWidget) -> list[int]:
+        """The experts numbered on a plot's axis (for tests)."""
+        return [i for i, _ in plot.getAxis("bottom")._tickLevels[0]]
 
     def _groups_text(self, layer: int) -> str:
         if self.n_groups <= 1:

@@ -46,3 +46,22 @@ def test_routing_panel_shows_groups_and_the_groups_a_token_kept(qtbot):
     assert sorted(set(lines)) == [1.5, 3.5, 5.5] and len(lines) == 9  # on each of the three plots
     panel.set_expert_groups(1, 0)  # a model with plain top-k
     assert panel.kept_groups(0, 1) == () and not panel.group_lines() and "group" not in panel.balance.text()
+
+
+def test_expert_numbers_never_overlap_on_a_narrow_plot(qtbot):
+    """Seen at 1366x768 on a 16-expert DeepSeek-V2: the gate and load plots (~150 px each) printed all 16
+    numbers into one another ("9101112 1314"); a narrow plot numbers every few experts, a wide one all."""
+    panel = RoutingPanel()
+    qtbot.addWidget(panel)
+    panel.resize(464, 640)
+    panel.set_model_info(4, 16, 4)
+    panel.show()
+    qtbot.waitExposed(panel)
+    panel.add_step(step(0, list(range(1, 17))))
+    qtbot.wait(50)
+    for plot in (panel.tokens_plot, panel.layers_plot, panel.load_plot):
+        numbers = panel.expert_numbers(plot)
+        width = plot.getPlotItem().getViewBox().width()
+        assert numbers[0] == 0 and len(numbers) * 15 <= width, (numbers, width)  # two digits take >= 15 px
+    assert len(panel.expert_numbers(panel.tokens_plot)) == 16  # the full-width heatmap names every expert
+    assert len(panel.expert_numbers(panel.layers_plot)) < 16
