@@ -107,3 +107,16 @@ def test_context_meter_warns_when_a_message_would_not_fit(qtbot):
     assert not panel.context_warning()
     panel.set_context(2000, 2048, pending=60)
     assert panel.context_warning() and "would not fit" in panel.context_meter.toolTip()
+
+
+def test_a_full_context_meter_shows_its_whole_warning(qtbot):
+    """Seen at 1366x768 on a 256-token model: the meter read "257 / 256 tokens — won'" (clipped)."""
+    panel = ChatPanel()
+    qtbot.addWidget(panel)
+    for used, limit in ((257, 256), (131072, 131072)):  # a 128k context's figures too (Gemma 3, Phi-3)
+        panel.set_context(used, limit)
+        meter = panel.context_meter
+        assert panel.context_warning()
+        assert meter.fontMetrics().horizontalAdvance(meter.format()) + 12 <= meter.minimumWidth() <= meter.maximumWidth()
+    panel.set_context(10, 256)
+    assert panel.context_meter.format() == "10 / 256 tokens" and panel.context_meter.minimumWidth() == 150

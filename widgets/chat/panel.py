@@ -18,6 +18,7 @@ from widgets.chat.transcript import (CURSOR_MARK, HEADER, SPEC_LEGEND, MessageVi
 from widgets.chat.samples import SamplesView
 
 EDIT_BANNER = "Editing a message: Send makes a new branch (the old one stays, ‹ › switches back) · Esc cancels"
+METER_MIN_PX, METER_PADDING_PX = 150, 16  # the context meter: its least width; room beside its text
 
 
 class ChatPanel(QWidget):
@@ -81,7 +82,7 @@ class ChatPanel(QWidget):
                                         "kept; and the tokens each forward pass of the model gave (1 without "
                                         "speculative decoding)")
         self._spec_figures: tuple[float, float] | None = None
-        self.context_meter = QProgressBar(visible=False, textVisible=True, minimumWidth=150, maximumWidth=210)
+        self.context_meter = QProgressBar(visible=False, textVisible=True, minimumWidth=METER_MIN_PX, maximumWidth=240)
         self.context_meter.setMaximumHeight(18)
         self.samples = SamplesView(visible=False)
         self.samples.chosen.connect(self.sample_chosen)
@@ -155,7 +156,12 @@ class ChatPanel(QWidget):
         self.context_meter.setRange(0, limit)
         self.context_meter.setValue(min(used + pending, limit))  # the bar: what sending the draft would take
         full = used + pending >= limit
-        self.context_meter.setFormat(f"{used + pending} / {limit} tokens" + (" — won't fit" if full else ""))
+        # Full, the warning takes the word "tokens"'s room, and the meter widens to its text: at 1366×768 it had
+        # 150 px and read "257 / 256 tokens — won'" (a 128k context's figures are longer still).
+        text = f"{used + pending}/{limit} won't fit" if full else f"{used + pending} / {limit} tokens"
+        self.context_meter.setFormat(text)
+        self.context_meter.setMinimumWidth(max(METER_MIN_PX, self.context_meter.fontMetrics().horizontalAdvance(text)
+                                               + METER_PADDING_PX))
         self.context_meter.setStyleSheet("QProgressBar::chunk{background:#c0392b}" if full else "")
         self.context_meter.setToolTip(
             f"{used} of the model's {limit} context tokens are used"
