@@ -69,6 +69,7 @@ class RoutingPanel(QWidget):
         self._texts: list[str] = []  # per step: the token's text (the rows' labels, the gate plot's title)
         self._selected = self._selected_row = -1
         self._gates_drawn = np.zeros((0, 0))
+        self._numbered: dict[int, list[int]] = {}  # id(plot) -> the experts its axis numbers
         self._setup_ui()
         self._layout()
         self.set_model_info(0, 0, 0)
@@ -249,11 +250,13 @@ class RoutingPanel(QWidget):
             axis = plot.getAxis("bottom")
             metrics = QFontMetrics(axis.style.get("tickFont") or axis.font())
             label_px = metrics.horizontalAdvance(str(max(self.n_experts - 1, 0))) + TICK_GAP_PX
-            axis.setTicks(expert_ticks(self.n_experts, plot.getPlotItem().getViewBox().width(), label_px))
+            ticks = expert_ticks(self.n_experts, plot.getPlotItem().getViewBox().width(), label_px)
+            axis.setTicks(ticks)
+            self._numbered[id(plot)] = [i for i, _ in ticks[0]]
 
     def expert_numbers(self, plot: pg.PlotWidget) -> list[int]:
         """The experts numbered on a plot's axis (for tests)."""
-        return [i for i, _ in plot.getAxis("bottom")._tickLevels[0]]
+        return self._numbered.get(id(plot), [])
 
     def _groups_text(self, layer: int) -> str:
         if self.n_groups <= 1:
