@@ -73,6 +73,10 @@ class ModelPanel(QWidget):
         self.rope_factor = QDoubleSpinBox(minimum=1.0, maximum=32.0, value=2.0, singleStep=0.5)
         # The RoPE panel draws what a choice does before the model is reopened with it.
         self.rope.currentIndexChanged.connect(lambda *_: self.rope_changed.emit(self.rope_spec()))
+        # "from model" with a live factor beside it read as the model's own factor (2.00 beside gpt-oss's YaRN ×4)
+        self.rope_factor.setEnabled(False)
+        self.rope_factor.setToolTip("The factor of the scaling chosen on the left; the model's own is in the RoPE panel")
+        self.rope.currentIndexChanged.connect(lambda index: self.rope_factor.setEnabled(index > 0))
         self.rope_factor.valueChanged.connect(lambda *_: self.rope_changed.emit(self.rope_spec()))
         self.kv_budget = QDoubleSpinBox(minimum=0.05, maximum=64.0, value=0.5, singleStep=0.25, suffix=" GiB")
         self.context = QSpinBox(minimum=0, maximum=1 << 20, singleStep=1024, specialValueText="model's own")

@@ -74,3 +74,14 @@ def test_cpu_threads_reach_the_load_options(qtbot):
     assert panel.options().threads == 0 and panel.threads.text() == "auto (physical cores)"
     panel.threads.setValue(6)
     assert panel.options().threads == 6 and panel.options() == LoadOptions(threads=6)
+
+
+def test_the_rope_factor_is_off_while_the_model_s_own_scaling_is_used(qtbot):
+    """Seen at 1366x768: "from model" beside a live 2.00 read as the model's own factor (gpt-oss's is 4)."""
+    panel = ModelPanel()
+    qtbot.addWidget(panel)
+    assert panel.rope.currentText() == "from model" and not panel.rope_factor.isEnabled()
+    panel.rope.setCurrentText("yarn")
+    assert panel.rope_factor.isEnabled()
+    panel.rope.setCurrentText("from model")
+    assert not panel.rope_factor.isEnabled()
