@@ -157,7 +157,7 @@ class AdapterPanel(QWidget):
                 row = AdapterRow(facts)
                 row.enabled.toggled.connect(lambda _, name=facts.name: self._edited(name))
                 row.scale.valueChanged.connect(lambda _, name=facts.name: self._edited(name))
-                row.remove.clicked.connect(lambda _=False, name=facts.name: self.remove_requested.emit(name))
+                row.remove.clicked.connect(lambda _=False, name=facts.name: self._remove(name))
                 self.rows_box.addWidget(row)
                 self._rows[facts.name] = row
         on = [f.label for f in adapters if f.enabled]
@@ -194,6 +194,8 @@ class AdapterPanel(QWidget):
         self.result.setCurrentWidget(self.message)
 
     def show_problem(self, text: str) -> None:
+        for row in self._rows.values():  # a removal refused: the row is usable again
+            row.setEnabled(True)
         self._view = None
         self.summary.setText("")
         self.message.setText(text)
@@ -233,6 +235,12 @@ class AdapterPanel(QWidget):
         row = self._rows[name]
         self._pending[name] = (row.enabled.isChecked(), round(row.scale.value(), 2))
         self.send_timer.start()
+
+    def _remove(self, name: str) -> None:
+        # Greyed at once: the engine answers between two steps, and a comparison being replayed can hold it for
+        # seconds (at 1366x768 the removed row stayed live, switched on, for over 2 s).
+        self._rows[name].setEnabled(False)
+        self.remove_requested.emit(name)
 
     def _send_pending(self) -> None:
         pending, self._pending = self._pending, {}

@@ -70,3 +70,14 @@ def test_a_new_model_drops_the_rows(panel):
     panel.set_adapters((facts(),))
     panel.set_model_loaded(False)
     assert panel.adapter_names() == [] and not panel.add_button.isEnabled()
+
+
+def test_a_removed_row_greys_at_once_and_comes_back_if_refused(panel, qtbot):
+    panel.set_adapters((facts("style"), facts("tone")))
+    with qtbot.waitSignal(panel.remove_requested) as removed:
+        panel.row("style").remove.click()
+    assert removed.args == ["style"] and not panel.row("style").isEnabled() and panel.row("tone").isEnabled()
+    panel.show_problem("Adapter not changed: no such adapter")
+    assert panel.row("style").isEnabled()
+    panel.set_adapters((facts("tone"),))  # the engine's answer: gone
+    assert panel.adapter_names() == ["tone"]
