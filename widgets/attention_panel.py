@@ -238,6 +238,7 @@ class AttentionPanel(QWidget):
         self.sink_colour_bar = pg.ColorBarItem(values=(0, 1), colorMap=sqrt_colormap(), interactive=False, width=12,
                                                label="attention weight (colour ∝ √weight)")
         self.sink_colour_bar.setImageItem(self.sink_image, insert_in=self.sink_plot.getPlotItem())
+        self._bar_beside_sinks = False  # the map's own bar shows until a view has sinks
         self.sink_marker = pg.PlotCurveItem(pen=pg.mkPen("#4fc3f7", width=2))  # the outlined row, as on the map
         self.sink_plot.addItem(self.sink_marker)
         self.sink_plot.setToolTip("The attention sink: a learned logit per head that joins each row's softmax "
@@ -510,13 +511,16 @@ class AttentionPanel(QWidget):
         cut the sinks off from the map they complete (each row's weights plus its sink sum to 1). Two bars, one
         per plot, the map's taken out of its layout while the other shows (an item moved between two plots'
         scenes crashes Qt)."""
+        if beside_sinks == self._bar_beside_sinks:
+            return
+        self._bar_beside_sinks = beside_sinks
         map_layout = self.plot.getPlotItem().layout
-        in_layout = map_layout.itemAt(2, 5) is self.colour_bar
-        if beside_sinks and in_layout:
+        if beside_sinks:
             map_layout.removeItem(self.colour_bar)
-        elif not beside_sinks and not in_layout:
+        else:
             map_layout.addItem(self.colour_bar, 2, 5)  # where ColorBarItem.setImageItem(insert_in=...) put it
         self.colour_bar.setVisible(not beside_sinks)
+        self.sink_colour_bar.setVisible(beside_sinks)
 
     def _hover_sink(self, scene_position) -> None:
         if self._sinks is None:
