@@ -44,8 +44,12 @@ def expert_ticks(n_experts: int, width_px: float, label_px: float) -> list[list[
 
 
 def set_title(plot: pg.PlotWidget, text: str) -> None:
-    """A small title (a long one would widen its plot past a narrow dock, pushing the colour bar out)."""
+    """A small title over the map and its colour bar both (over the map's column alone, a long one widened
+    that column past a narrow dock, pushing the colour bar out)."""
     plot.setTitle(text, size="8pt")
+    item = plot.getPlotItem()
+    item.layout.removeItem(item.titleLabel)
+    item.layout.addItem(item.titleLabel, 0, 1, 1, 5)  # the view box's column (1) to the colour bar's (5)
 
 
 class PlotsPage(QWidget):
@@ -218,8 +222,8 @@ class RoutingPanel(QWidget):
             for l, (ids, weights) in self._gates[self._selected].items():
                 gates[list(ids), l] = weights
         self._gates_drawn = gates
-        set_title(self.layers_plot, f"gate weights for «{display_text(self._texts[self._selected], 12)}»"
-                  f"<br>(step {self._selected})" if self._selected >= 0 else "gate weights<br>of the selected token")
+        set_title(self.layers_plot, f"gate weights of<br>«{display_text(self._texts[self._selected], 8)}» "
+                  f"(step {self._selected})" if self._selected >= 0 else "gate weights<br>of the selected token")
         self.layers_image.setImage(gates, levels=(0, max(float(gates.max()), 1e-6)))
         self.layers_image.setRect(QRectF(-0.5, -0.5, self.n_experts, max(self.n_layers, 1)))
         for bar, image in zip(self.colour_bars, (self.tokens_image, self.layers_image)):

@@ -65,3 +65,20 @@ def test_expert_numbers_never_overlap_on_a_narrow_plot(qtbot):
         assert numbers[0] == 0 and len(numbers) * 15 <= width, (numbers, width)  # two digits take >= 15 px
     assert len(panel.expert_numbers(panel.tokens_plot)) == 16  # the full-width heatmap names every expert
     assert len(panel.expert_numbers(panel.layers_plot)) < 16
+
+
+def test_the_gate_plot_s_colour_bar_stays_inside_its_plot_with_a_long_token(qtbot):
+    """Seen at 1366x768: the gate plot's title ("gate weights for «␣make»") widened its column until the colour
+    bar's numbers fell outside the plot."""
+    panel = RoutingPanel()
+    qtbot.addWidget(panel)
+    panel.resize(464, 700)
+    panel.set_model_info(4, 16, 4)
+    panel.show()
+    qtbot.waitExposed(panel)
+    for i in range(124):
+        record = step(i, list(range(1, 17)))
+        panel.add_step(StepRecord(0, i, token_id=i, text=" photosynthesis", prob=0.5, routing=record.routing))
+    qtbot.wait(50)
+    bar = panel.colour_bars[1]
+    assert bar.mapRectToScene(bar.boundingRect()).right() <= panel.layers_plot.width() + 1

@@ -41,7 +41,7 @@ def test_selecting_a_step_shows_its_gate_weights(qtbot):
     assert panel.selected_step() == 3 and panel.gate_matrix()[3].tolist() == pytest.approx([0.9, 0.9])
     panel.select_step(1)
     gates = panel.gate_matrix()  # experts x layers
-    assert panel.selected_step() == 1 and "gate weights for «t1»" in panel.layers_plot.plotItem.titleLabel.text
+    assert panel.selected_step() == 1 and "gate weights of<br>«t1»" in panel.layers_plot.plotItem.titleLabel.text
     assert "(step 1)" in panel.layers_plot.plotItem.titleLabel.text
     assert gates[1].tolist() == pytest.approx([0.9, 0.9]) and gates[2].tolist() == pytest.approx([0.1, 0.1])
     assert gates[0].sum() == 0 and gates[3].sum() == 0
@@ -72,7 +72,7 @@ def test_routing_follows_the_selected_step(qtbot):
         expected = np.zeros(8)
         expected[list(r.expert_ids)] = r.gate_weights
         assert gates[:, r.layer] == pytest.approx(expected)
-    assert "gate weights for «␣w7»" in panel.layers_plot.plotItem.titleLabel.text
+    assert "gate weights of<br>«␣w7»" in panel.layers_plot.plotItem.titleLabel.text
     assert panel.selected_row() == 7
     xs, ys = panel.marker.getData()
     assert (min(ys), max(ys)) == pytest.approx((6.5, 7.5))
