@@ -120,3 +120,18 @@ def test_a_full_context_meter_shows_its_whole_warning(qtbot):
         assert meter.fontMetrics().horizontalAdvance(meter.format()) + 12 <= meter.minimumWidth() <= meter.maximumWidth()
     panel.set_context(10, 256)
     assert panel.context_meter.format() == "10 / 256 tokens" and panel.context_meter.minimumWidth() == 150
+
+
+def test_a_clicked_token_is_marked_in_the_transcript_and_stays_marked_after_a_re_render(qtbot):
+    """Seen at 1366x768: a click re-aimed the panels ("Token 52 …") but nothing in the chat said which token."""
+    panel = stream(qtbot, 3)
+    panel.end_assistant()
+    step = REPLY.index("Done")
+    panel._on_anchor(QUrl(f"step:{step}"))
+    marks = panel.transcript.extraSelections()
+    assert len(marks) == 1 and marks[0].cursor.selectedText() == REPLY[step]
+    panel.colour_tokens.toggle()  # a full re-render: the mark is found again
+    marks = panel.transcript.extraSelections()
+    assert len(marks) == 1 and marks[0].cursor.selectedText() == REPLY[step]
+    panel.clear()
+    assert panel.transcript.extraSelections() == [] and panel.marked_step is None

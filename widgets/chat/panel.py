@@ -16,6 +16,7 @@ from widgets.chat.markdown import code_blocks
 from widgets.chat.transcript import (CURSOR_MARK, HEADER, SPEC_LEGEND, MessageView, block_css, block_style, call_text,
                                      header_html, message_html, reply_lines, spec_figures_text, split_lines)
 from widgets.chat.samples import SamplesView
+from widgets.chat.selection import mark_step
 
 EDIT_BANNER = "Editing a message: Send makes a new branch (the old one stays, ‹ › switches back) · Esc cancels"
 METER_MIN_PX, METER_PADDING_PX = 150, 16  # the context meter: its least width; room beside its text
@@ -55,6 +56,7 @@ class ChatPanel(QWidget):
     def _setup_ui(self) -> None:
         self.system = QLineEdit(placeholderText="System prompt (optional)")
         self.transcript = QTextBrowser(openLinks=False)
+        self.marked_step: int | None = None  # the token clicked last: marked in the transcript (selection.py)
         self.transcript.anchorClicked.connect(self._on_anchor)
         # Read-only: an undo stack would keep every streamed tick's insertion for as long as the chat lives.
         self.transcript.document().setUndoRedoEnabled(False)
@@ -252,6 +254,7 @@ class ChatPanel(QWidget):
 
     def clear(self) -> None:
         self._turns, self._live = [], []
+        self.marked_step = None  # a new conversation numbers its steps from 0 again
         self.spec_legend.hide()  # shown again by the next reply with speculative marks
         self.spec_rate.hide()
         self._spec_figures = None
@@ -322,6 +325,7 @@ class ChatPanel(QWidget):
             parts += [f"<p style='{block_css(line)}'>{text}{CURSOR_MARK if i == len(rendered) - 1 else ''}</p>"
                       for i, (line, text) in enumerate(rendered)]
         self.transcript.setHtml("".join(parts))
+        mark_step(self.transcript, self.marked_step)  # the selected token, found again in the new document
         if self._live_shown:
             self._live_block = self.transcript.document().lastBlock().position()
         bar = self.transcript.verticalScrollBar()
@@ -364,6 +368,8 @@ class ChatPanel(QWidget):
     def _on_anchor(self, url: QUrl) -> None:
         kind, _, rest = url.toString().partition(":")
         if kind == "step":
+            self.marked_step = int(rest)
+            mark_step(self.transcript, self.marked_step)
             self.step_clicked.emit(int(rest))
         elif kind == "code":
             self._copy_code(*rest.rsplit(":", 1))
