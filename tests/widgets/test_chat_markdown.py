@@ -135,3 +135,18 @@ def test_a_clicked_token_is_marked_in_the_transcript_and_stays_marked_after_a_re
     assert len(marks) == 1 and marks[0].cursor.selectedText() == REPLY[step]
     panel.clear()
     assert panel.transcript.extraSelections() == [] and panel.marked_step is None
+
+
+def test_the_mark_is_dropped_when_another_branch_gives_its_index_to_another_token(qtbot):
+    from widgets.chat.transcript import MessageView
+
+    panel = ChatPanel()
+    qtbot.addWidget(panel)
+    reply = [(0, "Hello", 0.9), (1, " there", 0.8)]
+    panel.show_conversation([MessageView("assistant", "Hello there", reply)])
+    panel._on_anchor(QUrl("step:1"))
+    assert [m.cursor.selectedText() for m in panel.transcript.extraSelections()] == [" there"]
+    panel.show_conversation([MessageView("assistant", "Hello there", reply + [(2, "!", 0.7)])])  # the path grew
+    assert [m.cursor.selectedText() for m in panel.transcript.extraSelections()] == [" there"]
+    panel.show_conversation([MessageView("assistant", "Hi you", [(0, "Hi", 0.9), (1, " you", 0.4)])])  # a switch
+    assert panel.transcript.extraSelections() == [] and panel.marked_step is None

@@ -57,6 +57,7 @@ class ChatPanel(QWidget):
         self.system = QLineEdit(placeholderText="System prompt (optional)")
         self.transcript = QTextBrowser(openLinks=False)
         self.marked_step: int | None = None  # the token clicked last: marked in the transcript (selection.py)
+        self._marked_token: tuple | None = None  # its (index, text, prob) when clicked
         self.transcript.anchorClicked.connect(self._on_anchor)
         # Read-only: an undo stack would keep every streamed tick's insertion for as long as the chat lives.
         self.transcript.document().setUndoRedoEnabled(False)
@@ -325,6 +326,8 @@ class ChatPanel(QWidget):
             parts += [f"<p style='{block_css(line)}'>{text}{CURSOR_MARK if i == len(rendered) - 1 else ''}</p>"
                       for i, (line, text) in enumerate(rendered)]
         self.transcript.setHtml("".join(parts))
+        if self.marked_step is not None and self._token(self.marked_step) != self._marked_token:
+            self.marked_step = None  # another branch renumbered the steps: that index is another token now
         mark_step(self.transcript, self.marked_step)  # the selected token, found again in the new document
         if self._live_shown:
             self._live_block = self.transcript.document().lastBlock().position()
@@ -365,10 +368,16 @@ class ChatPanel(QWidget):
         if at_end:
             bar.setValue(bar.maximum())
 
+    def _token(self, index: int) -> tuple | None:
+        """Step `index`'s (index, text, prob) as shown now (None: not shown)."""
+        tokens = [t for view in self._turns for t in (view.tokens or ())] + list(self._live)
+        return next((tuple(t[:3]) for t in tokens if t[0] == index), None)
+
     def _on_anchor(self, url: QUrl) -> None:
         kind, _, rest = url.toString().partition(":")
         if kind == "step":
             self.marked_step = int(rest)
+            self._marked_token = self._token(self.marked_step)
             mark_step(self.transcript, self.marked_step)
             self.step_clicked.emit(int(rest))
         elif kind == "code":
