@@ -207,7 +207,7 @@ def print_table(result: dict) -> None:
               f"{ours['prefill_tok_s'] / r['prefill_tok_s']:.2f}x | {ours['decode_tok_s'] / r['decode_tok_s']:.2f}x | "
               f"{ours['peak_rss'] / r['peak_rss']:.2f}x | {same}/{len(ours['tokens'])} |")
     for name, r in table.items():  # medians of run-by-run ratios: robust to drift that hits a whole round
-        if name != "glassbox" and len(r["decode_runs"]) == len(ours["decode_runs"]):
+        if name != "glassbox" and "decode_runs" in r and len(r["decode_runs"]) == len(ours.get("decode_runs", ())):
             decode = statistics.median(a / b for a, b in zip(ours["decode_runs"], r["decode_runs"]))
             prefill = statistics.median(a / b for a, b in zip(ours["prefill_runs"], r["prefill_runs"]))
             print(f"paired, glassbox / {name}: decode {decode:.2f}x, prefill {prefill:.2f}x")
