@@ -163,7 +163,8 @@ class AdapterPanel(QWidget):
         on = [f.label for f in adapters if f.enabled]
         self._any_enabled = bool(on)
         if on:
-            self.banner.setText("LoRA on: " + " · ".join(on) + " (the chat generates with it)")
+            them = "them" if len(on) > 1 else "it"
+            self.banner.setText("LoRA on: " + " · ".join(on) + f" (the chat generates with {them})")
             self.banner.setStyleSheet(ON_STYLE)
         else:
             self.banner.setText("No adapter on: the model as loaded." if adapters else NO_ADAPTER)

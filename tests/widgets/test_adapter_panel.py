@@ -81,3 +81,10 @@ def test_a_removed_row_greys_at_once_and_comes_back_if_refused(panel, qtbot):
     assert panel.row("style").isEnabled()
     panel.set_adapters((facts("tone"),))  # the engine's answer: gone
     assert panel.adapter_names() == ["tone"]
+
+
+def test_the_banner_names_every_adapter_on(panel):
+    panel.set_adapters((facts("style"),))
+    assert panel.banner.text() == "LoRA on: style ×1 (the chat generates with it)"
+    panel.set_adapters((facts("style"), facts("tone", scale=0.5)))
+    assert panel.banner.text() == "LoRA on: style ×1 · tone ×0.5 (the chat generates with them)"
