@@ -83,6 +83,8 @@ def worker_llama(job: dict) -> dict:
     prompt, decode_prompt, n = job["prompt"], job["prompt"][:32], job["new_tokens"]
     eos = llm.token_eos()
 
+    first_token_at = [0.0]
+
     def greedy(ids, k):
         llm.reset()  # otherwise llama.cpp reuses a matching prefix of the last run
         llm.eval(ids)
@@ -91,6 +93,8 @@ def worker_llama(job: dict) -> dict:
             scores = np.array(llm.scores[llm.n_tokens - 1], copy=True)
             scores[eos] = -np.inf  # EOS ignored, as in the other engines
             out.append(int(scores.argmax()))
+            if len(out) == 1:
+                first_token_at[0] = time.perf_counter()
             if len(out) < k:
                 llm.eval([out[-1]])
         return out
@@ -99,10 +103,11 @@ def worker_llama(job: dict) -> dict:
     t0 = time.perf_counter()
     greedy(prompt, 1)
     prefill_s = time.perf_counter() - t0
-    ttft, total = _timed_decode(lambda: greedy(decode_prompt, 1), lambda: greedy(decode_prompt, n))
+    # decode timed inside one run, from its first token to its last: (total - ttft) of two separate runs
+    # went negative or near zero on a loaded machine (6e10 tok/s once)
     tokens = greedy(decode_prompt, n)
-    return {"prefill_tok_s": len(prompt) / prefill_s, "decode_tok_s": (n - 1) / max(total - ttft, 1e-9),
-            "tokens": tokens}
+    decode_s = time.perf_counter() - first_token_at[0]
+    return {"prefill_tok_s": len(prompt) / prefill_s, "decode_tok_s": (n - 1) / decode_s, "tokens": tokens}
 
 
 def _requantized_q4_0(path: str) -> str:
