@@ -408,8 +408,13 @@ class ChatController(QObject):
         live.prompt_ids = start.chat_prompt_ids
         live.kept_text = start.kept_text
         marks = []
-        if start.interventions:  # never silently: this reply is not the model as loaded
-            marks.append("generated with interventions: " + ", ".join(start.interventions))
+        # never silently: this reply is not the model as loaded (adapters said as such, not as "interventions")
+        adapters = [name for name in start.interventions if name.startswith("LoRA ")]
+        interventions = [name for name in start.interventions if name not in adapters]
+        if interventions:
+            marks.append("generated with interventions: " + ", ".join(interventions))
+        if adapters:
+            marks.append("generated with " + ", ".join(adapters))
         if start.dropped:
             marks.append(f"{start.dropped} oldest messages left out to fit the context")
         live.changed_by = " · ".join(marks)

@@ -44,7 +44,8 @@ def test_add_toggle_and_compare_in_the_window(qtbot, settings, hf_checkpoint, tm
         expected = [t.token_id for t in reference.generate(list(prompt), window.sampler.params())
                     if hasattr(t, "token_id")]
         assert [s.token_id for s in steps] == expected[:len(steps)]
-        assert "LoRA style ×1" in window.controller.tree.leaf().note  # the chat says so
+        note = window.controller.tree.leaf().note
+        assert "generated with LoRA style ×1" in note and "interventions" not in note  # the chat says so
         window.controller.select(steps[1].index)  # a click on the second token
         context = window.hub.contexts.before(steps[1])[0]
         qtbot.waitUntil(lambda: panel.view is not None and panel.view.position == len(context), timeout=TIMEOUT)
