@@ -109,3 +109,15 @@ def test_texts_are_elided_to_their_cells(panel):
     assert shown, "30 rows in a 560 px panel leave room for text"
     width = panel.grid.getViewBox().width() / 8
     assert all(item.boundingRect().width() <= width + 8 for item in shown)  # TextItem adds its own margin
+
+
+def test_a_lens_of_the_same_shape_reuses_its_cells(panel):
+    """Making every cell's text item anew stalled the window at each selected token (seen under Xvfb)."""
+    panel.show_view(lens_view(seed=0))
+    first = [item for row in panel._cells for item in row]
+    panel.show_view(lens_view(seed=1))
+    again = [item for row in panel._cells for item in row]
+    assert len(again) == len(first) and all(a is b for a, b in zip(first, again))
+    assert [[item.toPlainText() for item in row] for row in panel._cells][-1][0] != ""  # texts redrawn
+    panel.show_view(lens_view(layers=12, seed=1))  # another shape: new cells
+    assert len(panel._cells) == 12 and len(panel._cells[0]) == len(first) // 30
