@@ -83,6 +83,7 @@ class RoutingPanel(QWidget):
                                   "route. To watch routing, open the built-in mixture-of-experts model "
                                   "(Model panel: “SmolLM2-135M-MoE 8×top-2”).")
         self.dense_label.setWordWrap(True)  # a narrow dock must not scroll sideways to read it
+        self.dense_label.setMargin(9)  # off the dock's edge (at 1366x768 it ran to the screen's last pixel)
         self.layer = QSpinBox(prefix="layer ")
         self.layer.valueChanged.connect(self._redraw)
         self.balance = QLabel("")

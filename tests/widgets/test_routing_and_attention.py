@@ -127,6 +127,7 @@ def test_dense_model_says_so(qtbot):
     panel.set_model_info(30, 0, 0)
     assert panel.is_dense_message_shown()
     assert "SmolLM2-135M-MoE" in panel.dense_label.text()  # where routing can be seen
+    assert panel.dense_label.margin() > 0  # not against the dock's (and a laptop screen's) edge
 
 
 def test_an_moe_before_its_first_token_says_what_will_show(qtbot):
