@@ -4,6 +4,8 @@ bars per token, with the KL and whether the top-1 changed. Draws AdapterFacts an
 records only; the app asks the engine (through its worker) and hands them here."""
 from __future__ import annotations
 
+import html
+
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, QTimer, Signal
@@ -16,6 +18,10 @@ from engine.records import AdapterComparisonView, AdapterFacts
 BASE, ADAPTED = "#95a5a6", "#2e86c1"  # bar colours: without the adapters, with them
 ON_STYLE = "background: #1f618d; color: white; padding: 4px; border-radius: 3px; font-weight: bold;"
 OFF_STYLE = "padding: 4px; border: 1px solid palette(mid); border-radius: 3px;"
+# The bars' key, under the summary: a legend inside the plot covered the lowest rows, where a token the
+# adapter lifts from almost nothing (ordered by the base probability) draws its longest bar.
+KEY = (f"<span style='color:{BASE}'>■</span> without · <span style='color:{ADAPTED}'>■</span> "
+       "with the adapters")
 NO_MODEL = "Load a model first: adapters are added onto it."
 NO_ADAPTER = "Add a LoRA adapter (a PEFT folder: adapter_config.json + adapter_model.safetensors)."
 NO_RESULT = "Switch an adapter on, then select a token in the chat: its next-token distribution is shown " \
@@ -97,14 +103,13 @@ class AdapterPanel(QWidget):
         self.rows_box.setSpacing(6)
         self.send_timer = QTimer(self, singleShot=True, interval=EDIT_PAUSE_MS)
         self.send_timer.timeout.connect(self._send_pending)
-        self.summary = QLabel("", wordWrap=True)
+        self.summary = QLabel("", wordWrap=True, textFormat=Qt.RichText)
         self.message = QLabel(NO_RESULT, wordWrap=True, alignment=Qt.AlignCenter)
         self.bars = pg.PlotWidget()
         self.bars.setLabel("bottom", "probability")
         self.bars.getAxis("bottom").enableAutoSIPrefix(False)
         self.bars.setMouseEnabled(False, False)
         self.bars.invertY(True)  # the most likely token on top
-        self.bars.addLegend(offset=(-10, -10))
         empty = {"x0": np.zeros(0), "y": np.zeros(0), "width": np.zeros(0), "height": 0.38}
         self.base_item = pg.BarGraphItem(**empty, brush=BASE, pen=None, name="without")
         self.adapted_item = pg.BarGraphItem(**empty, brush=ADAPTED, pen=None, name="with the adapters")
@@ -218,8 +223,9 @@ class AdapterPanel(QWidget):
         top1 = (f"top-1 unchanged (“{before}”)" if view.top1_same
                 else f"top-1 changed: “{before}” → “{after}”")
         chosen = dict(zip(view.token_ids, view.token_texts)).get(view.target_id, f"id {view.target_id}")
-        self.summary.setText(f"Token {view.position} (the model chose “{display_text(chosen)}”) with "
-                             f"{' · '.join(view.adapters)}: KL {view.kl:.3f} nats · {top1}")
+        said = (f"Token {view.position} (the model chose “{display_text(chosen)}”) with {' · '.join(view.adapters)}: "
+                f"KL {view.kl:.3f} nats · {top1}")
+        self.summary.setText(f"{html.escape(said)}<br>{KEY}")  # rich text: a token such as <|im_end|> escaped
         self.result.setCurrentWidget(self.bars)
         self._label_ticks()
 

@@ -88,3 +88,17 @@ def test_the_banner_names_every_adapter_on(panel):
     assert panel.banner.text() == "LoRA on: style ×1 (the chat generates with it)"
     panel.set_adapters((facts("style"), facts("tone", scale=0.5)))
     assert panel.banner.text() == "LoRA on: style ×1 · tone ×0.5 (the chat generates with them)"
+
+
+def test_the_bars_key_is_under_the_summary_not_over_the_lowest_bars(panel):
+    """A legend inside the plot covered its lowest rows, where a token the adapter lifts from almost nothing
+    (rows are ordered by the probability without the adapters) draws its longest bar."""
+    view = comparison()
+    texts = ("<|im_end|>",) + view.token_texts[1:]
+    panel.set_adapters((facts(),))
+    panel.show_view(AdapterComparisonView(view.adapters, view.position, 501, view.token_ids, texts, view.base_probs,
+                                          view.probs, view.kl, view.top1_same))
+    assert panel.bars.getPlotItem().legend is None
+    summary = panel.summary.text()
+    assert "■</span> without" in summary and "with the adapters" in summary
+    assert "&lt;|im_end|&gt;" in summary  # the chosen token escaped, not read as markup
