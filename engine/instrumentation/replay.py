@@ -48,7 +48,8 @@ def replay_attention(model, token_ids: list[int], layer: int, queries: tuple[int
             out[:, lo - first:stop - first, :stop] = probs[:, lo - start:].numpy()
             if sinks is not None:
                 sinks[:, lo - first:stop - first] = probe.attention_sinks.pop(layer)[0, :, lo - start:].numpy()
-    group = config.n_heads // config.n_kv_heads
+    # MLA's heads all read one cached latent: one group, not the per-head K/V the expanded path computes.
+    group = config.n_heads if config.mla is not None else config.n_heads // config.n_kv_heads
     return AttentionView(layer, first, tuple(h // group for h in range(config.n_heads)), out, sinks,
                          window=config.sliding_windows[layer])
 

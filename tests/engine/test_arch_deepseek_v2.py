@@ -174,6 +174,7 @@ def test_attention_replay_and_head_interventions(hf_checkpoint):
     rows = torch.from_numpy(view.weights)  # [H, Q, S]
     torch.testing.assert_close(rows.sum(-1), torch.ones(rows.shape[:2]), atol=1e-5, rtol=0)
     assert torch.triu(rows, diagonal=1).abs().max() == 0  # causal
+    assert set(view.kv_group) == {0}  # every head reads the one cached latent: no per-head KV groups to show
     before = recompute(engine.model, ids)
     engine.set_interventions([Intervention("head", 1, 0, 0.0)])
     after = recompute(engine.model, ids)
