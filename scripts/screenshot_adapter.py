@@ -11,10 +11,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from PySide6.QtWidgets import QApplication
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from screenshots import OUT, chat, shoot_dock, wait_for, wait_until  # noqa: E402
+from screenshots import chat, new_window, shoot_dock, wait_for, wait_until  # noqa: E402
 
 B_SCALE = 3.0  # the random B's size: a visible shift of the distribution (KL ~0.1-0.3 nats), not a wreck
 
@@ -47,22 +46,9 @@ def make_demo_adapter(folder: Path) -> Path:
 
 
 def main() -> int:
-    import torch
-
-    from app.main_window import MainWindow
-    from app.settings import Settings
-    from app.theme import apply_theme
     from engine.records import LoadOptions, SamplingParams
 
-    torch.set_num_threads(2)
-    OUT.mkdir(parents=True, exist_ok=True)
-    app = QApplication([])
-    apply_theme(app, dark=False)
-    settings = Settings("GlassboxScreenshots", "app")
-    settings.q.clear()
-    window = MainWindow(settings=settings, autoload=False, offer_restore=False)
-    window.setGeometry(app.primaryScreen().availableGeometry())
-    window.show()
+    app, window = new_window()
     folder = make_demo_adapter(Path(tempfile.mkdtemp()) / "demo-style-lora")
     window.load_model(None, LoadOptions(device="cpu"))
     wait_for(window.worker.loaded)

@@ -11,14 +11,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from PySide6.QtWidgets import QApplication
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from screenshot_sliding_window import write_tokenizer  # noqa: E402
-from screenshots import OUT, chat, settle, shoot_dock, wait_for, wait_until  # noqa: E402
+from screenshots import chat, new_window, settle, shoot_dock, wait_for, wait_until  # noqa: E402
 
 
 def build_model(directory: Path) -> None:
@@ -38,22 +36,9 @@ def build_model(directory: Path) -> None:
 
 
 def main() -> int:
-    import torch
-
-    from app.main_window import MainWindow
-    from app.settings import Settings
-    from app.theme import apply_theme
     from engine.records import LoadOptions, SamplingParams
 
-    torch.set_num_threads(2)
-    OUT.mkdir(parents=True, exist_ok=True)
-    app = QApplication([])
-    apply_theme(app, dark=False)
-    settings = Settings("GlassboxScreenshots", "app")
-    settings.q.clear()
-    window = MainWindow(settings=settings, autoload=False, offer_restore=False)
-    window.setGeometry(app.primaryScreen().availableGeometry())
-    window.show()
+    app, window = new_window()
     with tempfile.TemporaryDirectory() as folder:
         build_model(Path(folder))
         window.load_model(folder, LoadOptions(device="cpu", dtype="float32"))

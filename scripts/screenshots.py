@@ -150,6 +150,27 @@ def shoot_speculative(app, window) -> int:
     return 0
 
 
+def new_window():
+    """(app, window): a QApplication and a fresh main window in the light theme over the whole screen, with
+    settings of its own (cleared), as the single-panel screenshot scripts start."""
+    import torch
+
+    from app.main_window import MainWindow
+    from app.settings import Settings
+    from app.theme import apply_theme
+
+    torch.set_num_threads(2)
+    OUT.mkdir(parents=True, exist_ok=True)
+    app = QApplication([])
+    apply_theme(app, dark=False)
+    settings = Settings("GlassboxScreenshots", "app")
+    settings.q.clear()
+    window = MainWindow(settings=settings, autoload=False, offer_restore=False)
+    window.setGeometry(app.primaryScreen().availableGeometry())
+    window.show()
+    return app, window
+
+
 def wait_until(condition, timeout_ms: int = 120_000) -> bool:
     waited = 0
     while not condition() and waited < timeout_ms:
