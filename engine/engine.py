@@ -358,6 +358,9 @@ class Engine:
         stay quantized); named after the folder. ModelFormatError for a bad adapter: the model is untouched."""
         scale = checked_scale(scale)
         stack = adapter_stack(self.model)
+        same = next((a.name for a in stack.adapters.values() if Path(a.path).resolve() == Path(path).resolve()), None)
+        if same is not None:  # loading it twice would silently double its effect
+            raise ValueError(f"{path} is already loaded as {same!r}: change its scale instead")
         name = base = Path(path).name or "adapter"
         n = 1
         while name in stack.adapters:

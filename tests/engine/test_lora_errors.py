@@ -126,6 +126,8 @@ def test_bad_names_and_scales_are_value_errors(tiny):
         engine.add_adapter(tiny / "good", scale=float("inf"))
     with pytest.raises(ValueError, match="no adapter named"):
         engine.remove_adapter("other")
+    with pytest.raises(ValueError, match="already loaded as 'good'"):  # twice would double its effect unseen
+        engine.add_adapter(tiny / "good" / ".." / "good")
     assert [a.label for a in engine.adapters()] == ["good ×1"]
 
 
