@@ -230,6 +230,20 @@ class WeightsBar(QWidget):
             x += width
 
 
+class CountAxis(pg.AxisItem):
+    """An axis of whole counts (snapshot numbers): only integer ticks. pyqtgraph's own choice labelled
+    0, 0.5, 1 — half a snapshot means nothing."""
+
+    def tickValues(self, minVal, maxVal, size):  # noqa: N802, N803 (pyqtgraph's names)
+        levels, seen = [], set()
+        for spacing, values in super().tickValues(minVal, maxVal, size):
+            whole = [v for v in values if float(v).is_integer() and v not in seen]
+            seen.update(whole)
+            if whole:
+                levels.append((max(spacing, 1.0), whole))
+        return levels
+
+
 class MemoryPanel(QWidget):
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -251,10 +265,14 @@ class MemoryPanel(QWidget):
         self.figures = QLabel("No model loaded.", wordWrap=True)
         self.weights_label = QLabel("", wordWrap=True)
         self.weights_bar = WeightsBar()
-        self.curves = pg.PlotWidget(title="process memory")
+        self.curves = pg.PlotWidget(title="process memory", axisItems={"bottom": CountAxis("bottom")})
         self.curves.setLabel("left", "MB")
         self.curves.setLabel("bottom", "snapshot (two a second while generating)")
-        self.curves.addLegend()
+        # Bottom right, on a backing: memory mostly grows, so that corner is the one a curve leaves free,
+        # and where it does not the names still read (top left, the default, sat on the rising curve).
+        backing = QColor(self.palette().color(QPalette.Base))
+        backing.setAlpha(200)
+        self.curves.addLegend(offset=(-8, -8), brush=pg.mkBrush(backing))
         self.curves.setMinimumHeight(140)
         self.curves.getAxis("left").enableAutoSIPrefix(False)
         self.rss_curve_item = self.curves.plot(pen=pg.mkPen("#2e86de", width=2), name="process RSS")

@@ -165,3 +165,18 @@ def test_a_draft_models_own_cache_is_stated_beside_the_map(qtbot):
     assert "Draft model's own KV cache</b>: 3 of 10 blocks, 6.0 MB" in panel.figures.text()
     panel.show_memory(MemorySnapshot(kv_blocks_total=8, kv_blocks_free=8, kv_block_size=4, block_refs=(0,) * 8))
     assert "Draft" not in panel.figures.text()
+
+
+def test_snapshot_axis_has_whole_numbers_only_and_the_legend_sits_bottom_right(qtbot):
+    from widgets.memory_panel import CountAxis, MemoryPanel
+
+    panel = MemoryPanel()
+    qtbot.addWidget(panel)
+    axis = panel.curves.getAxis("bottom")
+    assert isinstance(axis, CountAxis)
+    for low, high in ((0, 2), (0, 1), (0, 7), (3, 250)):
+        ticks = [v for _, values in axis.tickValues(low, high, 300) for v in values]
+        assert ticks and all(float(v).is_integer() for v in ticks), (low, high, ticks)
+        assert len(ticks) == len(set(ticks))
+    legend = panel.curves.plotItem.legend
+    assert legend.opts["offset"][0] < 0 and legend.opts["offset"][1] < 0  # anchored to the bottom right
