@@ -12,7 +12,7 @@ from torch import nn
 
 from engine.config import ModelConfig
 from engine.layers.norm import RMSNorm
-from engine.layers.rope import apply_rope
+from engine.layers.rope import apply_rope, apply_rope_folded, sign_folded_sin
 from engine.layers.sinks import sdpa_with_sinks, softmax_with_sinks
 from engine.layers.softcap import softcapped_attention
 
@@ -42,14 +42,34 @@ class Attention(nn.Module):
             self.q_norm, self.k_norm = RMSNorm(H * d, config.norm_eps), RMSNorm(K * d, config.norm_eps)
         self.wqkv = None  # q, k, v stacked into one matmul by engine.quant.concat.fuse_projections; wq/wk/wv are then None
 
+    # The last step's cos, sin and their per-head forms for the fused path, shared by every layer (each layer
+    # receives the same table objects in a step): built once per step instead of once per layer. Keyed by
+    # identity, and holding the tables keeps them alive, so a match is never a recycled id.
+    _head_tables: tuple = (None, None, None, None)
+
+    @classmethod
+    def _per_head_tables(cls, cos, sin):
+        """cos [B, T, 1, d] and sign_folded_sin of sin, likewise."""
+        last = cls._head_tables  # one read: another thread may replace the tuple, never half of it
+        if last[0] is cos and last[1] is sin:
+            return last[2], last[3]
+        tables = (cos, sin, cos.unsqueeze(2), sign_folded_sin(sin.unsqueeze(2)))
+        cls._head_tables = tables
+        return tables[2], tables[3]
+
     def forward(self, x, cos, sin, kv, probe=None) -> torch.Tensor:
         B, T, _ = x.shape
         H, K, d = self.n_heads, self.n_kv_heads, self.head_dim
         if self.wqkv is not None and self.qk_norm == "none" and self.clip_qkv is None:
-            q, k, v = self._fused_qkv_rope(x, cos, sin)
+            q, k, v = self._fused_qkv_rope(x, cos, sin)  # k, v still [B, T, K, d]
+            update_tokens_major = getattr(kv, "update_tokens_major", None)
+            if update_tokens_major is not None:  # the paged view takes them as they are: no transposes there and back
+                k, v = update_tokens_major(self.layer_idx, k, v)
+            else:
+                k, v = kv.update(self.layer_idx, k.transpose(1, 2), v.transpose(1, 2))
         else:
             q, k, v = self._qkv_rope(x, cos, sin)
-        k, v = kv.update(self.layer_idx, k, v)  # [B, K, S, d] each
+            k, v = kv.update(self.layer_idx, k, v)  # [B, K, S, d] each
         mask = kv.mask(self.window)  # [B or 1, 1, T, S] or None
 
         if probe is not None and probe.wants_attention(self.layer_idx):
@@ -68,14 +88,17 @@ class Attention(nn.Module):
 
     def _fused_qkv_rope(self, x, cos, sin):
         """The common case in few ops: one matmul for q, k and v, and one rotation for the q and k heads
-        together, in [B, T, heads, d] layout (the same numbers as rotating each on its own)."""
+        together, in [B, T, heads, d] layout (the same numbers as rotating each on its own). q comes back
+        [B, H, T, d], k and v in that [B, T, K, d] layout (forward hands them to the cache as they are)."""
         B, T, _ = x.shape
         H, K, d = self.n_heads, self.n_kv_heads, self.head_dim
         qkv = self.wqkv(x).view(B, T, H + 2 * K, d)
         qk = qkv[:, :, :H + K]  # [B, T, H+K, d]
-        if self.use_rope:
+        if self.use_rope and cos.shape[-1] == d:  # a full-width table: the folded rotation (same numbers)
+            qk = apply_rope_folded(qk, *self._per_head_tables(cos, sin))
+        elif self.use_rope:
             qk = apply_rope(qk, cos.unsqueeze(2), sin.unsqueeze(2))
-        return qk[:, :, :H].transpose(1, 2), qk[:, :, H:].transpose(1, 2), qkv[:, :, H + K:].transpose(1, 2)
+        return qk[:, :, :H].transpose(1, 2), qk[:, :, H:], qkv[:, :, H + K:]
 
     def _qkv_rope(self, x, cos, sin):
         """q [B, H, T, d], k and v [B, K, T, d]: projections, optional q/k-norm and clipping, RoPE."""

@@ -121,6 +121,18 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + rotated * sin
 
 
+def sign_folded_sin(sin: torch.Tensor) -> torch.Tensor:
+    """sin with its first half negated, for apply_rope_folded (built once per step, not per layer)."""
+    half = sin.shape[-1] // 2
+    return torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+
+
+def apply_rope_folded(x: torch.Tensor, cos: torch.Tensor, folded_sin: torch.Tensor) -> torch.Tensor:
+    """apply_rope for a full-width table in 4 ops instead of 7: the rotate-half's negation moved into the table
+    (sign_folded_sin) and its swap of halves done by one roll. Bit-identical: (-a) * s == a * (-s) exactly."""
+    return x * cos + x.roll(x.shape[-1] // 2, -1) * folded_sin
+
+
 class RopeTable:
     """Caches inverse frequencies; recomputes them per call only for dynamic NTK, whose base
     depends on how long the sequence has grown (length = largest position + 1, as HF does), and picks

@@ -54,18 +54,27 @@ class KVPool:
         # doubling: gathering into fresh tensors made 2 context-sized allocations per layer per step, and
         # their growing sizes left the allocator's heap ~15 KB per token of context bigger (measured).
         self._gather: list[torch.Tensor] = []
+        self._gather_rows: tuple | None = None  # (rows, k buffer, v buffer) of the last size asked: one slice per step, not per layer
+        # Each layer's slice of the pools, taken once: indexing self.k[layer] was 2 aten calls per layer per step.
+        self.k_layers, self.v_layers = list(self.k.unbind(0)), list(self.v.unbind(0))
 
     def gather(self, layer: int, read_slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Layer `layer`'s K and V at read_slots [B, S]: [B, S, K, d] each, in the shared buffers (valid
         until the next call: a layer's attention uses them before the next layer gathers)."""
         B, S = read_slots.shape
+        return self.gather_flat(layer, read_slots.reshape(-1), B, S)
+
+    def gather_flat(self, layer: int, flat: torch.Tensor, B: int, S: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """gather() with read_slots already flattened to [B*S] (a view computes that once per step)."""
         rows = B * S
-        if not self._gather or self._gather[0].shape[0] < rows:
-            capacity = max(rows, 2 * self._gather[0].shape[0] if self._gather else 0)
-            self._gather = [pool.new_empty((capacity, *pool.shape[2:])) for pool in (self.k, self.v)]
-        flat = read_slots.reshape(-1)
-        k = torch.index_select(self.k[layer], 0, flat, out=self._gather[0][:rows])
-        v = torch.index_select(self.v[layer], 0, flat, out=self._gather[1][:rows])
+        if self._gather_rows is None or self._gather_rows[0] != rows:
+            if not self._gather or self._gather[0].shape[0] < rows:
+                capacity = max(rows, 2 * self._gather[0].shape[0] if self._gather else 0)
+                self._gather = [pool.new_empty((capacity, *pool.shape[2:])) for pool in (self.k, self.v)]
+            self._gather_rows = (rows, self._gather[0][:rows], self._gather[1][:rows])
+        _, k_out, v_out = self._gather_rows
+        k = torch.index_select(self.k_layers[layer], 0, flat, out=k_out)
+        v = torch.index_select(self.v_layers[layer], 0, flat, out=v_out)
         return k.view(B, S, *k.shape[1:]), v.view(B, S, *v.shape[1:])
 
     @property
@@ -103,15 +112,20 @@ class PagedView:
         P = pool.block_size
         # Every slot each sequence may read, in position order: [B, nb*P].
         self.read_slots = (tables.unsqueeze(-1) * P + torch.arange(P, device=device)).flatten(1)
+        self._flat_read_slots = self.read_slots.reshape(-1)  # once per step, not per layer
         self._masks: dict = {}
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         """Write k, v [B, K, T, d] into their slots; return each sequence's K/V [B, K, S, d]."""
-        B, K, T, d = k.shape
-        pool_k, pool_v = self.pool.k[layer], self.pool.v[layer]
-        pool_k.index_copy_(0, self.slots, k.transpose(1, 2).reshape(B * T, K, d))
-        pool_v.index_copy_(0, self.slots, v.transpose(1, 2).reshape(B * T, v.shape[1], v.shape[3]))
-        k_all, v_all = self.pool.gather(layer, self.read_slots)  # [B, S, K, d]
+        return self.update_tokens_major(layer, k.transpose(1, 2), v.transpose(1, 2))
+
+    def update_tokens_major(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        """update() for k, v already in [B, T, K, d] (the layout the fused projection makes them in): the
+        same copies without transposing there and back; returns [B, K, S, d] like update()."""
+        B, T, K, d = k.shape
+        self.pool.k_layers[layer].index_copy_(0, self.slots, k.reshape(B * T, K, d))
+        self.pool.v_layers[layer].index_copy_(0, self.slots, v.reshape(B * T, v.shape[2], v.shape[3]))
+        k_all, v_all = self.pool.gather_flat(layer, self._flat_read_slots, B, self.read_slots.shape[1])  # [B, S, K, d]
         return k_all.transpose(1, 2), v_all.transpose(1, 2)
 
     def mask(self, window: int | None) -> torch.Tensor:
