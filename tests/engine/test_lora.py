@@ -4,6 +4,8 @@ unfused projections, at scales 1 and 0.5, two adapters at once, an int8 base; sw
 model's logits come back bit for bit, and the prefix cache is not reused across a switch."""
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 
@@ -82,7 +84,7 @@ def test_switching_off_gives_the_base_logits_bit_for_bit(tiny):
     assert torch.equal(run_ours(engine.model), base) and engine.adapters() == ()
 
 
-def test_two_adapters_and_a_scale_changed_live(tiny):
+def test_two_adapters_and_a_scale_changed_live(tiny, tmp_path):
     engine = Engine.load(tiny / "base", FLOAT)
     engine.add_adapter(tiny / "style")
     engine.add_adapter(tiny / "second", scale=0.5)
@@ -91,7 +93,8 @@ def test_two_adapters_and_a_scale_changed_live(tiny):
     engine.set_adapter("style", scale=0.5)
     engine.set_adapter("second", enabled=False)
     assert (run_ours(engine.model) - run_hf(merged_reference([(tiny / "style", 0.5)]))).abs().max() <= TOL
-    again = engine.add_adapter(tiny / "style")  # the same folder twice: a second name
+    namesake = shutil.copytree(tiny / "style", tmp_path / "elsewhere" / "style")  # another folder, same name
+    again = engine.add_adapter(namesake)
     assert again.name == "style-2" and [a.name for a in engine.adapters()] == ["style", "second", "style-2"]
 
 
