@@ -11,8 +11,9 @@ import torch
 from engine.engine import Engine
 from engine.kv_cache import ContiguousKVCache
 from engine.layers.mla import MLAttention
-from engine.records import GenerationRequest, InstrumentOptions, LoadOptions, RequestDone, SamplingParams, StepRecord
+from engine.records import GenerationRequest, InstrumentOptions, LoadOptions, SamplingParams
 from engine.runtime.kv_pool import kv_bytes_per_token
+from tests.engine.test_generation import recompute, run, stored  # noqa: F401 (others import them from here)
 from tests.engine.test_parity_hf import TOL, run_both
 
 FLOAT = LoadOptions(device="cpu", dtype="float32", kv_block_size=8)
@@ -77,31 +78,6 @@ def test_kv_pool_stores_the_latent(arch, hf_checkpoint):
     assert cache.nbytes == 10 * kv_bytes_per_token(config, torch.float32)
     facts = engine.facts()  # what the routing panel divides the experts by
     assert (facts.expert_groups, facts.expert_groups_kept) == ((4, 2) if arch == "deepseek_v2" else (1, 0))
-
-
-def run(engine, *requests):
-    """Submit all, step until done: per request (StepRecords by sample, RequestDone)."""
-    ids = [engine.submit(r) for r in requests]
-    records, done = {i: {} for i in ids}, {}
-    while engine.has_work():
-        for item in engine.step():
-            if isinstance(item, StepRecord):
-                records[item.request_id].setdefault(item.seq_index, []).append(item)
-            elif isinstance(item, RequestDone):
-                done[item.request_id] = item
-    return [(records[i], done[i]) for i in ids]
-
-
-def recompute(model, tokens) -> torch.Tensor:
-    """The last position's logits from one full forward over the whole sequence (no paging)."""
-    cache = ContiguousKVCache(model.config, len(tokens))
-    return model(torch.tensor([tokens]), cache.view(0, len(tokens)))[0, -1]
-
-
-def stored(record: StepRecord) -> torch.Tensor:
-    out = torch.empty(len(record.logit_ids))
-    out[list(record.logit_ids)] = torch.tensor(record.logit_values)
-    return out
 
 
 def check_against_recompute(model, prompt, steps):

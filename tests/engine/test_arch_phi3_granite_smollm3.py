@@ -19,7 +19,8 @@ from engine.kv_cache import ContiguousKVCache
 from engine.layers.rope import RopeTable, rope_inv_freq
 from engine.loaders.safetensors_dir import load_hf_dir
 from engine.model import Decoder
-from engine.records import GenerationRequest, InstrumentOptions, LoadOptions, RequestDone, SamplingParams, StepRecord
+from engine.records import GenerationRequest, InstrumentOptions, LoadOptions, SamplingParams
+from tests.engine.test_generation import recompute, run, stored  # noqa: F401 (others import them from here)
 from tests.engine.test_parity_hf import run_both
 
 ARCHS = ("phi3", "granite", "smollm3")
@@ -125,29 +126,6 @@ def test_granite_and_smollm3_fields(hf_checkpoint):
 
 
 # -- the paged engine --------------------------------------------------------------------------------------
-
-def run(engine, *requests):
-    """Submit all, step until done; [(records by sample, RequestDone)] in submission order."""
-    ids = [engine.submit(r) for r in requests]
-    records, done = {i: {} for i in ids}, {}
-    while engine.has_work():
-        for item in engine.step():
-            if isinstance(item, StepRecord):
-                records[item.request_id].setdefault(item.seq_index, []).append(item)
-            elif isinstance(item, RequestDone):
-                done[item.request_id] = item
-    return [(records[i], done[i]) for i in ids]
-
-
-def recompute(model, tokens) -> torch.Tensor:
-    cache = ContiguousKVCache(model.config, len(tokens))
-    return model(torch.tensor([tokens]), cache.view(0, len(tokens)))[0, -1]
-
-
-def stored(record: StepRecord) -> torch.Tensor:
-    out = torch.empty(len(record.logit_ids))
-    out[list(record.logit_ids)] = torch.tensor(record.logit_values)
-    return out
 
 
 @pytest.mark.parametrize("arch", ARCHS)
