@@ -6,7 +6,8 @@ machine noise hits them alike; figures are medians. Definitions shared by every 
   prefill tok/s  prompt tokens / time of one forward over the whole prompt
   decode tok/s   (new tokens - 1) / (time to generate them - time to the first one), greedy, EOS ignored
 llama-cpp-python and transformers are optional: an engine that is not installed is left out. The
-Q4_0 variant is the shipped GGUF requantized by llama.cpp itself (its fastest 4-bit format here).
+Q4_0 variant is the shipped GGUF requantized by llama.cpp itself (its fastest 4-bit format here), or the
+file as it is when it is Q4_0 already (`--model 1b`, engine/bench/big_model.py), where the Q4_1 row is left out.
 """
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ import time
 import psutil
 
 from engine.bench.common import peak_rss_bytes, prompt_ids
+
+LLAMA_FTYPE_MOSTLY_Q4_0, LLAMA_FTYPE_MOSTLY_Q4_1 = 2, 3  # llama.cpp's general.file_type values
 
 # name -> (kind, detail); availability is checked before running
 ENGINES = {
@@ -74,14 +77,14 @@ def worker_ours(job: dict) -> dict:
 
 def worker_llama(job: dict) -> dict:
     import numpy as np
-    from llama_cpp import Llama
+    from llama_cpp import Llama, llama_get_logits_ith
 
     path = job["model"]
-    if job["detail"] == "q4_0":
+    if job["detail"] == "q4_0" and not _is_q4_0(path):
         path = _requantized_q4_0(path)
     llm = Llama(model_path=path, n_ctx=2048, n_batch=512, n_threads=job["threads"], verbose=False)
     prompt, decode_prompt, n = job["prompt"], job["prompt"][:32], job["new_tokens"]
-    eos = llm.token_eos()
+    eos, n_vocab = llm.token_eos(), llm.n_vocab()
 
     first_token_at = [0.0]
 
@@ -90,7 +93,9 @@ def worker_llama(job: dict) -> dict:
         llm.eval(ids)
         out = []
         for _ in range(k):
-            scores = np.array(llm.scores[llm.n_tokens - 1], copy=True)
+            # the last position's logits from the context: llm.scores is filled only with logits_all=True
+            # in llama-cpp-python 0.3.x (it stayed zeros, so every 'greedy' token read as id 0)
+            scores = np.ctypeslib.as_array(llama_get_logits_ith(llm.ctx, -1), shape=(n_vocab,)).copy()
             scores[eos] = -np.inf  # EOS ignored, as in the other engines
             out.append(int(scores.argmax()))
             if len(out) == 1:
@@ -108,6 +113,17 @@ def worker_llama(job: dict) -> dict:
     tokens = greedy(decode_prompt, n)
     decode_s = time.perf_counter() - first_token_at[0]
     return {"prefill_tok_s": len(prompt) / prefill_s, "decode_tok_s": (n - 1) / decode_s, "tokens": tokens}
+
+
+def _file_type(path: str) -> int | None:
+    """general.file_type of a GGUF (llama.cpp's LLAMA_FTYPE_*), None for a model directory."""
+    from engine.loaders.gguf_file import read_metadata
+
+    return read_metadata(path).get("general.file_type") if path.endswith(".gguf") else None
+
+
+def _is_q4_0(path: str) -> bool:
+    return _file_type(path) == LLAMA_FTYPE_MOSTLY_Q4_0
 
 
 def _requantized_q4_0(path: str) -> str:
@@ -167,14 +183,28 @@ def compare(model: str | None, runs: int, threads: int, prompt_tokens: int, new_
             engines: list[str] | None = None) -> dict:
     from engine.loaders import default_model_path, load_checkpoint
 
+    label = "default model" if model is None else os.path.basename(str(model).rstrip("/"))
     model = str(model or default_model_path())
-    prompt = prompt_ids(load_checkpoint(model, keep_packed=True).tokenizer.encode, prompt_tokens)
+    if model.endswith(".gguf"):  # the tokenizer alone: loading a ~1B model's weights only to tokenize took long
+        from engine.loaders.gguf_file import read_metadata
+        from engine.text.tokenizer import Tokenizer
+
+        tokenizer = Tokenizer.from_gguf_metadata(read_metadata(model), model)
+    else:
+        tokenizer = load_checkpoint(model, keep_packed=True).tokenizer
+    prompt = prompt_ids(tokenizer.encode, prompt_tokens)
     unknown = set(engines or ()) - set(ENGINES)
     if unknown:
         raise ValueError(f"unknown engines {sorted(unknown)}; choose from {', '.join(ENGINES)}")
     engines = ["glassbox"] + [n for n in engines if n != "glassbox"] if engines else list(ENGINES)
     names = [n for n in engines if _available(ENGINES[n][0])
              and not (n.endswith("1thread") and threads == 1)]
+    skipped, file_type = {}, _file_type(model)
+    if "llama.cpp Q4_1" in names and file_type != LLAMA_FTYPE_MOSTLY_Q4_1:
+        # that row runs the file as it is: on a Q4_0 file it would be the Q4_0 row under a wrong name
+        names.remove("llama.cpp Q4_1")
+        skipped["llama.cpp Q4_1"] = (f"the file is not Q4_1 (general.file_type {file_type}); 'llama.cpp Q4_0' runs "
+                                     + ("it as it is" if file_type == LLAMA_FTYPE_MOSTLY_Q4_0 else "it requantized"))
     job = {"model": model, "prompt": prompt, "new_tokens": new_tokens, "threads": threads}
     cpu_before = psutil.cpu_times()
     results: dict[str, list[dict]] = {n: [] for n in names}
@@ -191,8 +221,8 @@ def compare(model: str | None, runs: int, threads: int, prompt_tokens: int, new_
         table[n]["prefill_runs"] = [r["prefill_tok_s"] for r in rs]
         if "kernels" in rs[-1]:
             table[n]["kernels"] = rs[-1]["kernels"]
-    return {"config": {"model": model, "runs": runs, "threads": threads, "prompt_tokens": len(prompt),
-                       "new_tokens": new_tokens},
+    return {"config": {"model": model, "label": label, "runs": runs, "threads": threads,
+                       "prompt_tokens": len(prompt), "new_tokens": new_tokens}, "skipped": skipped,
             "machine_busy_s": round((cpu_after.user + cpu_after.system) - (cpu_before.user + cpu_before.system), 1),
             "load_average": os.getloadavg(), "engines": table}
 
@@ -201,8 +231,8 @@ def print_table(result: dict) -> None:
     table = result["engines"]
     ours = table["glassbox"]
     cfg = result["config"]
-    print(f"default model, {cfg['threads']} threads, {cfg['prompt_tokens']}-token prefill, {cfg['new_tokens']} new "
-          f"tokens after a 32-token prompt, medians of {cfg['runs']}")
+    print(f"{cfg.get('label', 'default model')}, {cfg['threads']} threads, {cfg['prompt_tokens']}-token prefill, "
+          f"{cfg['new_tokens']} new tokens after a 32-token prompt, medians of {cfg['runs']}")
     print(f"| engine | prefill tok/s | decode tok/s | peak RSS MB | glassbox prefill / it | glassbox decode / it "
           f"| glassbox RSS / it | greedy tokens equal to glassbox |")
     print("|---|---|---|---|---|---|---|---|")
@@ -216,6 +246,8 @@ def print_table(result: dict) -> None:
             decode = statistics.median(a / b for a, b in zip(ours["decode_runs"], r["decode_runs"]))
             prefill = statistics.median(a / b for a, b in zip(ours["prefill_runs"], r["prefill_runs"]))
             print(f"paired, glassbox / {name}: decode {decode:.2f}x, prefill {prefill:.2f}x")
+    for name, why in result.get("skipped", {}).items():
+        print(f"{name}: left out, {why}")
     print(f"glassbox kernels: {ours.get('kernels', '?')}")
     print(f"(CPU seconds used on the machine meanwhile: {result['machine_busy_s']}; "
           f"load average at the end {result['load_average'][0]:.1f})")

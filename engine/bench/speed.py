@@ -146,9 +146,10 @@ def bench(args) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m engine bench")
-    p.add_argument("--model")
-    p.add_argument("--prompt-tokens", type=int, default=512)
-    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--model", help="a model path, or '1b': a ~1B llama of random Q4_0 weights (TinyLlama-1.1B's "
+                                    "shapes), written once into the cache (engine/bench/big_model.py)")
+    p.add_argument("--prompt-tokens", type=int, help="default 512 (128 with --model 1b)")
+    p.add_argument("--new-tokens", type=int, help="default 128 (32 with --model 1b)")
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--threads", type=int, default=max(1, os.cpu_count() or 1))
     p.add_argument("--device", default="cpu")
@@ -170,6 +171,13 @@ def main(argv=None) -> int:
     p.add_argument("--count-ops", action="store_true",
                    help="operator calls per decoded token, with our kernels and with PyTorch's (engine/bench/ops.py)")
     args = p.parse_args(argv)
+    big = args.model == "1b"
+    if big:  # ~7x the default model's bytes per token: smaller defaults keep one run within minutes on 2 cores
+        from engine.bench.big_model import big_model_path
+
+        args.model = str(big_model_path())
+    args.prompt_tokens = args.prompt_tokens or (128 if big else 512)
+    args.new_tokens = args.new_tokens or (32 if big else 128)
     if args.kernels:
         from engine.bench.kernels import measure, print_result
 
