@@ -2,12 +2,16 @@
 laid out for them. Owns loading the compiled ops and the block layout; the PyTorch-kernel weights
 (int4.py, int8.py) turn into these when the ops are loaded and their activations may be rounded.
 
-Layout (as GGUF stores it, so Q4_0 / Q4_1 / Q8_0 blocks keep their bits): 32 values per block,
-fp16 scales. q4: codes 0..15, byte j of a block holds value j (low nibble) and j + 16 (high one),
-w = d * code + m. q8: int8 codes, w = d * code. Rows are padded with zero codes to whole blocks.
+Values: GGUF's blocks with their bits kept: 32 values per block, fp16 scales. Q4_1 (and our int4-gN):
+codes 0..15, w = d * code + m; Q4_0: w = d * (code - 8), no m stored; Q8_0: int8 codes, w = d * code.
+Packed layout (built once at load, qlinear.h has the picture): output rows in tiles of 16, each tile
+one contiguous run of per-block records holding that block's 4-byte code words for the 16 rows side by
+side, then their scales, so a kernel streams a tile front to back and each SIMD lane is one row.
 The kernels round each activation block to 8 bits (xq = round(x / dx), dx = max|x| / 127) and sum
-integer products, as llama.cpp does; activations in a narrower float add nothing, so the weights
-take float32 in (compute_dtype) and avoid two casts per call.
+integer products, as llama.cpp does (+0.9% perplexity on the default model against float activations,
+docs/benchmarks.md); activations in a narrower float add nothing, so the weights take float32 in
+(compute_dtype) and avoid two casts per call. Every number of rows (a decoded token, a verify window, a
+prefill chunk) takes the same per-row arithmetic, so a row's result never depends on its neighbours.
 
 GLASSBOX_NO_KERNELS=1 keeps PyTorch's kernels; GLASSBOX_KERNEL_ISA=scalar|avx2|avx512 forces a path.
 Shapes: N output features, K input features, G = ceil(K / 32) blocks per row.
@@ -24,9 +28,6 @@ import torch
 import torch.nn.functional as F
 
 BLOCK = 32
-# From this many activation rows on, one GEMM over the weight dequantized by the kernel (fp32, exact)
-# beats a dot product per row and output (the prefill of a prompt); measured in docs/benchmarks.md.
-GEMM_ROWS = 64
 _log = logging.getLogger("glassbox.kernels")
 _state: dict = {}  # the one load attempt: {"error": str | None, "disabled": bool}
 
@@ -98,18 +99,101 @@ def wants_kernels(device, dtype) -> bool:
     return torch.device(device).type == "cpu" and dtype in (torch.bfloat16, torch.float16) and available()
 
 
-class BlockQ4Weight:
-    """4-bit codes with one (d, m) fp16 pair per 32-block: GGUF Q4_0 / Q4_1, our int4-gN."""
+TILE = 16  # output rows per tile of the packed layout
+Q4_1, Q4_0, Q8_0 = 0, 1, 2  # the packed formats (engine/quant/csrc/qlinear.h)
 
-    kind = "int4"
+
+def _tiles(t: torch.Tensor, rows: int) -> torch.Tensor:
+    """[N, ...] -> [tiles, 16, ...]: rows padded with zeros to whole tiles."""
+    pad = -rows % TILE
+    if pad:
+        t = torch.cat([t, t.new_zeros(pad, *t.shape[1:])])
+    return t.view(-1, TILE, *t.shape[1:])
+
+
+def _pack(codes: torch.Tensor, scales: list[torch.Tensor]) -> torch.Tensor:
+    """codes uint8 [N, G, W*4] (W 4-byte words a row's block), scales fp16 [N, G] each -> the packed layout
+    [tiles, G, W*64 + 32 per scale]: per tile and block, word k of the 16 rows side by side, then each
+    scale of the 16 rows (qlinear.h)."""
+    N, G, nbytes = codes.shape
+    words = _tiles(codes, N).view(-1, TILE, G, nbytes // 4, 4).permute(0, 2, 3, 1, 4)  # [T, G, W, 16, 4]
+    parts = [words.reshape(-1, G, nbytes * TILE)]
+    for scale in scales:  # [T, G, 16] fp16 -> 32 bytes
+        parts.append(_tiles(scale.to(torch.float16), N).transpose(1, 2).contiguous().view(torch.uint8))
+    return torch.cat(parts, dim=-1).contiguous()
+
+
+def _unpack(packed: torch.Tensor, N: int, code_bytes: int, n_scales: int):
+    """Inverse of _pack: codes uint8 [N, G, code_bytes] and the fp16 scales [N, G]."""
+    T, G, _ = packed.shape
+    words = packed[..., : code_bytes * TILE].reshape(T, G, code_bytes // 4, TILE, 4).permute(0, 3, 1, 2, 4)
+    codes = words.reshape(T * TILE, G, code_bytes)[:N]
+    scales = []
+    for i in range(n_scales):
+        start = code_bytes * TILE + 2 * TILE * i
+        raw = packed[..., start:start + 2 * TILE].contiguous().view(torch.float16)  # [T, G, 16]
+        scales.append(raw.transpose(1, 2).reshape(T * TILE, G)[:N])
+    return codes, scales
+
+
+class _PackedWeight:
+    """Rows of blocks in the kernels' packed layout; subclasses say how codes and scales go in."""
+
     compute_dtype = torch.float32
     device = torch.device("cpu")
+    format: int
+
+    def __init__(self, packed: torch.Tensor, fmt: int, out_features: int, in_features: int):
+        self.packed, self.format = packed, fmt
+        self.out_features, self.in_features = out_features, in_features
+        self.shape = (out_features, in_features)
+
+    def to(self, device=None, dtype=None):
+        if device is not None and torch.device(device).type != "cpu":
+            raise ValueError("glassbox kernel weights live on the CPU; build the model on its device instead")
+        return self
+
+    @property
+    def nbytes(self) -> int:  # the padding rows of the last tile included: they are read too
+        return self.packed.numel()
+
+    def dequantize(self) -> torch.Tensor:
+        """float32 [N, K]: the values the kernel multiplies (fp16 scales widened exactly)."""
+        return torch.ops.glassbox.packed_dequantize(self.packed, self.format, self.out_features, self.in_features,
+                                                    torch.empty(0, dtype=torch.long))
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        if ids.numel() == 0:
+            return torch.empty(*ids.shape, self.in_features)
+        values = torch.ops.glassbox.packed_dequantize(self.packed, self.format, self.out_features,
+                                                      self.in_features, ids.reshape(-1))
+        return values.reshape(*ids.shape, self.in_features)
+
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        """x [..., K] -> float32 [..., N], activations rounded to 8 bits per block (any number of rows:
+        prefill takes the same kernel, tiled over many rows, so its numbers are decode's)."""
+        return torch.ops.glassbox.packed_linear(x, self.packed, self.format, self.out_features)
+
+    @classmethod
+    def concat(cls, weights: list) -> "_PackedWeight | None":
+        if any(w.in_features != weights[0].in_features or w.format != weights[0].format for w in weights):
+            return None
+        return cls._from_parts([w._parts() for w in weights], weights[0].in_features)
+
+
+class BlockQ4Weight(_PackedWeight):
+    """4-bit codes with fp16 scales per 32-block: GGUF Q4_1 and our int4-gN (d, m), GGUF Q4_0 (d only:
+    w = d * (code - 8), which the kernel reads without the m GGUF Q4_0 does not store)."""
+
+    kind = "int4"
 
     def __init__(self, qs: torch.Tensor, dm: torch.Tensor, in_features: int):
-        """qs uint8 [N, G, 16] (GGUF nibble order); dm float16 [N, G, 2] (d, m)."""
-        self.qs, self.dm = qs.contiguous(), dm.contiguous()
-        self.out_features, self.in_features = qs.shape[0], in_features
-        self.shape = (self.out_features, in_features)
+        """qs uint8 [N, G, 16] (GGUF nibble order: byte j holds value j low, j + 16 high); dm float16
+        [N, G, 2] (d, m), w = d * code + m. Blocks whose m is -8 d throughout are Q4_0."""
+        d, m = dm[..., 0].to(torch.float16), dm[..., 1].to(torch.float16)
+        symmetric = torch.equal(m, -8 * d) if m.numel() else False
+        fmt = Q4_0 if symmetric else Q4_1
+        super().__init__(_pack(qs.to(torch.uint8), [d] if symmetric else [d, m]), fmt, qs.shape[0], in_features)
 
     @classmethod
     def from_codes(cls, q: torch.Tensor, d: torch.Tensor, m: torch.Tensor, group_size: int,
@@ -127,56 +211,40 @@ class BlockQ4Weight:
         qs = q[..., : BLOCK // 2] | (q[..., BLOCK // 2:] << 4)
         return cls(qs, torch.stack([d, m], dim=-1).to(torch.float16), in_features)
 
-    def to(self, device=None, dtype=None) -> "BlockQ4Weight":
-        if device is not None and torch.device(device).type != "cpu":
-            raise ValueError("glassbox kernel weights live on the CPU; build the model on its device instead")
-        return self
+    def _parts(self):
+        codes, scales = _unpack(self.packed, self.out_features, BLOCK // 2, 2 if self.format == Q4_1 else 1)
+        d = scales[0]
+        return codes, torch.stack([d, scales[1] if self.format == Q4_1 else -8 * d], dim=-1)
+
+    @classmethod
+    def _from_parts(cls, parts, in_features):
+        return cls(torch.cat([qs for qs, _ in parts]), torch.cat([dm for _, dm in parts]), in_features)
 
     @property
-    def nbytes(self) -> int:
-        return self.qs.numel() + self.dm.numel() * 2
+    def qs(self) -> torch.Tensor:
+        """uint8 [N, G, 16] in GGUF's nibble order."""
+        return self._parts()[0]
+
+    @property
+    def dm(self) -> torch.Tensor:
+        """float16 [N, G, 2]: (d, m), m = -8 d for Q4_0."""
+        return self._parts()[1]
 
     def codes(self) -> torch.Tensor:
         """uint8 [N, G * 32], value order."""
-        return torch.cat([self.qs & 0x0F, self.qs >> 4], dim=-1).reshape(self.out_features, -1)
-
-    def _values(self, qs: torch.Tensor, dm: torch.Tensor) -> torch.Tensor:
-        codes = torch.cat([qs & 0x0F, qs >> 4], dim=-1).float()  # [..., G, 32]
-        dm = dm.float()
-        return (codes * dm[..., :1] + dm[..., 1:]).flatten(-2)[..., : self.in_features]
-
-    def dequantize(self) -> torch.Tensor:
-        """float32 [N, K]: d * code + m with fp16 scales widened exactly, as the kernel reads them."""
-        return torch.ops.glassbox.q4_dequantize(self.qs, self.dm, self.in_features)
-
-    def rows(self, ids: torch.Tensor) -> torch.Tensor:
-        flat = ids.reshape(-1)
-        return self._values(self.qs[flat], self.dm[flat]).reshape(*ids.shape, self.in_features)
-
-    def matmul(self, x: torch.Tensor) -> torch.Tensor:
-        if x.numel() >= GEMM_ROWS * x.shape[-1]:
-            return F.linear(x, self.dequantize().to(x.dtype))
-        return torch.ops.glassbox.q4_linear(x, self.qs, self.dm)
-
-    @classmethod
-    def concat(cls, weights: list["BlockQ4Weight"]) -> "BlockQ4Weight | None":
-        if any(w.in_features != weights[0].in_features for w in weights):
-            return None
-        return cls(torch.cat([w.qs for w in weights]), torch.cat([w.dm for w in weights]), weights[0].in_features)
+        qs = self.qs
+        return torch.cat([qs & 0x0F, qs >> 4], dim=-1).reshape(self.out_features, -1)
 
 
-class BlockQ8Weight:
+class BlockQ8Weight(_PackedWeight):
     """int8 codes with one fp16 d per 32-block: GGUF Q8_0, our int8 (its per-row scale repeated)."""
 
     kind = "int8"
-    compute_dtype = torch.float32
-    device = torch.device("cpu")
 
     def __init__(self, qs: torch.Tensor, d: torch.Tensor, in_features: int):
-        """qs int8 [N, G, 32]; d float16 [N, G]."""
-        self.qs, self.d = qs.contiguous(), d.contiguous()
-        self.out_features, self.in_features = qs.shape[0], in_features
-        self.shape = (self.out_features, in_features)
+        """qs int8 [N, G, 32]; d float16 [N, G]. Stored plus 128 as unsigned bytes (what the kernel multiplies)."""
+        unsigned = (qs.to(torch.int16) + 128).to(torch.uint8)
+        super().__init__(_pack(unsigned, [d.to(torch.float16)]), Q8_0, qs.shape[0], in_features)
 
     @classmethod
     def from_codes(cls, q: torch.Tensor, d: torch.Tensor, in_features: int) -> "BlockQ8Weight":
@@ -187,27 +255,18 @@ class BlockQ8Weight:
         d = d[:, None].expand(N, G) if d.dim() == 1 else d
         return cls(q, d.to(torch.float16), in_features)
 
-    to = BlockQ4Weight.to
-
-    @property
-    def nbytes(self) -> int:
-        return self.qs.numel() + self.d.numel() * 2
-
-    def dequantize(self) -> torch.Tensor:
-        return torch.ops.glassbox.q8_dequantize(self.qs, self.d, self.in_features)
-
-    def rows(self, ids: torch.Tensor) -> torch.Tensor:
-        flat = ids.reshape(-1)
-        values = (self.qs[flat].float() * self.d[flat].float()[..., None]).flatten(-2)[:, : self.in_features]
-        return values.reshape(*ids.shape, self.in_features)
-
-    def matmul(self, x: torch.Tensor) -> torch.Tensor:
-        if x.numel() >= GEMM_ROWS * x.shape[-1]:
-            return F.linear(x, self.dequantize().to(x.dtype))
-        return torch.ops.glassbox.q8_linear(x, self.qs, self.d)
+    def _parts(self):
+        codes, (d,) = _unpack(self.packed, self.out_features, BLOCK, 1)
+        return (codes.to(torch.int16) - 128).to(torch.int8), d
 
     @classmethod
-    def concat(cls, weights: list["BlockQ8Weight"]) -> "BlockQ8Weight | None":
-        if any(w.in_features != weights[0].in_features for w in weights):
-            return None
-        return cls(torch.cat([w.qs for w in weights]), torch.cat([w.d for w in weights]), weights[0].in_features)
+    def _from_parts(cls, parts, in_features):
+        return cls(torch.cat([qs for qs, _ in parts]), torch.cat([d for _, d in parts]), in_features)
+
+    @property
+    def qs(self) -> torch.Tensor:
+        return self._parts()[0]
+
+    @property
+    def d(self) -> torch.Tensor:
+        return self._parts()[1]

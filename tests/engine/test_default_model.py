@@ -51,11 +51,14 @@ def test_greedy_matches_transformers(engine, hf_model, question):
 
 
 def test_cli_answers_a_chat_question():
+    """A question whose answer holds on every kernel path (scalar, AVX2, AVX-512, PyTorch's). France was the
+    question before; this 135M model wants to answer it in French, and its first token is a near tie
+    ('The' vs 'L', 0.25-0.6 apart) that the activations' 8-bit rounding decides one way or the other."""
     out = subprocess.run(
-        [sys.executable, "-m", "engine", "generate", "--chat", "--prompt", "What is the capital of France?",
+        [sys.executable, "-m", "engine", "generate", "--chat", "--prompt", "What is the capital of Germany?",
          "--max-new-tokens", "24"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    assert "Paris" in out.stdout
+    assert "Berlin" in out.stdout
 
 
 def test_cli_json_output():

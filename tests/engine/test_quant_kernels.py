@@ -23,7 +23,7 @@ from engine.quant import Int4Weight, Int8Weight, PackedGGUF, kernels
 pytestmark = pytest.mark.skipif(not kernels.available(), reason=f"kernels not built: {kernels.load_error()}")
 
 SHAPES = [(1, 32), (7, 33), (96, 100), (13, 257), (33, 70), (64, 1536)]  # N, K: K not /32 or /64, N not /4 or /16
-ROWS = [1, 3, 17]
+ROWS = [1, 3, 17, 70]  # 70: tiles of 4 (or 2) rows and chunks of 64
 ISAS = kernels.supported_isas() if kernels.available() else []
 
 
@@ -48,11 +48,25 @@ def _q4(N, K, seed) -> kernels.BlockQ4Weight:
     return kernels.BlockQ4Weight.from_codes(codes, d, torch.randn(N, G, generator=g) * 0.2, 32, K)
 
 
+def _q4_0(N, K, seed) -> kernels.BlockQ4Weight:
+    """GGUF Q4_0: m = -8 d, which the layout stores without m (the kernel subtracts 8 sum(xq))."""
+    g = torch.Generator().manual_seed(seed)
+    G = -(-K // 32)
+    codes = torch.randint(0, 16, (N, G * 32), generator=g, dtype=torch.uint8)
+    d = (torch.rand(N, G, generator=g) * 0.1 - 0.03).half().float()
+    weight = kernels.BlockQ4Weight.from_codes(codes, d, -8 * d, 32, K)
+    assert weight.format == kernels.Q4_0
+    return weight
+
+
 def _q8(N, K, seed) -> kernels.BlockQ8Weight:
     g = torch.Generator().manual_seed(seed)
     G = -(-K // 32)
     codes = torch.randint(-128, 128, (N, K), generator=g, dtype=torch.int8)  # -128 too: Q8_0 files may hold it
     return kernels.BlockQ8Weight.from_codes(codes, torch.rand(N, G, generator=g) * 0.01, K)
+
+
+_WEIGHTS = {"q4": _q4, "q4_0": _q4_0, "q8": lambda N, K, seed: _q8(N, K, seed)}
 
 
 def rounding_bound(weight, x: torch.Tensor, sigmas: float | None = None) -> torch.Tensor:
@@ -63,6 +77,8 @@ def rounding_bound(weight, x: torch.Tensor, sigmas: float | None = None) -> torc
     if isinstance(weight, kernels.BlockQ4Weight):
         codes = weight.codes().float()
         d = weight.dm[..., 0].float()
+        if weight.format == kernels.Q4_0:  # w = d (code - 8), and the 8 sum(xq) is rounded too
+            codes = codes - 8
     else:
         codes = weight.qs.flatten(1).float()
         d = weight.d.float()
@@ -75,10 +91,10 @@ def rounding_bound(weight, x: torch.Tensor, sigmas: float | None = None) -> torc
     return (dx / 2) @ integer_part.T * (1 + 1e-4) + slack
 
 
-@pytest.mark.parametrize("kind", ["q4", "q8"])
+@pytest.mark.parametrize("kind", ["q4", "q4_0", "q8"])
 @pytest.mark.parametrize("N,K", SHAPES)
 def test_kernel_equals_dequantized_matmul_within_activation_rounding(kind, N, K, each_isa):
-    weight = (_q4 if kind == "q4" else _q8)(N, K, seed=N * K)
+    weight = _WEIGHTS[kind](N, K, seed=N * K)
     reference_w = weight.dequantize()
     for M in ROWS:
         x = torch.randn(M, K, generator=torch.Generator().manual_seed(M)) * 3
@@ -97,11 +113,11 @@ def test_kernel_equals_dequantized_matmul_within_activation_rounding(kind, N, K,
         each_isa(check)
 
 
-@pytest.mark.parametrize("kind", ["q4", "q8"])
+@pytest.mark.parametrize("kind", ["q4", "q4_0", "q8"])
 def test_simd_paths_compute_the_scalar_paths_integers(kind, each_isa):
     """The same quantized activations and integer dot products on every path: results differ only by
     fp32 summation order. 1 and 2 threads split rows, never a row's sum: bit-identical."""
-    weight = (_q4 if kind == "q4" else _q8)(37, 1000, seed=5)
+    weight = _WEIGHTS[kind](37, 1000, seed=5)
     x = torch.randn(5, 1000, generator=torch.Generator().manual_seed(1))
     kernels.use_isa("scalar")
     scalar = weight.matmul(x)
@@ -119,17 +135,24 @@ def test_simd_paths_compute_the_scalar_paths_integers(kind, each_isa):
         torch.testing.assert_close(y, scalar, rtol=1e-5, atol=1e-4, msg=isa)
 
 
-@pytest.mark.parametrize("kind", ["q4", "q8"])
-def test_many_rows_take_one_gemm_over_the_exactly_dequantized_weight(kind):
-    """A prefill's many rows: no activation rounding, the float weight the kernel dequantizes (equal to
-    the Python reference of the layout bit for bit) in one GEMM."""
-    weight = (_q4 if kind == "q4" else _q8)(45, 100, seed=2)
-    codes = weight.codes().float() if kind == "q4" else weight.qs.flatten(1).float()
-    scales = weight.dm.float() if kind == "q4" else weight.d.float()[..., None]
-    expected = codes.view(45, -1, 32) * scales[..., :1] + (scales[..., 1:] if kind == "q4" else 0)
+@pytest.mark.parametrize("kind", ["q4", "q4_0", "q8"])
+def test_a_row_gives_the_same_numbers_alone_or_among_many(kind, each_isa):
+    """Prefill, a verify window and a batch take the same kernel as one decoded token, tiled over many
+    rows: each row's arithmetic does not depend on the rows beside it, so a token's logits are the same
+    bit for bit whether it is decoded alone or inside a 70-row chunk (what keeps speculative decoding and
+    the prefix cache exact). The packed values equal the Python reference of the block layout."""
+    weight = _WEIGHTS[kind](45, 100, seed=2)
+    codes = weight.codes().float() if kind != "q8" else weight.qs.flatten(1).float()
+    scales = weight.dm.float() if kind != "q8" else weight.d.float()[..., None]
+    expected = codes.view(45, -1, 32) * scales[..., :1] + (scales[..., 1:] if kind != "q8" else 0)
     assert torch.equal(weight.dequantize(), expected.flatten(1)[:, :100])
-    x = torch.randn(kernels.GEMM_ROWS + 3, 100)
-    torch.testing.assert_close(weight.matmul(x), x @ weight.dequantize().T, rtol=1e-5, atol=1e-5)
+    x = torch.randn(70, 100)
+
+    def check(isa):
+        many = weight.matmul(x)
+        for i in (0, 3, 64, 69):
+            assert torch.equal(weight.matmul(x[i:i + 1]), many[i:i + 1]), (isa, i)
+    each_isa(check)
 
 
 def test_leading_dims_dtypes_and_an_unsupported_path():

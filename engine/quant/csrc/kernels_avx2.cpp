@@ -1,6 +1,7 @@
 // The AVX2 path (Haswell and later, Zen): 8-bit products summed in pairs by `maddubs` (unsigned x
-// signed bytes -> int16, then `madd` with ones -> int32). Compiled with -mavx2 -mfma -mf16c (setup.py);
-// chosen at run time only on CPUs that have them (ops.cpp).
+// signed bytes -> int16, then `madd` with ones -> int32), on the packed layout of qlinear.h.
+// Compiled with -mavx2 -mfma -mf16c (setup.py); chosen at run time only on CPUs that have them (ops.cpp).
+#include "decode_math.h"
 #include "qlinear.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -23,18 +24,10 @@ inline int32_t hsum_i32(__m256i v) {
   return _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1))));
 }
 
-// Rows are short (K = 576: 9 cache lines of q8) and a tile reads 4 of them side by side, an order the
-// hardware prefetcher follows poorly: ask for the weights (and scales) well ahead of the tile.
-constexpr int kPrefetchBytes = 16384;
-inline void prefetch_ahead(const void* weights, const void* scales) {
-  _mm_prefetch(static_cast<const char*>(weights) + kPrefetchBytes, _MM_HINT_T0);
-  _mm_prefetch(static_cast<const char*>(scales) + kPrefetchBytes / 8, _MM_HINT_T0);
-}
-
-// 16 bytes of a q4 block -> its 32 codes in value order (low nibbles are values 0..15).
-inline __m256i q4_codes(const uint8_t* p) {
-  const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(b, 4), b), _mm256_set1_epi8(0x0f));
+inline __m256i broadcast_word(const int8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, sizeof v);
+  return _mm256_set1_epi32(v);
 }
 
 // unsigned bytes u times signed bytes s, summed in eights -> 8 int32. Pairs stay within int16:
@@ -75,64 +68,89 @@ void quantize(const float* x, int64_t K, int64_t G, int8_t* q, float* dx, float*
   }
 }
 
-// NR rows at once: each activation block is loaded once for NR weight rows.
-template <int NR>
-void q4_tile(const uint8_t* qs, const uint16_t* dm, int64_t G, const QuantizedRow& x, float* out) {
-  __m256 acc[NR];
-  float offsets[NR];
-  for (int r = 0; r < NR; ++r) { acc[r] = _mm256_setzero_ps(); offsets[r] = 0; }
+// MR activation rows against one 16-row tile, taken as two halves of 8 rows (one 256-bit vector
+// holds a word of 8 rows: each 32-bit lane is one row). AVX2 has 16 vector registers: MR stays <= 2.
+// q8 codes are stored plus 128; here they go back to signed and the sign trick keeps pairs in int16,
+// so the sum is already sum(q * xq) and no offset is taken.
+template <int MR, int F>
+void half_mr(const uint8_t* tile, int half, const QuantizedRows& x, int64_t m0, __m256* result) {
+  constexpr int64_t stride = record_bytes(F);
+  constexpr int words = F == kQ8_0 ? 8 : 4;
+  const int64_t G = x.G;
+  const __m256i nibble = _mm256_set1_epi8(0x0f), flip = _mm256_set1_epi8(static_cast<char>(0x80));
+  __m256 acc[MR], acc_m[MR];
+  for (int m = 0; m < MR; ++m) acc[m] = acc_m[m] = _mm256_setzero_ps();
   for (int64_t b = 0; b < G; ++b) {
-    const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q + b * kBlock));
-    const float dx = x.dx[b], sx = x.sum_x[b];
-    for (int r = 0; r < NR; ++r) {
-      const uint16_t* s = dm + (r * G + b) * 2;
-      if (b % 2 == 0) prefetch_ahead(qs + (r * G + b) * (kBlock / 2), s);  // a cache line holds 4 q4 blocks
-      const __m256 p = _mm256_cvtepi32_ps(dot_u8s8(q4_codes(qs + (r * G + b) * (kBlock / 2)), a));
-      acc[r] = _mm256_fmadd_ps(p, _mm256_set1_ps(_cvtsh_ss(s[0]) * dx), acc[r]);
-      offsets[r] += _cvtsh_ss(s[1]) * sx;
+    const uint8_t* record = tile + b * stride;
+    __m256i dot[MR];
+    for (int m = 0; m < MR; ++m) dot[m] = _mm256_setzero_si256();
+    for (int k = 0; k < words; ++k) {
+      const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(record + 64 * k + 32 * half));
+      if constexpr (F == kQ8_0) {
+        const __m256i q = _mm256_xor_si256(w, flip), magnitude = _mm256_sign_epi8(q, q);
+        for (int m = 0; m < MR; ++m) {
+          const __m256i a = broadcast_word(x.q + ((m0 + m) * G + b) * kBlock + 4 * k);
+          dot[m] = _mm256_add_epi32(dot[m], dot_u8s8(magnitude, _mm256_sign_epi8(a, q)));
+        }
+      } else {
+        const __m256i low = _mm256_and_si256(w, nibble), high = _mm256_and_si256(_mm256_srli_epi16(w, 4), nibble);
+        for (int m = 0; m < MR; ++m) {
+          const int8_t* a = x.q + ((m0 + m) * G + b) * kBlock;
+          dot[m] = _mm256_add_epi32(dot[m], _mm256_add_epi32(dot_u8s8(low, broadcast_word(a + 4 * k)),
+                                                             dot_u8s8(high, broadcast_word(a + 16 + 4 * k))));
+        }
+      }
+    }
+    const uint8_t* scales = record + code_bytes(F) + 16 * half;
+    const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(scales)));
+    __m256 mins = _mm256_setzero_ps();
+    if constexpr (F == kQ4_1) mins = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(scales + 32)));
+    for (int m = 0; m < MR; ++m) {
+      const int64_t i = (m0 + m) * G + b;
+      __m256i total = dot[m];
+      if constexpr (F == kQ4_0) total = _mm256_sub_epi32(total, _mm256_set1_epi32(8 * x.sum_q[i]));
+      acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total), _mm256_mul_ps(d, _mm256_set1_ps(x.dx[i])), acc[m]);
+      if constexpr (F == kQ4_1) acc_m[m] = _mm256_fmadd_ps(mins, _mm256_set1_ps(x.sum_x[i]), acc_m[m]);
     }
   }
-  for (int r = 0; r < NR; ++r) out[r] = hsum(acc[r]) + offsets[r];
+  for (int m = 0; m < MR; ++m) result[m] = F == kQ4_1 ? _mm256_add_ps(acc[m], acc_m[m]) : acc[m];
 }
 
-template <int NR>
-void q8_tile(const int8_t* qs, const uint16_t* d, int64_t G, const QuantizedRow& x, float* out) {
-  __m256 acc[NR];
-  for (int r = 0; r < NR; ++r) acc[r] = _mm256_setzero_ps();
-  for (int64_t b = 0; b < G; ++b) {
-    const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q + b * kBlock));
-    const float dx = x.dx[b];
-    for (int r = 0; r < NR; ++r) {
-      prefetch_ahead(qs + (r * G + b) * kBlock, d + r * G + b);
-      const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs + (r * G + b) * kBlock));
-      // |w| as unsigned, its sign moved onto the activations: the product is unchanged
-      const __m256 p = _mm256_cvtepi32_ps(dot_u8s8(_mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w)));
-      acc[r] = _mm256_fmadd_ps(p, _mm256_set1_ps(_cvtsh_ss(d[r * G + b]) * dx), acc[r]);
-    }
+template <int MR, int F>
+void tile_mr(const uint8_t* tile, const QuantizedRows& x, int64_t m0, int rows, float* out, int64_t ldo) {
+  __m256 result[2][MR];
+  half_mr<MR, F>(tile, 0, x, m0, result[0]);
+  half_mr<MR, F>(tile, 1, x, m0, result[1]);
+  for (int m = 0; m < MR; ++m) {
+    alignas(32) float row[kTileRows];
+    _mm256_store_ps(row, result[0][m]);
+    _mm256_store_ps(row + 8, result[1][m]);
+    std::memcpy(out + m * ldo, row, rows * sizeof(float));
   }
-  for (int r = 0; r < NR; ++r) out[r] = hsum(acc[r]);
 }
 
-void q4_rows(const uint8_t* qs, const uint16_t* dm, int64_t R, int64_t G, const QuantizedRow& x, float* out) {
-  int64_t r = 0;
-  for (; r + 4 <= R; r += 4) q4_tile<4>(qs + r * G * (kBlock / 2), dm + r * G * 2, G, x, out + r);
-  for (; r < R; ++r) q4_tile<1>(qs + r * G * (kBlock / 2), dm + r * G * 2, G, x, out + r);
+template <int F>
+void tile_format(const uint8_t* tile, const QuantizedRows& x, int64_t m0, int64_t M, int rows, float* out, int64_t ldo) {
+  int64_t m = 0;
+  for (; m + 2 <= M; m += 2) tile_mr<2, F>(tile, x, m0 + m, rows, out + m * ldo, ldo);
+  if (m < M) tile_mr<1, F>(tile, x, m0 + m, rows, out + m * ldo, ldo);
 }
 
-void q8_rows(const int8_t* qs, const uint16_t* d, int64_t R, int64_t G, const QuantizedRow& x, float* out) {
-  int64_t r = 0;
-  for (; r + 4 <= R; r += 4) q8_tile<4>(qs + r * G * kBlock, d + r * G, G, x, out + r);
-  for (; r < R; ++r) q8_tile<1>(qs + r * G * kBlock, d + r * G, G, x, out + r);
+void tile(const uint8_t* tile, int format, const QuantizedRows& x, int64_t m0, int64_t M, int rows, float* out,
+          int64_t ldo) {
+  if (format == kQ4_1) tile_format<kQ4_1>(tile, x, m0, M, rows, out, ldo);
+  else if (format == kQ4_0) tile_format<kQ4_0>(tile, x, m0, M, rows, out, ldo);
+  else tile_format<kQ8_0>(tile, x, m0, M, rows, out, ldo);
 }
 
 }  // namespace
 
-KernelTable avx2_table() { return {"avx2", quantize, q4_rows, q8_rows}; }
+KernelTable avx2_table() { return {"avx2", quantize, tile, decode_math::attend, decode_math::silu_mul}; }
 
 }  // namespace glassbox
 
 #else
 namespace glassbox {
-KernelTable avx2_table() { return {"avx2", nullptr, nullptr, nullptr}; }
+KernelTable avx2_table() { return {"avx2", nullptr, nullptr, nullptr, nullptr}; }
 }  // namespace glassbox
 #endif

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "decode_math.h"
 #include "qlinear.h"
 
 namespace glassbox {
@@ -48,37 +49,46 @@ void quantize(const float* x, int64_t K, int64_t G, int8_t* q, float* dx, float*
   }
 }
 
-void q4_rows(const uint8_t* qs, const uint16_t* dm, int64_t R, int64_t G, const QuantizedRow& x, float* out) {
-  for (int64_t r = 0; r < R; ++r) {
-    float acc = 0;
-    for (int64_t b = 0; b < G; ++b) {
-      const uint8_t* w = qs + (r * G + b) * (kBlock / 2);
-      const int8_t* a = x.q + b * kBlock;
-      int32_t dot = 0;
-      for (int j = 0; j < kBlock / 2; ++j) dot += (w[j] & 0x0f) * a[j] + (w[j] >> 4) * a[j + kBlock / 2];
-      const float d = half_to_float(dm[(r * G + b) * 2]), m = half_to_float(dm[(r * G + b) * 2 + 1]);
-      acc += d * x.dx[b] * static_cast<float>(dot) + m * x.sum_x[b];
-    }
-    out[r] = acc;
-  }
-}
+// Word k of row r in a record: the 16 rows' k-th words lie side by side (qlinear.h).
+inline const uint8_t* word(const uint8_t* record, int k, int r) { return record + (k * kTileRows + r) * 4; }
 
-void q8_rows(const int8_t* qs, const uint16_t* d, int64_t R, int64_t G, const QuantizedRow& x, float* out) {
-  for (int64_t r = 0; r < R; ++r) {
-    float acc = 0;
-    for (int64_t b = 0; b < G; ++b) {
-      const int8_t* w = qs + (r * G + b) * kBlock;
-      const int8_t* a = x.q + b * kBlock;
-      int32_t dot = 0;
-      for (int j = 0; j < kBlock; ++j) dot += w[j] * a[j];
-      acc += half_to_float(d[r * G + b]) * x.dx[b] * static_cast<float>(dot);
+void tile(const uint8_t* tile, int format, const QuantizedRows& x, int64_t m0, int64_t M, int rows, float* out,
+          int64_t ldo) {
+  const int64_t G = x.G, stride = record_bytes(format);
+  const int32_t offset = format == kQ4_0 ? 8 : format == kQ8_0 ? 128 : 0;
+  for (int64_t m = m0; m < m0 + M; ++m) {
+    for (int r = 0; r < rows; ++r) {
+      float acc = 0, acc_m = 0;
+      for (int64_t b = 0; b < G; ++b) {
+        const uint8_t* record = tile + b * stride;
+        const int8_t* a = x.q + (m * G + b) * kBlock;
+        int32_t dot = 0;
+        if (format == kQ8_0) {
+          for (int k = 0; k < 8; ++k)
+            for (int j = 0; j < 4; ++j) dot += word(record, k, r)[j] * a[4 * k + j];
+        } else {
+          for (int k = 0; k < 4; ++k)
+            for (int j = 0; j < 4; ++j) {
+              const uint8_t byte = word(record, k, r)[j];
+              dot += (byte & 0x0f) * a[4 * k + j] + (byte >> 4) * a[16 + 4 * k + j];
+            }
+        }
+        dot -= offset * x.sum_q[m * G + b];
+        uint16_t d, mn;
+        std::memcpy(&d, record + code_bytes(format) + 2 * r, 2);
+        acc += half_to_float(d) * x.dx[m * G + b] * static_cast<float>(dot);
+        if (format == kQ4_1) {
+          std::memcpy(&mn, record + code_bytes(format) + 2 * (kTileRows + r), 2);
+          acc_m += half_to_float(mn) * x.sum_x[m * G + b];
+        }
+      }
+      out[(m - m0) * ldo + r] = acc + acc_m;
     }
-    out[r] = acc;
   }
 }
 
 }  // namespace
 
-KernelTable scalar_table() { return {"scalar", quantize, q4_rows, q8_rows}; }
+KernelTable scalar_table() { return {"scalar", quantize, tile, decode_math::attend, decode_math::silu_mul}; }
 
 }  // namespace glassbox

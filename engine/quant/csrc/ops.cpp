@@ -1,10 +1,10 @@
 // The PyTorch custom ops (torch.ops.glassbox.*): shapes and dtypes are checked here, activations are
 // quantized once per call, and output rows are split over ATen's threads. The arithmetic lives in the
 // per-ISA kernel tables (kernels_*.cpp); which one runs is chosen from the CPU's features at load.
-//   q4_linear(x [..., K], qs uint8 [N, G, 16], dm float16 [N, G, 2]) -> [..., N]
-//   q8_linear(x [..., K], qs int8 [N, G, 32], d float16 [N, G])     -> [..., N]
-//   q4_dequantize / q8_dequantize(qs, scales, K) -> float32 [N, K]   (prefill: one GEMM over many rows)
-// K <= 32 G: the weights' padding past K is zero, and so is the activations' (quantize pads).
+//   packed_linear(x [..., K], packed uint8 [tiles, G, record bytes], format, N) -> [..., N] in x's dtype
+//   packed_dequantize(packed, format, N, K, ids) -> float32 [len(ids) or N, K]
+// The packed layout and the formats are described in qlinear.h. K <= 32 G: the weights' padding past K
+// is zero, and so is the activations' (quantize pads).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -55,7 +55,7 @@ KernelTable table_for(const std::string& isa) {
 std::vector<std::string> supported_isas() {
   std::vector<std::string> out;
   for (const char* isa : {"avx512", "avx2", "scalar"})
-    if (cpu_supports(isa) && table_for(isa).q4_rows != nullptr) out.emplace_back(isa);
+    if (cpu_supports(isa) && table_for(isa).tile != nullptr) out.emplace_back(isa);
   return out;  // best first
 }
 
@@ -77,142 +77,138 @@ std::string use_isa(const std::string& isa) {
   return previous;
 }
 
+}  // namespace
+
+const KernelTable& kernels() { return active_table(); }
+
+// Activations quantized for the kernels (row m's blocks at m * G); fresh tensors per call.
 struct Quantized {
   at::Tensor q, dx, sum_x, sum_q;
-  QuantizedRow row(int64_t m, int64_t G) const {
-    return {q.data_ptr<int8_t>() + m * G * kBlock, dx.data_ptr<float>() + m * G, sum_x.data_ptr<float>() + m * G,
-            sum_q.data_ptr<int32_t>() + m * G};
+  int64_t G;
+  QuantizedRows rows() const {
+    return {q.data_ptr<int8_t>(), dx.data_ptr<float>(), sum_x.data_ptr<float>(), sum_q.data_ptr<int32_t>(), G};
   }
 };
 
-Quantized quantize_rows(const KernelTable& table, const at::Tensor& x, int64_t G) {
-  const int64_t M = x.size(0), K = x.size(1);
-  Quantized out{at::empty({M, G * kBlock}, x.options().dtype(at::kChar)), at::empty({M, G}, x.options()),
-                at::empty({M, G}, x.options()), at::empty({M, G}, x.options().dtype(at::kInt))};
-  const float* src = x.data_ptr<float>();
-  at::parallel_for(0, M, 16, [&](int64_t m0, int64_t m1) {
-    for (int64_t m = m0; m < m1; ++m) {
-      const QuantizedRow r = out.row(m, G);
-      table.quantize(src + m * K, K, G, const_cast<int8_t*>(r.q), const_cast<float*>(r.dx),
-                     const_cast<float*>(r.sum_x), const_cast<int32_t*>(r.sum_q));
-    }
-  });
+Quantized quantize_rows(const float* src, int64_t M, int64_t K, int64_t G) {
+  const auto opts = at::TensorOptions().dtype(at::kFloat);
+  Quantized out{at::empty({M, G * kBlock}, opts.dtype(at::kChar)), at::empty({M, G}, opts), at::empty({M, G}, opts),
+                at::empty({M, G}, opts.dtype(at::kInt)), G};
+  quantize_into(src, M, K, out.rows());
   return out;
 }
 
-constexpr int64_t kRowTile = 16;  // weight rows kept in L1 while every activation row passes over them
+void quantize_into(const float* src, int64_t M, int64_t K, const QuantizedRows& x) {
+  const KernelTable& table = active_table();
+  const int64_t G = x.G;
+  at::parallel_for(0, M, 16, [&](int64_t m0, int64_t m1) {
+    for (int64_t m = m0; m < m1; ++m)
+      table.quantize(src + m * K, K, G, const_cast<int8_t*>(x.q) + m * G * kBlock, const_cast<float*>(x.dx) + m * G,
+                     const_cast<float*>(x.sum_x) + m * G, const_cast<int32_t*>(x.sum_q) + m * G);
+  });
+}
 
-template <typename W, typename RowsFn>
-at::Tensor linear(const at::Tensor& x, const at::Tensor& qs, const at::Tensor& scales, int64_t scales_per_block,
-                  int64_t bytes_per_block, RowsFn rows) {
-  TORCH_CHECK(x.is_cpu() && qs.is_cpu() && scales.is_cpu(), "glassbox kernels: CPU tensors only");
-  TORCH_CHECK(at::isFloatingType(x.scalar_type()), "glassbox kernels: x must be a float tensor");
-  TORCH_CHECK(qs.dim() == 3 && qs.size(2) == bytes_per_block && qs.is_contiguous(), "glassbox kernels: qs must be contiguous [N, G, ",
-              bytes_per_block, "]");
-  TORCH_CHECK(scales.scalar_type() == at::kHalf && scales.is_contiguous() &&
-                  scales.numel() == qs.size(0) * qs.size(1) * scales_per_block,
-              "glassbox kernels: scales must be contiguous float16 with ", scales_per_block, " per block");
-  const int64_t N = qs.size(0), G = qs.size(1), K = x.size(-1);
-  TORCH_CHECK(K <= G * kBlock && K > (G - 1) * kBlock, "glassbox kernels: x has ", K, " features, the weight ",
-              G * kBlock, " (in blocks of 32)");
+// out[m * ldo + n] = row n of the packed weight (N rows, tiles of 16) . activation row m, for m < M.
+// Threads take whole tiles, so each streams its own part of the weights once; many activation rows go
+// in chunks of 64 against a thread's tiles, the chunk's activations staying in cache.
+void linear_into(const uint8_t* packed, int format, int64_t N, const QuantizedRows& x, int64_t M, float* out,
+                 int64_t ldo) {
+  const KernelTable& table = active_table();
+  const int64_t tiles = (N + kTileRows - 1) / kTileRows, stride = x.G * record_bytes(format);
+  // Enough tiles per thread that a chunk outweighs waking a thread (~4k block products).
+  const int64_t grain = std::max<int64_t>(1, 256 / std::max<int64_t>(1, M * x.G));
+  at::parallel_for(0, tiles, grain, [&](int64_t t0, int64_t t1) {
+    for (int64_t m0 = 0; m0 < M; m0 += 64)
+      for (int64_t t = t0; t < t1; ++t) {
+        const int rows = static_cast<int>(std::min<int64_t>(kTileRows, N - t * kTileRows));
+        table.tile(packed + t * stride, format, x, m0, std::min<int64_t>(64, M - m0), rows,
+                   out + m0 * ldo + t * kTileRows, ldo);
+      }
+  });
+}
+
+namespace {
+
+void check_packed(const at::Tensor& packed, int64_t format, int64_t N, int64_t K) {
+  TORCH_CHECK(format == kQ4_1 || format == kQ4_0 || format == kQ8_0, "glassbox kernels: unknown format ", format);
+  const int64_t G = (K + kBlock - 1) / kBlock, tiles = (N + kTileRows - 1) / kTileRows;
+  TORCH_CHECK(packed.dim() != 3 || packed.size(1) == G, "glassbox kernels: x has ", K, " features, the weight ",
+              packed.size(1) * kBlock, " (in blocks of 32)");
+  TORCH_CHECK(packed.is_cpu() && packed.scalar_type() == at::kByte && packed.is_contiguous() && packed.dim() == 3 &&
+                  packed.size(0) == tiles && packed.size(1) == G && packed.size(2) == record_bytes(format),
+              "glassbox kernels: packed must be contiguous uint8 [", tiles, ", ", G, ", ", record_bytes(format), "]");
+}
+
+//   packed_linear(x [..., K], packed, format, N) -> [..., N] (float32; x of any float dtype)
+at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& packed, int64_t format, int64_t N) {
+  TORCH_CHECK(x.is_cpu() && at::isFloatingType(x.scalar_type()), "glassbox kernels: x must be a CPU float tensor");
+  const int64_t K = x.size(-1), G = (K + kBlock - 1) / kBlock;
+  check_packed(packed, format, N, K);
   const at::Tensor x2 = x.reshape({-1, K}).to(at::kFloat).contiguous();
   const int64_t M = x2.size(0);
-  at::Tensor out = at::empty({M, N}, x2.options());
   auto sizes = x.sizes().vec();
   sizes.back() = N;
+  at::Tensor out = at::empty({M, N}, x2.options());
   if (M == 0 || N == 0) return out.view(sizes).to(x.scalar_type());
-  const KernelTable table = active_table();
-  const Quantized xq = quantize_rows(table, x2, G);
-  const W* w = reinterpret_cast<const W*>(qs.data_ptr());
-  const uint16_t* s = reinterpret_cast<const uint16_t*>(scales.data_ptr());
-  float* y = out.data_ptr<float>();
-  // Enough rows per thread that a chunk outweighs waking a thread (~4k block products).
-  const int64_t grain = std::max<int64_t>(kRowTile, 4096 / std::max<int64_t>(1, M * G));
-  at::parallel_for(0, N, grain, [&](int64_t n0, int64_t n1) {
-    for (int64_t t0 = n0; t0 < n1; t0 += kRowTile) {
-      const int64_t R = std::min(kRowTile, n1 - t0);
-      for (int64_t m = 0; m < M; ++m)
-        rows(table, w + t0 * G * bytes_per_block, s + t0 * G * scales_per_block, R, G, xq.row(m, G), y + m * N + t0);
-    }
-  });
+  const Quantized xq = quantize_rows(x2.data_ptr<float>(), M, K, G);
+  linear_into(packed.data_ptr<uint8_t>(), static_cast<int>(format), N, xq.rows(), M, out.data_ptr<float>(), N);
   return out.view(sizes).to(x.scalar_type());
 }
 
-at::Tensor q4_linear(const at::Tensor& x, const at::Tensor& qs, const at::Tensor& dm) {
-  TORCH_CHECK(qs.scalar_type() == at::kByte, "glassbox q4_linear: qs must be uint8");
-  return linear<uint8_t>(
-      x, qs, dm, 2, kBlock / 2, [](const KernelTable& t, const uint8_t* w, const uint16_t* s, int64_t R, int64_t G,
-                                   const QuantizedRow& r, float* y) { t.q4_rows(w, s, R, G, r, y); });
-}
-
-at::Tensor q8_linear(const at::Tensor& x, const at::Tensor& qs, const at::Tensor& d) {
-  TORCH_CHECK(qs.scalar_type() == at::kChar, "glassbox q8_linear: qs must be int8");
-  return linear<int8_t>(
-      x, qs, d, 1, kBlock, [](const KernelTable& t, const int8_t* w, const uint16_t* s, int64_t R, int64_t G,
-                              const QuantizedRow& r, float* y) { t.q8_rows(w, s, R, G, r, y); });
-}
-
-// The float weight [N, K] (for many activation rows at once, where one GEMM over it beats per-row dot
-// products: prefill). Rows split over threads; fp16 scales widened once per block.
-at::Tensor dequantize(const at::Tensor& qs, const at::Tensor& scales, int64_t K, bool q4) {
-  TORCH_CHECK(qs.is_cpu() && qs.dim() == 3 && qs.is_contiguous() && scales.scalar_type() == at::kHalf &&
-                  scales.is_contiguous(), "glassbox dequantize: contiguous blocks and float16 scales");
-  const int64_t N = qs.size(0), G = qs.size(1);
-  TORCH_CHECK(K <= G * kBlock && K > (G - 1) * kBlock, "glassbox dequantize: ", K, " features in ", G, " blocks");
-  at::Tensor out = at::empty({N, K}, qs.options().dtype(at::kFloat));
-  const uint16_t* s = reinterpret_cast<const uint16_t*>(scales.data_ptr());
-  const uint8_t* w = reinterpret_cast<const uint8_t*>(qs.data_ptr());
+// The float values of rows `ids` (all rows when empty) of a packed weight: [len(ids), K]. Embedding
+// lookups of a quantized table, and tests.
+at::Tensor packed_dequantize(const at::Tensor& packed, int64_t format, int64_t N, int64_t K, const at::Tensor& ids) {
+  check_packed(packed, format, N, K);
+  const int64_t G = (K + kBlock - 1) / kBlock, stride = G * record_bytes(format);
+  const at::Tensor rows = ids.numel() ? ids.reshape({-1}).to(at::kLong).contiguous() : at::arange(N, at::kLong);
+  const int64_t R = rows.numel();
+  TORCH_CHECK(R == 0 || (rows.min().item<int64_t>() >= 0 && rows.max().item<int64_t>() < N),
+              "glassbox dequantize: row index out of range");
+  at::Tensor out = at::empty({R, K}, at::kFloat);
+  const uint8_t* base = packed.data_ptr<uint8_t>();
+  const int64_t* row_ids = rows.data_ptr<int64_t>();
   float* y = out.data_ptr<float>();
-  at::parallel_for(0, N, 64, [&](int64_t n0, int64_t n1) {
+  const int words = format == kQ8_0 ? 8 : 4;
+  at::parallel_for(0, R, 64, [&](int64_t i0, int64_t i1) {
     float block[kBlock];
-    for (int64_t n = n0; n < n1; ++n) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t n = row_ids[i], r = n % kTileRows;
       for (int64_t b = 0; b < G; ++b) {
-        if (q4) {
-          const uint8_t* p = w + (n * G + b) * (kBlock / 2);
-          const float d = half_to_float(s[(n * G + b) * 2]), m = half_to_float(s[(n * G + b) * 2 + 1]);
-          for (int j = 0; j < kBlock / 2; ++j) {
-            block[j] = static_cast<float>(p[j] & 0x0f) * d + m;
-            block[j + kBlock / 2] = static_cast<float>(p[j] >> 4) * d + m;
+        const uint8_t* record = base + (n / kTileRows) * stride + b * record_bytes(format);
+        uint16_t d16, m16 = 0;
+        std::memcpy(&d16, record + code_bytes(format) + 2 * r, 2);
+        if (format == kQ4_1) std::memcpy(&m16, record + code_bytes(format) + 2 * (kTileRows + r), 2);
+        const float d = half_to_float(d16), m = format == kQ4_1 ? half_to_float(m16) : -8.0f * d;
+        for (int k = 0; k < words; ++k)
+          for (int j = 0; j < 4; ++j) {
+            const uint8_t byte = record[(k * kTileRows + r) * 4 + j];
+            if (format == kQ8_0) {
+              block[4 * k + j] = static_cast<float>(static_cast<int>(byte) - 128) * d;
+            } else {
+              block[4 * k + j] = static_cast<float>(byte & 0x0f) * d + m;
+              block[16 + 4 * k + j] = static_cast<float>(byte >> 4) * d + m;
+            }
           }
-        } else {
-          const int8_t* p = reinterpret_cast<const int8_t*>(w) + (n * G + b) * kBlock;
-          const float d = half_to_float(s[n * G + b]);
-          for (int j = 0; j < kBlock; ++j) block[j] = static_cast<float>(p[j]) * d;
-        }
         const int64_t count = std::min<int64_t>(kBlock, K - b * kBlock);
-        std::copy(block, block + count, y + n * K + b * kBlock);
+        std::copy(block, block + count, y + i * K + b * kBlock);
       }
     }
   });
   return out;
 }
 
-at::Tensor q4_dequantize(const at::Tensor& qs, const at::Tensor& dm, int64_t K) {
-  TORCH_CHECK(qs.scalar_type() == at::kByte && qs.size(2) == kBlock / 2, "glassbox q4_dequantize: qs uint8 [N, G, 16]");
-  return dequantize(qs, dm, K, true);
-}
-
-at::Tensor q8_dequantize(const at::Tensor& qs, const at::Tensor& d, int64_t K) {
-  TORCH_CHECK(qs.scalar_type() == at::kChar && qs.size(2) == kBlock, "glassbox q8_dequantize: qs int8 [N, G, 32]");
-  return dequantize(qs, d, K, false);
-}
-
 }  // namespace
 }  // namespace glassbox
 
 TORCH_LIBRARY(glassbox, m) {
-  m.def("q4_dequantize(Tensor qs, Tensor dm, int K) -> Tensor");
-  m.def("q8_dequantize(Tensor qs, Tensor d, int K) -> Tensor");
-  m.def("q4_linear(Tensor x, Tensor qs, Tensor dm) -> Tensor");
-  m.def("q8_linear(Tensor x, Tensor qs, Tensor d) -> Tensor");
+  m.def("packed_linear(Tensor x, Tensor packed, int format, int N) -> Tensor");
+  m.def("packed_dequantize(Tensor packed, int format, int N, int K, Tensor ids) -> Tensor");
   m.def("kernel_isa() -> str", [] { return glassbox::kernel_isa(); });
   m.def("supported_isas() -> str[]", [] { return glassbox::supported_isas(); });
   m.def("use_isa(str isa) -> str", [](std::string isa) { return glassbox::use_isa(isa); });
 }
 
 TORCH_LIBRARY_IMPL(glassbox, CPU, m) {
-  m.impl("q4_linear", glassbox::q4_linear);
-  m.impl("q8_linear", glassbox::q8_linear);
-  m.impl("q4_dequantize", glassbox::q4_dequantize);
-  m.impl("q8_dequantize", glassbox::q8_dequantize);
+  m.impl("packed_linear", glassbox::packed_linear);
+  m.impl("packed_dequantize", glassbox::packed_dequantize);
 }
