@@ -60,7 +60,7 @@ def _kernels():
         compile_args, link_args = ["-O3"], []
     else:  # ATen's parallel_for is inline: without OpenMP here it silently runs on one thread
         compile_args, link_args = ["-O3", "-fopenmp"], ["-fopenmp"]
-    sources = [f"{CSRC}/{name}" for name in ("ops.cpp", "kernels_scalar.cpp", "kernels_avx2.cpp", "kernels_avx512.cpp")]
+    sources = [f"{CSRC}/{name}" for name in ("ops.cpp", "decode.cpp", "kernels_scalar.cpp", "kernels_avx2.cpp", "kernels_avx512.cpp")]
     ext = CppExtension("engine.quant._kernels", sources, extra_compile_args=compile_args, extra_link_args=link_args)
     return [ext], {"build_ext": BuildKernels.with_options(use_ninja=False)}
 

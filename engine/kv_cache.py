@@ -64,6 +64,7 @@ class ContiguousView:
         batch = cache.k.shape[1]
         self.positions = torch.arange(self.start, self.end, device=device).expand(batch, -1)  # [B, T]
         self._masks: dict[int | None, torch.Tensor | None] = {}
+        self.causal_from_zero = start_pos == 0 and num_tokens > 1  # plain causal attention (layers/attention.py)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         """Store k, v [B, K, T, d] and return every position's K/V so far, [B, K, S, d] each."""

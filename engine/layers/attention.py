@@ -81,9 +81,13 @@ class Attention(nn.Module):
             scale = self.head_dim ** -0.5 if self.query_scale is None else self.query_scale
             out = sdpa_with_sinks(q, k, v, mask, self.sinks, scale)  # [B, H, T, d]
         else:
-            # Fused kernel; GQA is handled inside SDPA without repeating K/V in memory.
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=H != K,
-                                                 scale=self.query_scale)  # [B, H, T, d]
+            # Fused kernel; GQA is handled inside SDPA without repeating K/V in memory. A chunk that starts a
+            # sequence needs no mask: SDPA's own causal rule (query i sees keys 0..i) skips the key blocks above
+            # the diagonal instead of scoring them and masking them out (half the work of a prefill), and hides
+            # the padding past the chunk's last key as well.
+            causal = getattr(kv, "causal_from_zero", False) and self.window is None
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=None if causal else mask, is_causal=causal,
+                                                 enable_gqa=H != K, scale=self.query_scale)  # [B, H, T, d]
         return self.wo(out.transpose(1, 2).reshape(B, T, H * d))
 
     def _fused_qkv_rope(self, x, cos, sin):

@@ -108,6 +108,9 @@ class PagedView:
         self.positions = torch.as_tensor(positions, device=device)
         self.slots = torch.as_tensor(slots, device=device)
         tables = torch.as_tensor(block_tables, device=device)
+        self.block_tables = tables  # [B, nb]: the C++ decode step reads the pool through them (fused_decode.py)
+        # One sequence's chunk from position 0: plain causal attention, no mask needed (layers/attention.py).
+        self.causal_from_zero = len(positions) == 1 and len(positions[0]) > 1 and int(positions[0][0]) == 0
         self.context_lens = torch.as_tensor(context_lens, device=device)
         P = pool.block_size
         # Every slot each sequence may read, in position order: [B, nb*P].

@@ -15,6 +15,7 @@ Shape legend: B sequences in a decode batch, T tokens, V vocab.
 from __future__ import annotations
 
 import itertools
+import os
 import time
 from collections import deque
 
@@ -29,6 +30,7 @@ from engine.runtime.block_manager import BlockManager, BlockTable, OutOfKVBlocks
 from engine.runtime.kv_pool import KVPool, blocks_for_budget
 from engine.runtime.sequence import (RequestState, Sequence, next_mask, request_done, start_constraint,
                                      stop_reason)
+from engine.runtime.fused_decode import FusedDecoder, why_not
 from engine.runtime.static_decode import StaticDecoder, graphable
 from engine.sampling import sample
 from engine.text.constraints import ConstraintError, mask_logits
@@ -51,6 +53,10 @@ class Runner:
         self.forward_calls = 0  # model forward passes so far
         # Batch-1 decode through CUDA graphs on a GPU (engine/runtime/static_decode.py); None: always the paged view.
         self.static = StaticDecoder(model, self.pool) if device.type == "cuda" else None
+        # Decode steps on the CPU in one C++ call where the model allows it (engine/runtime/fused_decode.py);
+        # GLASSBOX_FUSED_DECODE=0 keeps the Python path (the same logits, slower: for measuring the difference).
+        self.fused = (FusedDecoder(model, self.pool) if os.environ.get("GLASSBOX_FUSED_DECODE", "1") != "0"
+                      and why_not(model, self.pool) is None else None)
         self._weight_bytes: dict[str, int] | None = None  # the model's, for memory snapshots (walked once)
         self._last_memory = None  # the last MemorySnapshot: the next shares its unchanged parts
 
@@ -329,6 +335,9 @@ class Runner:
                               [t.rope_long for t in tables])
         self.tokens_computed += sum(len(x) for x in tokens)
         self.forward_calls += 1
+        if (chunks is None and self.fused is not None and (probe is None or not probe.options.attention_layers)
+                and not installed_interventions(self.model) and not adapters_active(self.model)):
+            return self.fused.decode(torch.tensor(tokens, device=device), view)
         return self.model(torch.tensor(tokens, device=device), view, probe=probe,
                           last_only=chunks is not None)
 
