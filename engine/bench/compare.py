@@ -82,7 +82,10 @@ def worker_llama(job: dict) -> dict:
     path = job["model"]
     if job["detail"] == "q4_0" and not _is_q4_0(path):
         path = _requantized_q4_0(path)
-    llm = Llama(model_path=path, n_ctx=2048, n_batch=512, n_threads=job["threads"], verbose=False)
+    # n_threads_batch too: llama-cpp-python's prefill otherwise takes every core whatever n_threads says (a
+    # "1-thread" llama.cpp prefilled on 2 before this).
+    llm = Llama(model_path=path, n_ctx=2048, n_batch=512, n_threads=job["threads"], n_threads_batch=job["threads"],
+                verbose=False)
     prompt, decode_prompt, n = job["prompt"], job["prompt"][:32], job["new_tokens"]
     eos, n_vocab = llm.token_eos(), llm.n_vocab()
 
