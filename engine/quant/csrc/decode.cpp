@@ -25,15 +25,39 @@
 namespace glassbox {
 namespace {
 
+// The step's scratch tensors, kept from one step to the next and grown when a step needs more (a longer
+// context, a bigger batch): a decode step allocates nothing once the sizes have settled. One per thread
+// (the engine's worker is the one caller; a second thread gets its own).
+class Workspace {
+ public:
+  at::Tensor get(size_t slot, at::IntArrayRef sizes, at::ScalarType dtype) {
+    int64_t numel = 1;
+    for (int64_t n : sizes) numel *= n;
+    if (slot >= buffers_.size()) buffers_.resize(slot + 1);
+    at::Tensor& buffer = buffers_[slot];
+    if (!buffer.defined() || buffer.scalar_type() != dtype || buffer.numel() < numel)
+      buffer = at::empty({std::max<int64_t>(numel, buffer.defined() ? 2 * buffer.numel() : 0)}, dtype);
+    return buffer.narrow(0, 0, numel).view(sizes);
+  }
+
+ private:
+  std::vector<at::Tensor> buffers_;
+};
+
+Workspace& workspace() {
+  static thread_local Workspace kept;
+  return kept;
+}
+
 // Scratch for the activations of one linear: quantized rows of the widest input of the step.
 class Linears {
  public:
   Linears(int64_t rows, int64_t widest)
       : G_(widest / kBlock + 1),
-        q_(at::empty({rows * G_ * kBlock}, at::kChar)),
-        dx_(at::empty({rows * G_}, at::kFloat)),
-        sum_x_(at::empty({rows * G_}, at::kFloat)),
-        sum_q_(at::empty({rows * G_}, at::kInt)) {}
+        q_(workspace().get(0, {rows * G_ * kBlock}, at::kChar)),
+        dx_(workspace().get(1, {rows * G_}, at::kFloat)),
+        sum_x_(workspace().get(2, {rows * G_}, at::kFloat)),
+        sum_q_(workspace().get(3, {rows * G_}, at::kInt)) {}
 
   // out [M, N] = in [M, K] (contiguous float) times the packed weight, as packed_linear computes it.
   void run(const at::Tensor& in, const at::Tensor& packed, int64_t format, int64_t N, at::Tensor& out) {
@@ -127,12 +151,14 @@ at::Tensor decode_step(const at::Tensor& embedded, const at::Tensor& cos, const 
     longest = std::max(longest, lens[b]);
   }
 
-  at::Tensor x = embedded.contiguous().clone();  // the residual stream [B, D]
-  at::Tensor h = at::empty({B, D}, f32), projected = at::empty({B, D}, f32);
-  at::Tensor qkv = at::empty({B, (H + 2 * K) * d}, f32), attended = at::empty({B, H * d}, f32);
-  at::Tensor gate_up = at::empty({B, 2 * F}, f32), act = at::empty({B, F}, f32);
-  at::Tensor scores = at::empty({B * K, group * longest}, f32);
-  at::Tensor logits = at::empty({B, V}, f32);
+  Workspace& kept = workspace();
+  at::Tensor x = kept.get(4, {B, D}, at::kFloat);  // the residual stream [B, D]
+  x.copy_(embedded);
+  at::Tensor h = kept.get(5, {B, D}, at::kFloat), projected = kept.get(6, {B, D}, at::kFloat);
+  at::Tensor qkv = kept.get(7, {B, (H + 2 * K) * d}, at::kFloat), attended = kept.get(8, {B, H * d}, at::kFloat);
+  at::Tensor gate_up = kept.get(9, {B, 2 * F}, at::kFloat), act = kept.get(10, {B, F}, at::kFloat);
+  at::Tensor scores = kept.get(11, {B * K, group * longest}, at::kFloat);
+  at::Tensor logits = at::empty({B, V}, f32);  // returned: the caller keeps it
   Linears linears(B, std::max({D, H * d, F}));
   const KernelTable& math = kernels();
   const int64_t* slot = slots.data_ptr<int64_t>();
