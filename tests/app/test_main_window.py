@@ -59,8 +59,10 @@ def test_default_model_chat_streams_and_sliders_rederive_without_forward_passes(
         assert facts.architecture == "llama" and facts.layers == 30
         assert facts.weights.startswith("int4")  # the GGUF's Q4_1 blocks stay packed
         assert facts.parameters > 130_000_000  # packed weights count too
-        chat(qtbot, window, "What is the capital of France?", max_new_tokens=12)
-        assert "Paris" in window.chat.transcript_text()
+        # Germany, not France: France's first answer token is a near tie for this 135M model that the 8-bit
+        # activation rounding of each kernel path decides its own way (tests/engine/test_default_model.py).
+        chat(qtbot, window, "What is the capital of Germany?", max_new_tokens=12)
+        assert "Berlin" in window.chat.transcript_text()
         assert window.controller.messages[-1]["role"] == "assistant"
         engine = window.worker._engine  # a test's look: read only while the worker is idle
         calls = engine.counters[1]
