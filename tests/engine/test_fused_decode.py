@@ -84,6 +84,26 @@ def test_every_step_equals_the_python_path(hf_checkpoint, arch, quant, tolerance
     assert engine.kv_blocks_in_use == 0
 
 
+def test_a_long_context_split_over_threads_equals_the_python_path(hf_checkpoint):
+    """Past 512 keys a KV group's attention is split into runs taken by different threads and merged
+    (decode.cpp): a 700-token context, int8 weights, as tight as the short-context test."""
+    engine = _engine(hf_checkpoint, "llama", "int8", max_position_embeddings=1024)
+    runner = engine._runner
+    prompt = tuple(3 + (i * 37) % 120 for i in range(700))
+    request = GenerationRequest(prompt, SamplingParams(temperature=0, max_new_tokens=4, ignore_eos=True),
+                                instrument=FULL_LOGITS)
+    fused = _steps(runner, [request])
+    saved, runner.fused = runner.fused, None
+    try:
+        python = _steps(runner, [request])
+    finally:
+        runner.fused = saved
+    for n in range(1, 4):  # step 0 comes from the prefill
+        (ours, token), (theirs, their_token) = fused[0, 0, n], python[0, 0, n]
+        assert (ours - theirs).abs().max().item() <= 1e-4 * theirs.abs().max().item(), n
+        assert token == their_token
+
+
 def test_the_default_model_decodes_like_the_python_path(default_gguf):
     """The shipped Q4_1 model, 12 greedy steps after a chat prompt. This model's activations hold outliers
     that set some blocks' 8-bit step, so any change of float summation order moves its logits by ~1 here

@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #include "qlinear.h"
@@ -74,6 +75,40 @@ class Linears {
   int64_t G_;
   at::Tensor q_, dx_, sum_x_, sum_q_;
 };
+
+// One KV group of one sequence over keys start .. start + length - 1.
+struct Run {
+  int64_t b, g, start, length;
+};
+constexpr int64_t kRun = 512;  // keys a work item takes: short contexts stay one item per group
+
+// The softmax over all of a group's keys from its runs' (top, total, unnormalised sum): each run's share is
+// rescaled by e^(top_run - top) (the usual merge of split attention), then divided by the total.
+void merge_runs(const std::vector<Run>& runs, int64_t group, int64_t d, int64_t H, const float* partial_out,
+                const float* partial_stats, float* attended) {
+  for (size_t first = 0; first < runs.size();) {
+    size_t last = first + 1;
+    while (last < runs.size() && runs[last].b == runs[first].b && runs[last].g == runs[first].g) ++last;
+    const Run& run = runs[first];
+    for (int64_t h = 0; h < group; ++h) {
+      float top = -std::numeric_limits<float>::infinity();
+      for (size_t i = first; i < last; ++i) top = std::max(top, partial_stats[(i * group + h) * 2]);
+      float total = 0;
+      std::vector<float> weights(last - first);
+      for (size_t i = first; i < last; ++i) {
+        weights[i - first] = std::exp(partial_stats[(i * group + h) * 2] - top);
+        total += weights[i - first] * partial_stats[(i * group + h) * 2 + 1];
+      }
+      float* out = attended + run.b * H * d + (run.g * group + h) * d;
+      for (int64_t k = 0; k < d; ++k) {
+        float sum = 0;
+        for (size_t i = first; i < last; ++i) sum += weights[i - first] * partial_out[(i * group + h) * d + k];
+        out[k] = sum / total;
+      }
+    }
+    first = last;
+  }
+}
 
 // x / rms(x) * w per row of [B, D], as RMSNorm does in float32.
 void rms_norm(const float* x, const float* w, int64_t B, int64_t D, double eps, float* out) {
@@ -142,13 +177,11 @@ at::Tensor decode_step(const at::Tensor& embedded, const at::Tensor& cos, const 
   const int64_t* table = block_tables.data_ptr<int64_t>();
   const int64_t* lens = context_lens.data_ptr<int64_t>();
   std::vector<std::vector<int64_t>> read(B);
-  int64_t longest = 0;
   for (int64_t b = 0; b < B; ++b) {
     TORCH_CHECK(lens[b] >= 1 && lens[b] <= block_tables.size(1) * block_size, "decode_step: a context length past its blocks");
     read[b].resize(lens[b]);
     for (int64_t j = 0; j < lens[b]; ++j)
       read[b][j] = table[b * block_tables.size(1) + j / block_size] * block_size + j % block_size;
-    longest = std::max(longest, lens[b]);
   }
 
   Workspace& kept = workspace();
@@ -157,7 +190,15 @@ at::Tensor decode_step(const at::Tensor& embedded, const at::Tensor& cos, const 
   at::Tensor h = kept.get(5, {B, D}, at::kFloat), projected = kept.get(6, {B, D}, at::kFloat);
   at::Tensor qkv = kept.get(7, {B, (H + 2 * K) * d}, at::kFloat), attended = kept.get(8, {B, H * d}, at::kFloat);
   at::Tensor gate_up = kept.get(9, {B, 2 * F}, at::kFloat), act = kept.get(10, {B, F}, at::kFloat);
-  at::Tensor scores = kept.get(11, {B * K, group * longest}, at::kFloat);
+  std::vector<Run> runs;
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t g = 0; g < K; ++g)
+      for (int64_t start = 0; start < lens[b]; start += kRun)
+        runs.push_back({b, g, start, std::min(kRun, lens[b] - start)});
+  const int64_t n_runs = static_cast<int64_t>(runs.size());
+  at::Tensor scores = kept.get(11, {n_runs * group * kRun}, at::kFloat);
+  float* partial_out = kept.get(12, {n_runs * group * d}, at::kFloat).data_ptr<float>();
+  float* partial_stats = kept.get(13, {n_runs * group * 2}, at::kFloat).data_ptr<float>();
   at::Tensor logits = at::empty({B, V}, f32);  // returned: the caller keeps it
   Linears linears(B, std::max({D, H * d, F}));
   const KernelTable& math = kernels();
@@ -180,14 +221,18 @@ at::Tensor decode_step(const at::Tensor& embedded, const at::Tensor& cos, const 
       std::memcpy(k_layer + slot[b] * K * d, qs + b * qkv_row + H * d, K * d * sizeof(float));
       std::memcpy(v_layer + slot[b] * K * d, qs + b * qkv_row + (H + K) * d, K * d * sizeof(float));
     }
-    at::parallel_for(0, B * K, 1, [&](int64_t i0, int64_t i1) {
+    // Work items: each KV group of each sequence, its keys in runs of kRun, so a long context keeps every
+    // thread busy (one sequence has only K groups); the runs' partial softmaxes merge below.
+    at::parallel_for(0, static_cast<int64_t>(runs.size()), 1, [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) {
-        const int64_t b = i / K, g = i % K;
-        math.attend(qs + b * qkv_row + g * group * d, group, d, k_layer + g * d, v_layer + g * d, K * d,
-                    read[b].data(), lens[b], attn_scale, scores.data_ptr<float>() + i * group * longest,
-                    as + b * H * d + g * group * d);
+        const Run& run = runs[i];
+        math.attend(qs + run.b * qkv_row + run.g * group * d, group, d, k_layer + run.g * d, v_layer + run.g * d,
+                    K * d, read[run.b].data() + run.start, run.length, attn_scale,
+                    scores.data_ptr<float>() + i * group * kRun,
+                    partial_out + i * group * d, partial_stats + i * group * 2);
       }
     });
+    merge_runs(runs, group, d, H, partial_out, partial_stats, as);
     linears.run(attended, weights[4 * l + 1], formats[4 * l + 1], rows[4 * l + 1], projected);
     add_into(xs, ps, B * D);
     // MLP: norm, gate and up in one matmul, SiLU(gate) * up, down

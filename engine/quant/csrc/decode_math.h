@@ -19,7 +19,10 @@ namespace decode_math {
 // does not). Below -87 it is 0, as expf's result would be a denormal or 0.
 inline float exp_nonpositive(float x) {
   x = x < -87.0f ? -87.0f : x;
-  const float n = std::nearbyint(x * 1.44269504088896341f);
+  // round to nearest by adding and taking back 1.5 * 2^23 (plain arithmetic, so the loop vectorizes; a call
+  // to nearbyint would not)
+  constexpr float kRound = 12582912.0f;
+  const float n = (x * 1.44269504088896341f + kRound) - kRound;
   const float r = (x - n * 0.693145751953125f) - n * 1.428606765330187045e-06f;  // ln 2 in two parts
   float p = 1.0f / 720;
   p = p * r + 1.0f / 120;
@@ -41,10 +44,13 @@ inline float dot(const float* a, const float* b, int64_t n) {
   return total;
 }
 
-// One KV group of one sequence: `group` query heads q [group, d] read the keys and values of `n` slots
-// (key j at keys + slots[j] * stride, likewise values); out [group, d]. scores: room for group * n floats.
+// One KV group of one sequence over one run of its keys: `group` query heads q [group, d] read the keys and
+// values of `n` slots (key j at keys + slots[j] * stride, likewise values). Per head: out [d] = sum of
+// e^(s_j - top) v_j, unnormalised, and stats = (top, sum of e^(s_j - top)), so runs of one long context
+// computed on different threads merge exactly into the softmax (decode.cpp). scores: group * n floats.
 inline void attend(const float* q, int64_t group, int64_t d, const float* keys, const float* values,
-                   int64_t stride, const int64_t* slots, int64_t n, float scale, float* scores, float* out) {
+                   int64_t stride, const int64_t* slots, int64_t n, float scale, float* scores, float* out,
+                   float* stats) {
   for (int64_t j = 0; j < n; ++j) {
     const float* k = keys + slots[j] * stride;
     for (int64_t h = 0; h < group; ++h) scores[h * n + j] = dot(q + h * d, k, d) * scale;
@@ -59,9 +65,8 @@ inline void attend(const float* q, int64_t group, int64_t d, const float* keys, 
       s[j] = exp_nonpositive(s[j] - top);
       total += s[j];
     }
-    const float inv = 1.0f / total;
-#pragma omp simd
-    for (int64_t j = 0; j < n; ++j) s[j] *= inv;
+    stats[2 * h] = top;
+    stats[2 * h + 1] = total;
     float* o = out + h * d;
     for (int64_t i = 0; i < d; ++i) o[i] = 0;
   }

@@ -52,7 +52,8 @@ using TileFn = void (*)(const uint8_t* tile, int format, const QuantizedRows& x,
 
 // The decode step's other arithmetic (decode_math.h, built per ISA like the matmuls).
 using AttendFn = void (*)(const float* q, int64_t group, int64_t d, const float* keys, const float* values,
-                          int64_t stride, const int64_t* slots, int64_t n, float scale, float* scores, float* out);
+                          int64_t stride, const int64_t* slots, int64_t n, float scale, float* scores, float* out,
+                          float* stats);
 using SiluMulFn = void (*)(const float* gate, const float* up, float* out, int64_t n);
 
 struct KernelTable {
