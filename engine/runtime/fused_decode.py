@@ -1,9 +1,10 @@
 """A decode step of a llama-family model on the CPU in one call to C++ (engine/quant/csrc/decode.cpp).
 
 A decoded token of the default model used to be ~1,100 PyTorch operator calls from Python, each a few
-microseconds of dispatch: as much time as all of its matmuls. The C++ step runs the same operators (our
-quantized kernels, ATen's rms_norm / SDPA / silu, the same RoPE, gather and mask) back to back, so its
-logits equal the Python path's bit for bit; what changes is the time between them.
+microseconds of dispatch: as much time as all of its matmuls. The C++ step does the same arithmetic (our
+quantized kernels; RMSNorm, RoPE, attention read straight from the paged pool and SiLU as plain loops) with
+nothing between the pieces. Only float summation order differs from the Python path, which the 8-bit
+activation rounding can amplify at a rounding edge: tests/engine/test_fused_decode.py holds the two together.
 
 It covers the plain llama shape with the weights in our kernels' packed layout: fused q/k/v (with or
 without biases: Qwen2), RMSNorm, full-width RoPE of any scaling (the table is computed here, in Python,
@@ -53,6 +54,11 @@ def why_not(model, pool) -> str | None:
             return "a layer's weights are not all in the kernels' packed layout"
         if any(norm.weight.dtype != torch.float32 for norm in (layer.attn_norm, layer.mlp_norm)):
             return "the norms are not float32"
+    if model.norm.weight.dtype != torch.float32:
+        return "the norms are not float32"
+    biases = [layer.attn.wqkv.bias for layer in model.layers]
+    if any(b is not None for b in biases) and not all(b is not None and b.dtype == torch.float32 for b in biases):
+        return "the q/k/v biases are not float32 in every layer"
     tied = model.lm_head is None and isinstance(model.embed, QuantEmbedding) \
         and isinstance(model.embed.qweight, kernels._PackedWeight)
     if not (tied or (model.lm_head is not None and packed(model.lm_head) and model.lm_head.bias is None)):

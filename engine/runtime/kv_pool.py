@@ -8,6 +8,8 @@ step, T new tokens per sequence, S = longest context in the step rounded up to w
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from engine.config import ModelConfig
@@ -112,11 +114,18 @@ class PagedView:
         # One sequence's chunk from position 0: plain causal attention, no mask needed (layers/attention.py).
         self.causal_from_zero = len(positions) == 1 and len(positions[0]) > 1 and int(positions[0][0]) == 0
         self.context_lens = torch.as_tensor(context_lens, device=device)
-        P = pool.block_size
-        # Every slot each sequence may read, in position order: [B, nb*P].
-        self.read_slots = (tables.unsqueeze(-1) * P + torch.arange(P, device=device)).flatten(1)
-        self._flat_read_slots = self.read_slots.reshape(-1)  # once per step, not per layer
         self._masks: dict = {}
+
+    # Built on first use, then once per step, not per layer; a C++ decode step never asks for them.
+    @functools.cached_property
+    def read_slots(self) -> torch.Tensor:
+        """Every slot each sequence may read, in position order: [B, nb*P]."""
+        P = self.pool.block_size
+        return (self.block_tables.unsqueeze(-1) * P + torch.arange(P, device=self.block_tables.device)).flatten(1)
+
+    @functools.cached_property
+    def _flat_read_slots(self) -> torch.Tensor:
+        return self.read_slots.reshape(-1)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         """Write k, v [B, K, T, d] into their slots; return each sequence's K/V [B, K, S, d]."""
